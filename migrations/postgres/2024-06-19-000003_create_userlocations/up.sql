@@ -1,0 +1,9 @@
+-- Association object between users and locations (many-to-many).
+-- Deleting a location removes its links; deleting a user that still has links is refused.
+CREATE TABLE userlocations (
+    location_id INTEGER NOT NULL REFERENCES locations (location_id) ON DELETE CASCADE,
+    user_id     BIGINT  NOT NULL REFERENCES users (user_id) ON DELETE RESTRICT,
+    PRIMARY KEY (location_id, user_id)
+);
+
+CREATE INDEX userlocations_user_id_idx ON userlocations (user_id);

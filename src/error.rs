@@ -1,0 +1,178 @@
+//! The one error type of the crate, and the single place where database errors are classified.
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
+
+/// `Result` with [`enum@Error`] as its error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `userbase`.
+///
+/// Constraint violations come back as their own variants whatever the backend, so callers can
+/// match on them. No variant ever carries a password: URLs inside errors are rendered redacted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The row that was asked for does not exist.
+    #[error("row not found")]
+    NotFound,
+
+    /// An insert or update would duplicate a unique key (primary key or `UNIQUE` column).
+    #[error("unique violation{}: {message}", on_constraint(.constraint))]
+    UniqueViolation {
+        /// The violated constraint, when the backend names it (PostgreSQL does).
+        constraint: Option<String>,
+        /// The backend's message.
+        message: String,
+    },
+
+    /// A foreign key does not hold: a link to a missing row, or (PostgreSQL reports
+    /// `ON DELETE RESTRICT` this way) a delete of a row that other rows still point to.
+    #[error("foreign key violation{}: {message}", on_constraint(.constraint))]
+    ForeignKeyViolation {
+        /// The violated constraint, when the backend names it (PostgreSQL does).
+        constraint: Option<String>,
+        /// The backend's message, with its detail line when there is one.
+        message: String,
+    },
+
+    /// A `NOT NULL` column was given no value.
+    #[error("not-null violation{}: {message}", on_column(.column))]
+    NotNullViolation {
+        /// The column, when the backend names it.
+        column: Option<String>,
+        /// The backend's message.
+        message: String,
+    },
+
+    /// A `CHECK` constraint does not hold.
+    #[error("check violation{}: {message}", on_constraint(.constraint))]
+    CheckViolation {
+        /// The violated constraint, when the backend names it.
+        constraint: Option<String>,
+        /// The backend's message.
+        message: String,
+    },
+
+    /// No pooled connection became free within `pool_timeout`.
+    #[error(
+        "pool limit of size {pool_size} overflow {max_overflow} reached, timed out after {} s",
+        timeout.as_secs_f64()
+    )]
+    PoolTimeout {
+        /// `PoolConfig::pool_size` of the pool.
+        pool_size: u32,
+        /// `PoolConfig::max_overflow` of the pool.
+        max_overflow: u32,
+        /// How long the checkout waited.
+        timeout: Duration,
+    },
+
+    /// A connection could not be opened: refused, bad password, unknown database, bad file.
+    #[error("could not connect to {url}: {message}")]
+    Connect {
+        /// The URL, password hidden.
+        url: String,
+        /// The server's (or SQLite's) own message.
+        message: String,
+    },
+
+    /// Applying or reverting a migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    /// A setting or URL is malformed.
+    #[error("invalid configuration{}: {message}", on_variable(.variable))]
+    Config {
+        /// The environment variable (or URL part) at fault, when there is one.
+        variable: Option<String>,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// Input was rejected before it reached the database.
+    #[error("invalid {field}: {message}")]
+    Validation {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// Any other error reported by Diesel or the database.
+    #[error("database error: {0}")]
+    Query(#[source] diesel::result::Error),
+}
+
+impl Error {
+    /// A configuration error about one variable.
+    pub(crate) fn config(variable: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            variable: Some(variable.into()),
+            message: message.into(),
+        }
+    }
+}
+
+fn on_constraint(constraint: &Option<String>) -> String {
+    constraint
+        .as_deref()
+        .map(|c| format!(" on constraint `{c}`"))
+        .unwrap_or_default()
+}
+
+fn on_column(column: &Option<String>) -> String {
+    column
+        .as_deref()
+        .map(|c| format!(" on column `{c}`"))
+        .unwrap_or_default()
+}
+
+fn on_variable(variable: &Option<String>) -> String {
+    variable
+        .as_deref()
+        .map(|v| format!(" in {v}"))
+        .unwrap_or_default()
+}
+
+/// The backend's message with its detail line (PostgreSQL says which rows block a delete there).
+fn full_message(info: &dyn DatabaseErrorInformation) -> String {
+    match info.details() {
+        Some(details) => format!("{} ({details})", info.message()),
+        None => info.message().to_owned(),
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::Error as D;
+        match error {
+            D::NotFound => Error::NotFound,
+            D::DatabaseError(kind, info) => {
+                let constraint = info.constraint_name().map(str::to_owned);
+                let message = full_message(info.as_ref());
+                match kind {
+                    DatabaseErrorKind::UniqueViolation => Error::UniqueViolation {
+                        constraint,
+                        message,
+                    },
+                    DatabaseErrorKind::ForeignKeyViolation => Error::ForeignKeyViolation {
+                        constraint,
+                        message,
+                    },
+                    DatabaseErrorKind::NotNullViolation => Error::NotNullViolation {
+                        column: info.column_name().map(str::to_owned),
+                        message,
+                    },
+                    DatabaseErrorKind::CheckViolation => Error::CheckViolation {
+                        constraint,
+                        message,
+                    },
+                    other => Error::Query(D::DatabaseError(other, info)),
+                }
+            }
+            other => Error::Query(other),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod connection;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod models;
+pub mod repo;
+#[rustfmt::skip]
+#[allow(missing_docs)]
+pub mod schema;
+pub mod session;
+
+pub use config::{Backend, DbUrl, PoolConfig, Settings};
+pub use connection::{AnyConnection, MultiBackend};
+pub use engine::Database;
+pub use error::{Error, Result};
+pub use repo::Repo;
+pub use session::Session;

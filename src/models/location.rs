@@ -1,0 +1,106 @@
+//! `locations`: places users visit.
+
+use std::fmt;
+
+use chrono::NaiveDateTime;
+use diesel::dsl::AsSelect;
+use diesel::prelude::*;
+
+use crate::MultiBackend;
+use crate::schema::{locations, userlocations, users};
+
+/// A location row: the seed's `Location`.
+///
+/// `Display` follows the seed's `__repr__`: `<Location 1 Ramirez Forge 16155 Roman Stream Suite 816>`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Identifiable)]
+#[diesel(table_name = locations, primary_key(location_id))]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
+pub struct Location {
+    /// Generated id.
+    pub location_id: i32,
+    /// Unique name (at most 128 characters).
+    pub location_name: String,
+    /// Street address (at most 128 characters).
+    pub address: String,
+    /// Whether the location has a solarium; defaults to `true`.
+    pub has_solarium: bool,
+    /// When the row was created (UTC); set by the database.
+    pub created_at: NaiveDateTime,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "<Location {} {} {}>",
+            self.location_id, self.location_name, self.address
+        )
+    }
+}
+
+/// A location to insert; `None` fields take the column default (`has_solarium` `true`,
+/// `created_at` now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Insertable)]
+#[diesel(table_name = locations)]
+pub struct NewLocation<'a> {
+    /// Unique name (required).
+    pub location_name: &'a str,
+    /// Street address (required).
+    pub address: &'a str,
+    /// Solarium flag; default `true`.
+    pub has_solarium: Option<bool>,
+    /// Creation time; default now (UTC).
+    pub created_at: Option<NaiveDateTime>,
+}
+
+impl<'a> NewLocation<'a> {
+    /// A location with a name and an address, everything else at its default.
+    pub fn new(location_name: &'a str, address: &'a str) -> Self {
+        NewLocation {
+            location_name,
+            address,
+            has_solarium: None,
+            created_at: None,
+        }
+    }
+}
+
+/// All locations, ordered by id.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn all() -> _ {
+    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+    locations::table
+        .order(locations::location_id)
+        .select(as_select)
+}
+
+/// The location with id `location_id`.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn by_id(location_id: i32) -> _ {
+    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+    locations::table
+        .find(location_id)
+        .select(as_select)
+}
+
+/// The location named `name`.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn by_name<'a>(name: &'a str) -> _ {
+    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+    locations::table
+        .filter(locations::location_name.eq(name))
+        .select(as_select)
+}
+
+/// The locations of user `user_id` with the user's username, ordered by location id: the seed's
+/// `get_all_user_locations_relationships`.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn of_user_with_username(user_id: i64) -> _ {
+    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+    userlocations::table
+        .inner_join(locations::table)
+        .inner_join(users::table)
+        .filter(users::user_id.eq(user_id))
+        .order(locations::location_id)
+        .select((as_select, users::username))
+}
