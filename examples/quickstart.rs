@@ -67,7 +67,10 @@ fn run() -> Result<(), Error> {
     }
     println!("===========");
     for row in repo.location_counts_by_user_named()? {
-        println!("Total number of Locations: {} by {}", row.quantity, row.name);
+        println!(
+            "Total number of Locations: {} by {}",
+            row.quantity, row.name
+        );
     }
     println!("===========");
     Ok(())

@@ -582,7 +582,10 @@ fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Optio
             "0" | "false" | "no" | "off" => Ok(false),
             _ => Err(Error::config(
                 name,
-                format!("`{}` is not a boolean (true/false, 1/0, yes/no, on/off)", raw.trim()),
+                format!(
+                    "`{}` is not a boolean (true/false, 1/0, yes/no, on/off)",
+                    raw.trim()
+                ),
             )),
         })
         .transpose()

@@ -10,18 +10,54 @@ use crate::models::{NewLocation, NewUser};
 use crate::repo::Repo;
 
 /// A demo user: `(user_id, username, full_name, language, created_at)` as the seed's dump shows.
-pub type DemoUser = (i64, &'static str, &'static str, &'static str, (u32, u32, u32, u32, u32));
+pub type DemoUser = (
+    i64,
+    &'static str,
+    &'static str,
+    &'static str,
+    (u32, u32, u32, u32, u32),
+);
 
 /// The seed's users, in the order of its `SELECT * FROM users` dump (created_at as
 /// `(day of June 2024, hour, minute, second, microsecond)`).
 pub const USERS: [DemoUser; 7] = [
     (1, "john_doe", "John Doe", "en", (20, 6, 38, 14, 853_833)),
     (12356, "johndoe", "John Doe", "en", (19, 2, 45, 14, 263_074)),
-    (1824, "figueroajohn", "Brian Yang", "si", (19, 2, 45, 14, 310_830)),
-    (6873, "shaneramirez", "Olivia Moore", "my", (19, 2, 45, 14, 338_458)),
-    (9044, "maria95", "Michele Williams", "hak", (19, 2, 45, 14, 352_996)),
-    (1169, "amandasanchez", "Devin Schaefer", "xh", (19, 2, 45, 14, 367_904)),
-    (5155, "dianafoster", "Judy Baker", "hsb", (19, 2, 45, 14, 381_088)),
+    (
+        1824,
+        "figueroajohn",
+        "Brian Yang",
+        "si",
+        (19, 2, 45, 14, 310_830),
+    ),
+    (
+        6873,
+        "shaneramirez",
+        "Olivia Moore",
+        "my",
+        (19, 2, 45, 14, 338_458),
+    ),
+    (
+        9044,
+        "maria95",
+        "Michele Williams",
+        "hak",
+        (19, 2, 45, 14, 352_996),
+    ),
+    (
+        1169,
+        "amandasanchez",
+        "Devin Schaefer",
+        "xh",
+        (19, 2, 45, 14, 367_904),
+    ),
+    (
+        5155,
+        "dianafoster",
+        "Judy Baker",
+        "hsb",
+        (19, 2, 45, 14, 381_088),
+    ),
 ];
 
 /// The seed's locations `(name, address)`, in id order on a fresh database.

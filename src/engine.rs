@@ -253,7 +253,9 @@ impl Database {
         let deadline = started + self.config.pool_timeout;
         loop {
             let now = Instant::now();
-            let slice = deadline.saturating_duration_since(now).min(CONNECT_ERROR_POLL);
+            let slice = deadline
+                .saturating_duration_since(now)
+                .min(CONNECT_ERROR_POLL);
             match self.pool.get_timeout(slice) {
                 Ok(conn) => return Ok(Session::new(conn)),
                 Err(_) => {
@@ -301,14 +303,15 @@ impl Database {
 
 /// Applies the embedded migrations of `conn`'s backend.
 pub(crate) fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>> {
-    let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| Error::Migration(e.to_string());
+    let migration_error =
+        |e: Box<dyn std::error::Error + Send + Sync>| Error::Migration(e.to_string());
     let versions = match conn {
         AnyConnection::Pg(pg) => {
             use diesel::connection::SimpleConnection;
             pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
-            let applied = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| {
-                v.iter().map(ToString::to_string).collect::<Vec<_>>()
-            });
+            let applied = pg
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
             pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
             applied.map_err(migration_error)?
         }

@@ -169,10 +169,43 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
-                    other => Error::Query(D::DatabaseError(other, info)),
+                    other => match sqlite_constraint(info.message()) {
+                        Some(classified) => classified,
+                        None => Error::Query(D::DatabaseError(other, info)),
+                    },
                 }
             }
             other => Error::Query(other),
         }
     }
+}
+
+/// Classifies SQLite's constraint messages where Diesel reports no kind (SQLite gives, for
+/// example, `FOREIGN KEY constraint failed` for an `ON DELETE RESTRICT`). The part after the colon
+/// (`users.full_name`, a `CHECK` constraint's name) is kept as the column or constraint.
+fn sqlite_constraint(message: &str) -> Option<Error> {
+    let (head, detail) = match message.split_once(": ") {
+        Some((head, detail)) => (head, Some(detail.to_owned())),
+        None => (message, None),
+    };
+    let message = message.to_owned();
+    Some(match head {
+        "UNIQUE constraint failed" | "PRIMARY KEY constraint failed" => Error::UniqueViolation {
+            constraint: detail,
+            message,
+        },
+        "FOREIGN KEY constraint failed" => Error::ForeignKeyViolation {
+            constraint: detail,
+            message,
+        },
+        "NOT NULL constraint failed" => Error::NotNullViolation {
+            column: detail,
+            message,
+        },
+        "CHECK constraint failed" => Error::CheckViolation {
+            constraint: detail,
+            message,
+        },
+        _ => return None,
+    })
 }

@@ -6,8 +6,8 @@ use chrono::NaiveDateTime;
 use diesel::dsl::AsSelect;
 use diesel::prelude::*;
 
-use crate::MultiBackend;
 use crate::schema::{locations, userlocations, users};
+use crate::MultiBackend;
 
 /// A location row: the seed's `Location`.
 ///
@@ -78,9 +78,7 @@ pub fn all() -> _ {
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn by_id(location_id: i32) -> _ {
     let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
-    locations::table
-        .find(location_id)
-        .select(as_select)
+    locations::table.find(location_id).select(as_select)
 }
 
 /// The location named `name`.

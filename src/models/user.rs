@@ -6,8 +6,8 @@ use chrono::NaiveDateTime;
 use diesel::dsl::AsSelect;
 use diesel::prelude::*;
 
-use crate::MultiBackend;
 use crate::schema::{userlocations, users};
+use crate::MultiBackend;
 
 /// A user row: the seed's `User`.
 ///

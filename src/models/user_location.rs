@@ -7,8 +7,8 @@ use diesel::dsl::AsSelect;
 use diesel::prelude::*;
 
 use crate::models::{Location, User};
-use crate::MultiBackend;
 use crate::schema::{userlocations, users};
+use crate::MultiBackend;
 
 /// A link between a user and a location: the seed's `UserLocation` association object.
 ///
