@@ -27,7 +27,7 @@ fn run() -> Result<(), Error> {
     let db = Database::new(Settings::from_env()?)?;
     println!("Using {} at {}", db.backend(), db.url());
     db.run_pending_migrations()?;
-    db.transaction(|repo| demo::load(repo))?;
+    db.transaction(demo::load)?;
 
     // The seed's `with session_pool() as session: repo = Repo(session)`.
     let mut session = db.session()?;

@@ -545,7 +545,7 @@ impl Settings {
                 None => defaults.pool_timeout,
             },
             pool_recycle: match parse_var::<f64>(&var, "DB_POOL_RECYCLE_SECS")? {
-                Some(secs) if secs == -1.0 => None,
+                Some(-1.0) => None,
                 Some(secs) => Some(seconds("DB_POOL_RECYCLE_SECS", secs)?),
                 None => defaults.pool_recycle,
             },

@@ -1,7 +1,7 @@
 //! The engine: a lazily filled r2d2 pool of [`AnyConnection`]s, the seed's `create_engine`.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use diesel::connection::{Connection, Instrumentation, InstrumentationEvent};
 use diesel::r2d2::R2D2Connection;
@@ -25,9 +25,6 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u32 = 10;
 /// Key of the PostgreSQL advisory lock held while migrations run, so that two processes starting
 /// at once do not both apply them.
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6261_7365; // "userbase"
-
-/// How often a waiting checkout looks whether a connect attempt failed meanwhile.
-const CONNECT_ERROR_POLL: Duration = Duration::from_millis(10);
 
 /// The r2d2 connection manager: opens the backend the URL names and keeps the real connect error.
 #[derive(Debug)]
@@ -246,31 +243,23 @@ impl Database {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] with the server's message as soon as a connect attempt made for this
-    /// checkout fails; [`Error::PoolTimeout`] when every connection stays busy for `pool_timeout`.
+    /// [`Error::Connect`] with the server's message when no connection could be made within
+    /// `pool_timeout` because connecting failed; [`Error::PoolTimeout`] when every connection
+    /// stayed busy for `pool_timeout`.
     pub fn session(&self) -> Result<Session> {
         let started = Instant::now();
-        let deadline = started + self.config.pool_timeout;
-        loop {
-            let now = Instant::now();
-            let slice = deadline
-                .saturating_duration_since(now)
-                .min(CONNECT_ERROR_POLL);
-            match self.pool.get_timeout(slice) {
-                Ok(conn) => return Ok(Session::new(conn)),
-                Err(_) => {
-                    if let Some(message) = self.last_error.since(started) {
-                        return Err(connect_error(&self.url, message));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(Error::PoolTimeout {
-                            pool_size: self.config.pool_size,
-                            max_overflow: self.config.max_overflow,
-                            timeout: self.config.pool_timeout,
-                        });
-                    }
-                }
-            }
+        // One blocking wait: r2d2 asks for a new connection on every `get` call, so polling in
+        // slices would open extra connections while the first one is still being made.
+        match self.pool.get_timeout(self.config.pool_timeout) {
+            Ok(conn) => Ok(Session::new(conn)),
+            Err(_) => match self.last_error.since(started) {
+                Some(message) => Err(connect_error(&self.url, message)),
+                None => Err(Error::PoolTimeout {
+                    pool_size: self.config.pool_size,
+                    max_overflow: self.config.max_overflow,
+                    timeout: self.config.pool_timeout,
+                }),
+            },
         }
     }
 

@@ -2,9 +2,11 @@
 
 diesel::table! {
     locations (location_id) {
-        location_id -> Integer,
-        location_name -> Text,
-        address -> Text,
+        location_id -> Int4,
+        #[max_length = 128]
+        location_name -> Varchar,
+        #[max_length = 128]
+        address -> Varchar,
         has_solarium -> Bool,
         created_at -> Timestamp,
     }
@@ -12,20 +14,24 @@ diesel::table! {
 
 diesel::table! {
     userlocations (location_id, user_id) {
-        location_id -> Integer,
-        user_id -> BigInt,
+        location_id -> Int4,
+        user_id -> Int8,
     }
 }
 
 diesel::table! {
     users (user_id) {
-        user_id -> BigInt,
-        username -> Nullable<Text>,
-        full_name -> Text,
-        language -> Text,
+        user_id -> Int8,
+        #[max_length = 128]
+        username -> Nullable<Varchar>,
+        #[max_length = 128]
+        full_name -> Varchar,
+        #[max_length = 10]
+        language -> Varchar,
         active -> Bool,
-        logged_as -> Nullable<Text>,
-        referrer_id -> Nullable<BigInt>,
+        #[max_length = 128]
+        logged_as -> Nullable<Varchar>,
+        referrer_id -> Nullable<Int8>,
         created_at -> Timestamp,
     }
 }

@@ -16,6 +16,9 @@ const GALLOWAY: (i32, &str) = (2, "Galloway Walk");
 const GABRIELLE: (i32, &str) = (3, "Gabrielle Ville");
 const BURGESS: (i32, &str) = (4, "Burgess Meadow");
 
+/// `(user_id, full_name, [(location_id, location_name)])`: a row of `users_with_locations`.
+type UserRow<'a> = (i64, &'a str, Vec<(i32, &'a str)>);
+
 fn user_ids(users: &[User]) -> Vec<i64> {
     users.iter().map(|u| u.user_id).collect()
 }
@@ -25,7 +28,7 @@ both_backends! {
         let test = TestDb::new(backend);
         let db = test.seeded();
         let rows = db.session().unwrap().repo().users_with_locations().unwrap();
-        let got: Vec<(i64, &str, Vec<(i32, &str)>)> = rows
+        let got: Vec<UserRow<'_>> = rows
             .iter()
             .map(|r| {
                 (
@@ -160,7 +163,7 @@ both_backends! {
     fn demo_load_is_idempotent(backend: Backend) {
         let test = TestDb::new(backend);
         let db = test.seeded();
-        db.transaction(|repo| userbase::demo::load(repo)).unwrap();
+        db.transaction(userbase::demo::load).unwrap();
         let mut session = db.session().unwrap();
         let mut repo = session.repo();
         assert_eq!(repo.users().unwrap().len(), 7);

@@ -178,7 +178,7 @@ impl TestDb {
     /// An engine on this database holding the seed's demo rows.
     pub fn seeded(&self) -> Database {
         let db = self.database();
-        db.transaction(|repo| userbase::demo::load(repo))
+        db.transaction(userbase::demo::load)
             .expect("load demo rows");
         db
     }

@@ -1,0 +1,313 @@
+//! The engine: laziness, pool limits, typed timeout and connect errors, migrations, pragmas, echo.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
+
+use common::{admin, unique_name, TestDb};
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Server connections whose `application_name` is `app`.
+fn server_connections(app: &str) -> i64 {
+    diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
+        .bind::<Text, _>(app)
+        .get_result::<Count>(&mut admin())
+        .unwrap()
+        .n
+}
+
+fn short_pool(pool_size: u32, max_overflow: u32) -> PoolConfig {
+    PoolConfig {
+        pool_size,
+        max_overflow,
+        pool_timeout: Duration::from_millis(300),
+        ..PoolConfig::default()
+    }
+}
+
+#[test]
+fn creating_a_database_opens_no_connection() {
+    let test = TestDb::new(Backend::Postgres);
+    let app = unique_name("lazy");
+    let url = test.url.clone().with_query_param("application_name", &app);
+    let db = Database::new(Settings::new(url)).unwrap();
+    assert_eq!(server_connections(&app), 0);
+    let session = db.session().unwrap();
+    assert_eq!(server_connections(&app), 1);
+    drop(session);
+    let _again = db.session().unwrap();
+    assert_eq!(
+        server_connections(&app),
+        1,
+        "the returned connection is reused"
+    );
+}
+
+#[test]
+fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
+    let test = TestDb::new(Backend::Postgres);
+    let app = unique_name("limit");
+    let db = Database::new(Settings {
+        url: test.url.clone().with_query_param("application_name", &app),
+        pool: short_pool(2, 1),
+    })
+    .unwrap();
+    let held: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
+    assert_eq!(server_connections(&app), 3);
+    let err = db.session().unwrap_err();
+    match &err {
+        Error::PoolTimeout {
+            pool_size: 2,
+            max_overflow: 1,
+            timeout,
+        } => {
+            assert_eq!(*timeout, Duration::from_millis(300))
+        }
+        other => panic!("expected PoolTimeout, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "pool limit of size 2 overflow 1 reached, timed out after 0.3 s"
+    );
+    drop(held);
+    assert!(db.session().is_ok());
+}
+
+#[test]
+fn pool_limits_hold_on_sqlite_too() {
+    let test = TestDb::new(Backend::Sqlite);
+    let db = test.database_with(short_pool(1, 0));
+    let held = db.session().unwrap();
+    assert!(matches!(
+        db.session(),
+        Err(Error::PoolTimeout {
+            pool_size: 1,
+            max_overflow: 0,
+            ..
+        })
+    ));
+    drop(held);
+    assert!(db.session().is_ok());
+}
+
+#[test]
+fn unknown_database_is_a_connect_error_with_the_server_message() {
+    let url = common::database_url("userbase_no_such_database");
+    let db = Database::new(Settings {
+        url,
+        pool: short_pool(1, 0),
+    })
+    .unwrap();
+    // A Connect error with the server's message, not a PoolTimeout: the failure is not disguised.
+    match db.session() {
+        Err(Error::Connect { url, message }) => {
+            assert!(
+                message.contains("database \"userbase_no_such_database\" does not exist"),
+                "{message}"
+            );
+            assert!(url.ends_with("/userbase_no_such_database"), "{url}");
+        }
+        other => panic!("expected Connect error, got {other:?}"),
+    }
+}
+
+#[test]
+fn refused_connection_is_a_connect_error_that_hides_the_password() {
+    let url = DbUrl::postgres()
+        .with_username("postgres")
+        .with_password("hunter2-secret")
+        .with_host("127.0.0.1")
+        .with_port(1)
+        .with_database("x");
+    let db = Database::new(Settings {
+        url,
+        pool: short_pool(1, 0),
+    })
+    .unwrap();
+    let err = db.session().unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Connect { .. }), "{shown}");
+    assert!(shown.contains("Connection refused"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("postgres://postgres:***@127.0.0.1:1/x"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unopenable_sqlite_file_is_a_connect_error() {
+    let url = DbUrl::sqlite("/nonexistent-dir/sub/x.db");
+    let db = Database::new(Settings {
+        url,
+        pool: short_pool(1, 0),
+    })
+    .unwrap();
+    match db.session() {
+        Err(Error::Connect { url, message }) => {
+            assert_eq!(url, "sqlite:///nonexistent-dir/sub/x.db");
+            assert!(
+                message
+                    .to_lowercase()
+                    .contains("unable to open the database file"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Connect error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_pool_config_is_rejected() {
+    let pool = PoolConfig {
+        pool_size: 0,
+        max_overflow: 0,
+        ..PoolConfig::default()
+    };
+    let err = Database::new(Settings {
+        url: DbUrl::sqlite(":memory:"),
+        pool,
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+}
+
+both_backends! {
+    fn migrations_are_idempotent(backend: Backend) {
+        let test = TestDb::new(backend);
+        let db = test.database();
+        assert_eq!(db.run_pending_migrations().unwrap(), Vec::<String>::new());
+    }
+
+    fn a_conflicting_schema_is_a_migration_error(backend: Backend) {
+        // An empty database that already has a `users` table the migrations do not expect.
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg_name) = match backend {
+            Backend::Postgres => {
+                let name = unique_name("userbase_conflict");
+                admin().batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+                (common::database_url(&name), Some(name))
+            }
+            Backend::Sqlite => (DbUrl::sqlite(dir.path().join("c.db").to_str().unwrap()), None),
+        };
+        let db = Database::new(Settings::new(url)).unwrap();
+        db.session().unwrap().connection().batch_execute("CREATE TABLE users (x INTEGER)").unwrap();
+        let err = db.run_pending_migrations().unwrap_err();
+        assert!(matches!(err, Error::Migration(_)), "{err:?}");
+        assert!(err.to_string().contains("users"), "{err}");
+        drop(db);
+        if let Some(name) = pg_name {
+            admin().batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sqlite_connections_get_the_pragmas() {
+    #[derive(QueryableByName)]
+    struct Pragma {
+        #[diesel(sql_type = BigInt)]
+        foreign_keys: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Journal {
+        #[diesel(sql_type = Text)]
+        journal_mode: String,
+    }
+    #[derive(QueryableByName)]
+    struct Busy {
+        #[diesel(sql_type = BigInt)]
+        timeout: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Sync {
+        #[diesel(sql_type = BigInt)]
+        synchronous: i64,
+    }
+    let test = TestDb::new(Backend::Sqlite);
+    let db = test.database();
+    let mut session = db.session().unwrap();
+    let conn = session.connection();
+    let fk: Pragma = diesel::sql_query("PRAGMA foreign_keys")
+        .get_result(conn)
+        .unwrap();
+    let journal: Journal = diesel::sql_query("PRAGMA journal_mode")
+        .get_result(conn)
+        .unwrap();
+    let busy: Busy = diesel::sql_query("PRAGMA busy_timeout")
+        .get_result(conn)
+        .unwrap();
+    let sync: Sync = diesel::sql_query("PRAGMA synchronous")
+        .get_result(conn)
+        .unwrap();
+    assert_eq!(fk.foreign_keys, 1);
+    assert_eq!(journal.journal_mode, "wal");
+    assert_eq!(busy.timeout, 5000);
+    assert_eq!(sync.synchronous, 1, "NORMAL");
+}
+
+/// A `tracing` writer that keeps everything written to it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn echo_logs_sql_and_duration_but_never_the_password() {
+    let test = TestDb::new(Backend::Postgres);
+    // The test server trusts every password, so a password in the URL still connects.
+    let url = test.url.clone().with_password("echo-secret-pw");
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let db = Database::new(Settings {
+            url,
+            pool: PoolConfig {
+                echo: true,
+                ..PoolConfig::default()
+            },
+        })
+        .unwrap();
+        db.session()
+            .unwrap()
+            .repo()
+            .count_user_locations(6873)
+            .unwrap();
+        let refused = DbUrl::parse("postgres://postgres:echo-secret-pw@127.0.0.1:1/x").unwrap();
+        let _ = Database::new(Settings {
+            url: refused,
+            pool: short_pool(1, 0),
+        })
+        .unwrap()
+        .session();
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains(r#"SELECT count("userlocations"."location_id") FROM "userlocations" WHERE ("userlocations"."user_id" = $1)"#), "{log}");
+    assert!(log.contains("binds: [6873]"), "{log}");
+    assert!(log.contains("elapsed="), "{log}");
+    assert!(!log.contains("echo-secret-pw"), "{log}");
+}
