@@ -1,5 +1,6 @@
 //! The engine: a lazily filled r2d2 pool of [`AnyConnection`]s, the seed's `create_engine`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -27,7 +28,6 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u32 = 10;
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6261_7365; // "userbase"
 
 /// The r2d2 connection manager: opens the backend the URL names and keeps the real connect error.
-#[derive(Debug)]
 pub(crate) struct Manager {
     url: DbUrl,
     /// What the driver is given (with the password); never printed.
@@ -35,7 +35,23 @@ pub(crate) struct Manager {
     echo: bool,
     /// The latest connect failure, shared with the [`Database`] whose checkouts return it.
     last_error: LastConnectError,
+    /// For `sqlite::memory:`, a connection held for the pool's lifetime: the in-memory database
+    /// lives as long as one connection to it is open. Opened with the first pooled connection.
+    memory_keeper: Mutex<Option<AnyConnection>>,
 }
+
+impl std::fmt::Debug for Manager {
+    /// Shows the redacted URL; `target` holds the password and is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("url", &self.url)
+            .field("echo", &self.echo)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names the in-memory databases of this process apart.
+static MEMORY_DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// The latest connect failure and when it happened: r2d2 connects on its own threads and keeps
 /// only a string, so the manager records the real error here for the waiting checkout.
@@ -70,6 +86,13 @@ impl Manager {
                 }
                 with_defaults.render(false)
             }
+            // `memdb` with a name starting with `/` is one database shared by every connection of
+            // the process (unlike plain `:memory:`, one per connection), with normal locking.
+            Backend::Sqlite if url.is_memory() => format!(
+                "file:/userbase-{}-{}?vfs=memdb",
+                std::process::id(),
+                MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed)
+            ),
             Backend::Sqlite => url.database().unwrap_or_default().to_owned(),
         };
         Manager {
@@ -77,7 +100,25 @@ impl Manager {
             target,
             echo,
             last_error,
+            memory_keeper: Mutex::new(None),
         }
+    }
+
+    /// Opens the keeper connection of an in-memory database, once.
+    fn keep_memory_alive(&self) -> Result<()> {
+        if !self.url.is_memory() {
+            return Ok(());
+        }
+        let mut keeper = self
+            .memory_keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if keeper.is_none() {
+            let conn = AnyConnection::open(Backend::Sqlite, &self.target)
+                .map_err(|e| connect_error(&self.url, e.to_string()))?;
+            *keeper = Some(conn);
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +134,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<AnyConnection> {
+        self.keep_memory_alive()?;
         match AnyConnection::open(self.url.backend(), &self.target) {
             Ok(mut conn) => {
                 self.last_error.record(None);
@@ -163,8 +205,8 @@ impl Instrumentation for Echo {
 /// let db = Database::new(Settings::from_env()?)?;
 /// db.run_pending_migrations()?;
 /// let mut session = db.session()?;
-/// for (user, locations) in session.repo().users_with_locations()? {
-///     println!("{} has {} locations", user.full_name, locations.len());
+/// for row in session.repo().users_with_locations()? {
+///     println!("{} has {} locations", row.user.full_name, row.locations.len());
 /// }
 /// # Ok::<(), userbase::Error>(())
 /// ```

@@ -311,3 +311,24 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
     assert!(log.contains("elapsed="), "{log}");
     assert!(!log.contains("echo-secret-pw"), "{log}");
 }
+
+#[test]
+fn sqlite_memory_is_one_database_shared_by_the_pool() {
+    use userbase::models::NewUser;
+    let db = Database::new(Settings::new(DbUrl::parse("sqlite::memory:").unwrap())).unwrap();
+    db.run_pending_migrations().unwrap();
+    let mut first = db.session().unwrap();
+    let mut second = db.session().unwrap();
+    first
+        .repo()
+        .insert_user(&NewUser::new(1, "Shared"))
+        .unwrap();
+    assert_eq!(second.repo().user(1).unwrap().full_name, "Shared");
+    drop((first, second));
+    // With every pooled connection idle or gone, the data is still there.
+    assert_eq!(db.session().unwrap().repo().users().unwrap().len(), 1);
+    // Another engine on `sqlite::memory:` is another database.
+    let other = Database::new(Settings::new(DbUrl::sqlite(":memory:"))).unwrap();
+    other.run_pending_migrations().unwrap();
+    assert_eq!(other.session().unwrap().repo().users().unwrap(), vec![]);
+}
