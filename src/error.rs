@@ -157,7 +157,9 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
-                    DatabaseErrorKind::ForeignKeyViolation => Error::ForeignKeyViolation {
+                    // 23503 (what ON DELETE RESTRICT raises) and 23001 (a deferred RESTRICT) alike.
+                    DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::RestrictViolation => Error::ForeignKeyViolation {
                         constraint,
                         message,
                     },
