@@ -16,7 +16,10 @@
 //! | `DB_POOL_TIMEOUT_SECS` | seconds a checkout waits for a free connection (fractions allowed) | `30` ([`DEFAULT_POOL_TIMEOUT`]) |
 //! | `DB_POOL_RECYCLE_SECS` | replace connections older than this many seconds; `-1` or empty: never | never |
 //! | `DB_PRE_PING` | test a connection before handing it out (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`) | `true` |
-//! | `DB_ECHO` | log every statement through `tracing` (same boolean forms) | `false` |
+//! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds | `500` ([`DEFAULT_PRE_PING_BYPASS`]) |
+//! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` |
+//! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` |
+//! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` |
 //!
 //! The `DB_HOST` … `DB_NAME` parts are used as soon as any of them is set; with none of them and no
 //! `DATABASE_URL`, the embedded SQLite file [`DEFAULT_SQLITE_PATH`] is used. A malformed value is an
@@ -39,6 +42,9 @@ pub const DEFAULT_MAX_OVERFLOW: u32 = 10;
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `pre_ping`: test connections before handing them out.
 pub const DEFAULT_PRE_PING: bool = true;
+/// Default `pre_ping_bypass`: a connection used this recently is handed out without a ping
+/// (HikariCP's "alive bypass window").
+pub const DEFAULT_PRE_PING_BYPASS: Duration = Duration::from_millis(500);
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
 pub const DEFAULT_SQLITE_PATH: &str = "userbase.sqlite3";
 /// Default PostgreSQL host for the `DB_*` parts.
@@ -430,8 +436,19 @@ pub struct PoolConfig {
     pub pool_recycle: Option<Duration>,
     /// Test a connection before handing it out. Default [`DEFAULT_PRE_PING`] (`true`).
     pub pre_ping: bool,
-    /// Log every statement through `tracing` (target `userbase::sql`). Default `false`.
+    /// With `pre_ping`, skip the ping for a connection that was in use this recently.
+    /// Default [`DEFAULT_PRE_PING_BYPASS`] (500 ms); zero pings on every checkout.
+    pub pre_ping_bypass: Duration,
+    /// Log every statement with its bind values, duration and error through `tracing`
+    /// (target `userbase::sql`, level INFO; errors at WARN). Default `false`.
     pub echo: bool,
+    /// With `echo`, leave the bind values out of the log (SQLAlchemy's `hide_parameters`).
+    /// Default `false`.
+    pub hide_parameters: bool,
+    /// Log pool events through `tracing` (target `userbase::pool`, level DEBUG): checkouts,
+    /// check-ins, overflow discards, recycles, invalidations (SQLAlchemy's `echo_pool`).
+    /// Default `false`.
+    pub echo_pool: bool,
 }
 
 impl Default for PoolConfig {
@@ -442,7 +459,10 @@ impl Default for PoolConfig {
             pool_timeout: DEFAULT_POOL_TIMEOUT,
             pool_recycle: None,
             pre_ping: DEFAULT_PRE_PING,
+            pre_ping_bypass: DEFAULT_PRE_PING_BYPASS,
             echo: false,
+            hide_parameters: false,
+            echo_pool: false,
         }
     }
 }
@@ -550,7 +570,13 @@ impl Settings {
                 None => defaults.pool_recycle,
             },
             pre_ping: parse_bool(&var, "DB_PRE_PING")?.unwrap_or(defaults.pre_ping),
+            pre_ping_bypass: parse_var(&var, "DB_PRE_PING_BYPASS_MS")?
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.pre_ping_bypass),
             echo: parse_bool(&var, "DB_ECHO")?.unwrap_or(defaults.echo),
+            hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
+                .unwrap_or(defaults.hide_parameters),
+            echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
         };
         pool.validate()?;
         Ok(Settings { url, pool })

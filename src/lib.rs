@@ -15,7 +15,7 @@ pub mod session;
 
 pub use config::{Backend, DbUrl, PoolConfig, Settings};
 pub use connection::{AnyConnection, MultiBackend};
-pub use engine::Database;
+pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};
 pub use repo::Repo;
 pub use session::Session;

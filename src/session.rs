@@ -42,12 +42,20 @@ impl Session {
 
     /// The typed queries over this session's connection: the seed's `Repo(session)`.
     pub fn repo(&mut self) -> Repo<'_> {
-        Repo::new(&mut self.conn)
+        Repo::new(self.conn.connection())
     }
 
     /// The raw connection, for queries the [`Repo`] does not offer.
+    ///
+    /// A transaction opened here with raw SQL (`BEGIN`) and left open is rolled back when the
+    /// session ends, like one opened through Diesel's API.
     pub fn connection(&mut self) -> &mut AnyConnection {
-        &mut self.conn
+        self.conn.raw_connection()
+    }
+
+    /// The connection for the crate's own queries (no raw SQL from callers).
+    pub(crate) fn repo_connection(&mut self) -> &mut AnyConnection {
+        self.conn.connection()
     }
 
     /// The backend of this session's connection.

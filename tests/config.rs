@@ -176,7 +176,10 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
             pool_timeout: Duration::from_secs(30),
             pool_recycle: None,
             pre_ping: true,
+            pre_ping_bypass: Duration::from_millis(500),
             echo: false,
+            hide_parameters: false,
+            echo_pool: false,
         }
     );
     assert_eq!(s.pool.max_connections(), 15);
@@ -215,7 +218,10 @@ fn pool_variables_are_read() {
         ("DB_POOL_TIMEOUT_SECS", "1.5"),
         ("DB_POOL_RECYCLE_SECS", "3600"),
         ("DB_PRE_PING", "off"),
+        ("DB_PRE_PING_BYPASS_MS", "250"),
         ("DB_ECHO", "YES"),
+        ("DB_HIDE_PARAMETERS", "1"),
+        ("DB_ECHO_POOL", "true"),
     ])
     .unwrap();
     assert_eq!(
@@ -226,7 +232,10 @@ fn pool_variables_are_read() {
             pool_timeout: Duration::from_millis(1500),
             pool_recycle: Some(Duration::from_secs(3600)),
             pre_ping: false,
+            pre_ping_bypass: Duration::from_millis(250),
             echo: true,
+            hide_parameters: true,
+            echo_pool: true,
         }
     );
     assert_eq!(
@@ -250,6 +259,8 @@ fn malformed_values_are_config_errors_naming_the_variable() {
         ("DB_POOL_RECYCLE_SECS", "-5"),
         ("DB_PRE_PING", "maybe"),
         ("DB_ECHO", "2"),
+        ("DB_PRE_PING_BYPASS_MS", "-1"),
+        ("DB_ECHO_POOL", "sometimes"),
         ("DB_PORT", "70000"),
         ("DATABASE_URL", "mysql://x"),
     ];

@@ -308,7 +308,7 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains(r#"SELECT count("userlocations"."location_id") FROM "userlocations" WHERE ("userlocations"."user_id" = $1)"#), "{log}");
     assert!(log.contains("binds: [6873]"), "{log}");
-    assert!(log.contains("elapsed="), "{log}");
+    assert!(log.contains("elapsed_us="), "{log}");
     assert!(!log.contains("echo-secret-pw"), "{log}");
 }
 

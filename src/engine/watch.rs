@@ -1,0 +1,137 @@
+//! What the engine sees of each connection and of the pool: statement logging (`echo`), dead
+//! connection detection, and pool events (`echo_pool`), all through `tracing`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Flags a connection's instrumentation raises for the pool to read at check-in.
+#[derive(Debug, Default)]
+pub(crate) struct ConnFlags {
+    /// A statement failed because the server connection is gone.
+    pub(crate) dead: AtomicBool,
+}
+
+/// Installed on every pooled connection: flags dead connections, and with `echo` logs each
+/// statement (target `userbase::sql`). It never sees the connection URL: it is installed after
+/// the connection is established, so diesel's connect events (which carry the URL) never reach it.
+pub(crate) struct Watch {
+    flags: Arc<ConnFlags>,
+    echo: bool,
+    hide_parameters: bool,
+    started: Option<Instant>,
+}
+
+impl Watch {
+    pub(crate) fn new(flags: Arc<ConnFlags>, echo: bool, hide_parameters: bool) -> Self {
+        Watch {
+            flags,
+            echo,
+            hide_parameters,
+            started: None,
+        }
+    }
+
+    fn log(&self, query: &dyn std::fmt::Display, error: Option<&DieselError>) {
+        let elapsed_us = self.started.map(|s| s.elapsed().as_micros()).unwrap_or(0);
+        let mut sql = query.to_string();
+        if self.hide_parameters {
+            if let Some(at) = sql.find(" -- binds: ") {
+                sql.truncate(at);
+                sql.push_str(" -- binds: [hidden]");
+            }
+        }
+        match error {
+            None => tracing::info!(target: "userbase::sql", elapsed_us, "{sql}"),
+            Some(error) => tracing::warn!(target: "userbase::sql", elapsed_us, %error, "{sql}"),
+        }
+    }
+}
+
+impl Instrumentation for Watch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartQuery { .. } if self.echo => {
+                self.started = Some(Instant::now());
+            }
+            InstrumentationEvent::FinishQuery { query, error, .. } => {
+                if let Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) =
+                    error
+                {
+                    self.flags.dead.store(true, Ordering::Relaxed);
+                }
+                if self.echo {
+                    self.log(query, error);
+                }
+            }
+            InstrumentationEvent::BeginTransaction { depth, .. } if self.echo => {
+                tracing::debug!(target: "userbase::sql", depth = depth.get(), "begin transaction");
+            }
+            InstrumentationEvent::CommitTransaction { depth, .. } if self.echo => {
+                tracing::debug!(target: "userbase::sql", depth = depth.get(), "commit");
+            }
+            InstrumentationEvent::RollbackTransaction { depth, .. } if self.echo => {
+                tracing::debug!(target: "userbase::sql", depth = depth.get(), "rollback");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// r2d2's pool events, logged with `echo_pool` (target `userbase::pool`, level DEBUG).
+#[derive(Debug)]
+pub(crate) struct PoolEvents {
+    pub(crate) echo_pool: bool,
+}
+
+impl r2d2::HandleEvent for PoolEvents {
+    fn handle_acquire(&self, event: r2d2::event::AcquireEvent) {
+        if self.echo_pool {
+            tracing::debug!(target: "userbase::pool", id = event.connection_id(), "connection opened");
+        }
+    }
+
+    fn handle_release(&self, event: r2d2::event::ReleaseEvent) {
+        if self.echo_pool {
+            tracing::debug!(
+                target: "userbase::pool",
+                id = event.connection_id(),
+                age_ms = event.age().as_millis(),
+                "connection closed"
+            );
+        }
+    }
+
+    fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
+        if self.echo_pool {
+            tracing::debug!(
+                target: "userbase::pool",
+                id = event.connection_id(),
+                wait_us = event.duration().as_micros(),
+                "checkout"
+            );
+        }
+    }
+
+    fn handle_timeout(&self, event: r2d2::event::TimeoutEvent) {
+        tracing::warn!(
+            target: "userbase::pool",
+            timeout_ms = event.timeout().as_millis(),
+            "checkout timed out"
+        );
+    }
+
+    fn handle_checkin(&self, event: r2d2::event::CheckinEvent) {
+        if self.echo_pool {
+            tracing::debug!(
+                target: "userbase::pool",
+                id = event.connection_id(),
+                held_us = event.duration().as_micros(),
+                "checkin"
+            );
+        }
+    }
+}

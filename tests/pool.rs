@@ -1,0 +1,391 @@
+//! SQLAlchemy's QueuePool semantics on a real PostgreSQL, connections counted in
+//! `pg_stat_activity` by a per-test `application_name`.
+
+mod common;
+
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::{Connection, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text};
+use userbase::models::NewUser;
+use userbase::{AnyConnection, Backend, Database, DbUrl, Error, PoolConfig, Settings};
+
+use common::{admin, unique_name, TestDb};
+
+#[derive(QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Backend PIDs of the server connections named `app`, sorted.
+fn server_pids(app: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = diesel::sql_query(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+    )
+    .bind::<Text, _>(app)
+    .load::<Pid>(&mut admin())
+    .unwrap()
+    .into_iter()
+    .map(|p| p.pid)
+    .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn backend_pid(db: &Database) -> i32 {
+    let mut session = db.session().unwrap();
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(session.connection())
+        .unwrap()
+        .pid
+}
+
+/// An engine on a fresh database whose connections carry a unique `application_name`.
+fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
+    let app = unique_name("pool");
+    let url = test.url.clone().with_query_param("application_name", &app);
+    (Database::new(Settings { url, pool }).unwrap(), app)
+}
+
+/// Polls until `check` holds or `limit` passes; returns whether it held.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn lazy_until_check_then_one_connection() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(&test, PoolConfig::default());
+    assert_eq!(server_pids(&app).len(), 0);
+    assert_eq!(db.status().open, 0);
+    db.check().unwrap();
+    assert_eq!(server_pids(&app).len(), 1);
+    assert_eq!(db.status().idle, 1);
+}
+
+#[test]
+fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(
+        &test,
+        PoolConfig {
+            pool_timeout: Duration::from_millis(400),
+            ..PoolConfig::default()
+        },
+    );
+    let hold = Arc::new(Barrier::new(16));
+    let release = Arc::new(Barrier::new(16));
+    let workers: Vec<_> = (0..15)
+        .map(|_| {
+            let (db, hold, release) = (db.clone(), hold.clone(), release.clone());
+            thread::spawn(move || {
+                let mut session = db.session().unwrap();
+                session.repo().count_user_locations(1).unwrap();
+                hold.wait();
+                release.wait();
+            })
+        })
+        .collect();
+    hold.wait();
+    assert_eq!(server_pids(&app).len(), 15);
+    let status = db.status();
+    assert_eq!(
+        (status.open, status.checked_out, status.overflow),
+        (15, 15, 10)
+    );
+    match db.session() {
+        Err(Error::PoolTimeout {
+            pool_size: 5,
+            max_overflow: 10,
+            timeout,
+        }) => {
+            assert_eq!(timeout, Duration::from_millis(400))
+        }
+        other => panic!("expected PoolTimeout, got {other:?}"),
+    }
+    release.wait();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    // Overflow connections are closed as they come back: pool_size stay, at once.
+    assert!(
+        eventually(Duration::from_millis(100), || server_pids(&app).len() == 5),
+        "{} connections after release",
+        server_pids(&app).len()
+    );
+    let status = db.status();
+    assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
+    assert_eq!(
+        status.to_string(),
+        "Pool size: 5  Connections in pool: 5 Current Overflow: 0 Current Checked out connections: 0"
+    );
+}
+
+#[test]
+fn base_connections_are_kept_through_idleness() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(
+        &test,
+        PoolConfig {
+            pool_size: 3,
+            ..PoolConfig::default()
+        },
+    );
+    let sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
+    drop(sessions);
+    let before = server_pids(&app);
+    assert_eq!(before.len(), 3);
+    thread::sleep(Duration::from_secs(3));
+    for _ in 0..3 {
+        db.session().unwrap().repo().users().unwrap();
+    }
+    assert_eq!(server_pids(&app), before, "no churn: the same backends");
+}
+
+#[test]
+fn recycle_replaces_old_connections_at_checkout() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, _app) = engine(
+        &test,
+        PoolConfig {
+            pool_recycle: Some(Duration::from_millis(300)),
+            ..PoolConfig::default()
+        },
+    );
+    let first = backend_pid(&db);
+    assert_eq!(backend_pid(&db), first, "young connection reused");
+    thread::sleep(Duration::from_millis(400));
+    assert_ne!(backend_pid(&db), first, "old connection replaced");
+}
+
+#[test]
+fn terminated_backends_are_replaced_without_errors() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(&test, PoolConfig::default());
+    let sessions: Vec<_> = (0..5).map(|_| db.session().unwrap()).collect();
+    drop(sessions);
+    let before = server_pids(&app);
+    assert_eq!(before.len(), 5);
+    admin()
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(2), || server_pids(&app).is_empty()));
+    // Past the pre-ping bypass window every checkout pings; the first failed ping invalidates
+    // the other four, which are replaced without a ping.
+    thread::sleep(Duration::from_millis(600));
+    let mut errors = 0;
+    for _ in 0..20 {
+        if db.session().and_then(|mut s| s.repo().users()).is_err() {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 0);
+    let after = server_pids(&app);
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "{before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn a_query_on_a_dead_connection_invalidates_the_pool() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(
+        &test,
+        PoolConfig {
+            pre_ping: false,
+            ..PoolConfig::default()
+        },
+    );
+    let sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
+    drop(sessions);
+    admin()
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(2), || server_pids(&app).is_empty()));
+    // Without pre-ping the first query meets the dead connection and fails...
+    assert!(db.session().unwrap().repo().users().is_err());
+    // ...and invalidates the rest: nothing else fails.
+    for _ in 0..10 {
+        db.session().unwrap().repo().users().unwrap();
+    }
+}
+
+#[test]
+fn wrong_password_fails_at_once_with_the_server_message() {
+    let test = TestDb::new(Backend::Postgres);
+    let role = unique_name("userbase_pw");
+    let mut admin = admin();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'right-password'"
+        ))
+        .unwrap();
+    // The local server trusts 127.0.0.1; a password is only checked where pg_hba asks for one.
+    // What matters here is that a server-side refusal comes back as Connect, not as a timeout:
+    // an unknown role is refused the same way a wrong password is.
+    let url = test
+        .url
+        .clone()
+        .with_username("no_such_role_userbase")
+        .with_password("wrong-pw");
+    let db = Database::new(Settings::new(url)).unwrap();
+    let started = Instant::now();
+    let err = db.session().unwrap_err();
+    let waited = started.elapsed();
+    let shown = format!("{err} | {err:?}");
+    assert!(matches!(err, Error::Connect { .. }), "{shown}");
+    assert!(
+        shown.contains("role \"no_such_role_userbase\" does not exist"),
+        "{shown}"
+    );
+    assert!(!shown.contains("wrong-pw"), "{shown}");
+    // pool_timeout is the default 30 s: returning before it proves the error is not a timeout.
+    assert!(waited < Duration::from_secs(29), "waited {waited:?}");
+}
+
+#[test]
+fn a_leaked_transaction_is_rolled_back_and_the_connection_reused() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, _app) = engine(&test, PoolConfig::default());
+    let pid = backend_pid(&db);
+    {
+        // Raw SQL: BEGIN, a write, and no COMMIT.
+        let mut session = db.session().unwrap();
+        session
+            .connection()
+            .batch_execute("BEGIN; INSERT INTO users (user_id, full_name) VALUES (1, 'Leaked')")
+            .unwrap();
+    }
+    // The same connection comes back; were the transaction still open, it would see its row.
+    assert_eq!(backend_pid(&db), pid, "the same connection is reused");
+    assert_eq!(db.session().unwrap().repo().users().unwrap(), vec![]);
+    {
+        // Diesel's transaction manager: begun, never committed.
+        let mut session = db.session().unwrap();
+        let conn: &mut AnyConnection = session.connection();
+        <AnyConnection as Connection>::TransactionManager::begin_transaction(conn).unwrap();
+        diesel::sql_query("INSERT INTO users (user_id, full_name) VALUES (2, 'Leaked too')")
+            .execute(conn)
+            .unwrap();
+    }
+    assert_eq!(backend_pid(&db), pid, "the same connection is reused");
+    assert_eq!(db.session().unwrap().repo().users().unwrap(), vec![]);
+    let count: Count = diesel::sql_query("SELECT count(*) AS n FROM users")
+        .get_result(&mut admin_for(&test.url))
+        .unwrap();
+    assert_eq!(count.n, 0, "nothing was committed");
+}
+
+fn admin_for(url: &DbUrl) -> diesel::PgConnection {
+    diesel::PgConnection::establish(&url.render(false)).unwrap()
+}
+
+#[test]
+fn a_panic_inside_a_transaction_rolls_back() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, _app) = engine(
+        &test,
+        PoolConfig {
+            pool_size: 1,
+            max_overflow: 0,
+            ..PoolConfig::default()
+        },
+    );
+    let db2 = db.clone();
+    let outcome = thread::spawn(move || {
+        db2.transaction(|repo| -> Result<(), Error> {
+            repo.insert_user(&NewUser::new(1, "Panicked"))?;
+            panic!("boom");
+        })
+    })
+    .join();
+    assert!(outcome.is_err());
+    assert_eq!(db.session().unwrap().repo().users().unwrap(), vec![]);
+}
+
+#[test]
+fn dispose_closes_idle_connections_and_starts_afresh() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(&test, PoolConfig::default());
+    let sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
+    drop(sessions);
+    let before = server_pids(&app);
+    assert_eq!(before.len(), 3);
+    let held = db.session().unwrap();
+    db.dispose();
+    assert!(eventually(Duration::from_millis(500), || server_pids(&app)
+        .len()
+        == 1));
+    drop(held);
+    assert!(eventually(Duration::from_millis(500), || server_pids(&app).is_empty()));
+    assert_eq!(db.status().open, 0);
+    let pid = backend_pid(&db);
+    assert!(!before.contains(&pid));
+}
+
+#[test]
+fn hide_parameters_keeps_binds_out_of_the_log() {
+    let test = TestDb::new(Backend::Postgres);
+    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Sink(sink.clone()))
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let (db, _app) = engine(
+            &test,
+            PoolConfig {
+                echo: true,
+                hide_parameters: true,
+                echo_pool: true,
+                ..PoolConfig::default()
+            },
+        );
+        db.session().unwrap().repo().user(987654).unwrap_err();
+    });
+    let log = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+    assert!(log.contains(r#"WHERE ("users"."user_id" = $1)"#), "{log}");
+    assert!(log.contains("binds: [hidden]"), "{log}");
+    assert!(!log.contains("987654"), "{log}");
+    assert!(log.contains("userbase::pool"), "{log}");
+    assert!(log.contains("checkin"), "{log}");
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
