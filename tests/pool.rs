@@ -389,3 +389,53 @@ impl std::io::Write for Sink {
         Ok(())
     }
 }
+
+/// Counts the pings (`SELECT 1`) an echoing engine logs while `work` runs.
+fn pings_during(test: &TestDb, pool: PoolConfig, work: impl FnOnce(&Database)) -> usize {
+    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Sink(sink.clone()))
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let (db, _app) = engine(test, PoolConfig { echo: true, ..pool });
+        work(&db);
+    });
+    let log = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+    log.lines()
+        .filter(|l| l.contains("userbase::sql: SELECT 1"))
+        .count()
+}
+
+#[test]
+fn pre_ping_skips_connections_used_within_the_bypass_window() {
+    let test = TestDb::new(Backend::Postgres);
+    let checkouts = |db: &Database| {
+        for _ in 0..10 {
+            db.session().unwrap().repo().users().unwrap();
+        }
+    };
+    let window = PoolConfig::default();
+    assert_eq!(window.pre_ping_bypass, Duration::from_millis(500));
+    assert_eq!(pings_during(&test, window.clone(), checkouts), 0);
+    let no_window = PoolConfig {
+        pre_ping_bypass: Duration::ZERO,
+        ..PoolConfig::default()
+    };
+    // A zero window pings on every checkout, the first one included.
+    assert_eq!(pings_during(&test, no_window, checkouts), 10);
+    let idle_then_used = |db: &Database| {
+        checkouts(db);
+        thread::sleep(Duration::from_millis(600));
+        checkouts(db);
+    };
+    assert_eq!(pings_during(&test, window, idle_then_used), 1);
+    let off = PoolConfig {
+        pre_ping: false,
+        pre_ping_bypass: Duration::ZERO,
+        ..PoolConfig::default()
+    };
+    assert_eq!(pings_during(&test, off, idle_then_used), 0);
+}
