@@ -91,6 +91,16 @@ pub enum Error {
         message: String,
     },
 
+    /// Setting this referrer would make a referral cycle (a user referring themselves, directly
+    /// or through others).
+    #[error("user {referrer_id} cannot refer user {user_id}: that would make a referral cycle")]
+    ReferralCycle {
+        /// The user whose referrer was being set.
+        user_id: i64,
+        /// The referrer that was refused.
+        referrer_id: i64,
+    },
+
     /// Input was rejected before it reached the database.
     #[error("invalid {field}: {message}")]
     Validation {
@@ -150,7 +160,9 @@ impl From<diesel::result::Error> for Error {
         match error {
             D::NotFound => Error::NotFound,
             D::DatabaseError(kind, info) => {
-                let constraint = info.constraint_name().map(str::to_owned);
+                // SQLite names no constraint; its message does ("…: locations.location_name").
+                let detail = sqlite_detail(info.message());
+                let constraint = info.constraint_name().map(str::to_owned).or(detail.clone());
                 let message = full_message(info.as_ref());
                 match kind {
                     DatabaseErrorKind::UniqueViolation => Error::UniqueViolation {
@@ -164,7 +176,7 @@ impl From<diesel::result::Error> for Error {
                         message,
                     },
                     DatabaseErrorKind::NotNullViolation => Error::NotNullViolation {
-                        column: info.column_name().map(str::to_owned),
+                        column: info.column_name().map(str::to_owned).or(detail),
                         message,
                     },
                     DatabaseErrorKind::CheckViolation => Error::CheckViolation {
@@ -180,6 +192,14 @@ impl From<diesel::result::Error> for Error {
             other => Error::Query(other),
         }
     }
+}
+
+/// What SQLite's constraint messages name after the colon: `users.full_name` in
+/// `NOT NULL constraint failed: users.full_name`, a `CHECK` constraint's name.
+fn sqlite_detail(message: &str) -> Option<String> {
+    let (head, detail) = message.split_once(": ")?;
+    head.ends_with("constraint failed")
+        .then(|| detail.to_owned())
 }
 
 /// Classifies SQLite's constraint messages where Diesel reports no kind (SQLite gives, for

@@ -12,10 +12,11 @@ pub mod repo;
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
+pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Settings};
 pub use connection::{AnyConnection, MultiBackend};
 pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};
-pub use repo::Repo;
+pub use repo::{Repo, UpsertOptions};
 pub use session::Session;

@@ -216,9 +216,11 @@ both_backends! {
         let err = db.session().unwrap().repo().insert_user(&NewUser::new(1, "Again")).unwrap_err();
         match &err {
             Error::UniqueViolation { constraint, .. } => {
-                if backend == Backend::Postgres {
-                    assert_eq!(constraint.as_deref(), Some("users_pkey"));
-                }
+                let expected = match backend {
+                    Backend::Postgres => "users_pkey",
+                    Backend::Sqlite => "users.user_id",
+                };
+                assert_eq!(constraint.as_deref(), Some(expected));
             }
             other => panic!("expected UniqueViolation, got {other:?}"),
         }
@@ -325,9 +327,11 @@ both_backends! {
         );
         match &err {
             Error::NotNullViolation { column, .. } => {
-                if backend == Backend::Postgres {
-                    assert_eq!(column.as_deref(), Some("full_name"));
-                }
+                let expected = match backend {
+                    Backend::Postgres => "full_name",
+                    Backend::Sqlite => "users.full_name",
+                };
+                assert_eq!(column.as_deref(), Some(expected));
             }
             other => panic!("expected NotNullViolation, got {other:?}"),
         }
@@ -340,9 +344,7 @@ both_backends! {
         );
         match &err {
             Error::CheckViolation { constraint, .. } => {
-                if backend == Backend::Postgres {
-                    assert_eq!(constraint.as_deref(), Some("x_positive"));
-                }
+                assert_eq!(constraint.as_deref(), Some("x_positive"));
             }
             other => panic!("expected CheckViolation, got {other:?}"),
         }

@@ -6,7 +6,9 @@ use chrono::NaiveDateTime;
 use diesel::dsl::AsSelect;
 use diesel::prelude::*;
 
+use crate::error::Result;
 use crate::schema::{locations, userlocations, users};
+use crate::validate::{self, NAME_MAX};
 use crate::MultiBackend;
 
 /// A location row: the seed's `Location`.
@@ -65,6 +67,39 @@ impl<'a> NewLocation<'a> {
     }
 }
 
+impl<'a> NewLocation<'a> {
+    /// Checks lengths, blank values and NUL bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`](crate::Error::Validation) naming the field.
+    pub fn validate(&self) -> Result<()> {
+        validate::text("location_name", self.location_name, NAME_MAX)?;
+        validate::text("address", self.address, NAME_MAX)
+    }
+
+    /// This location as a fully specified row (defaults filled in: `has_solarium` `true`,
+    /// `created_at` = `now`), for bulk inserts and `COPY`.
+    pub(crate) fn to_row(self, now: NaiveDateTime) -> LocationRow<'a> {
+        LocationRow {
+            location_name: self.location_name,
+            address: self.address,
+            has_solarium: self.has_solarium.unwrap_or(true),
+            created_at: self.created_at.unwrap_or(now),
+        }
+    }
+}
+
+/// A fully specified location row for bulk inserts and `COPY` (the id is generated).
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = locations, treat_none_as_default_value = false)]
+pub(crate) struct LocationRow<'a> {
+    pub(crate) location_name: &'a str,
+    pub(crate) address: &'a str,
+    pub(crate) has_solarium: bool,
+    pub(crate) created_at: NaiveDateTime,
+}
+
 /// All locations, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn all() -> _ {
@@ -87,6 +122,18 @@ pub fn by_name<'a>(name: &'a str) -> _ {
     let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
     locations::table
         .filter(locations::location_name.eq(name))
+        .select(as_select)
+}
+
+/// At most `limit` locations with an id above `after` (all when `None`), ordered by id.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn page(after: Option<i32>, limit: i64) -> _ {
+    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+    let after: i32 = after.unwrap_or(i32::MIN);
+    locations::table
+        .filter(locations::location_id.gt(after))
+        .order(locations::location_id)
+        .limit(limit)
         .select(as_select)
 }
 

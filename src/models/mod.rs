@@ -7,5 +7,5 @@ pub mod user;
 pub mod user_location;
 
 pub use location::{Location, NewLocation};
-pub use user::{NewUser, User};
+pub use user::{NewUser, User, UserChanges};
 pub use user_location::{LocationCount, UserLocation, UserWithLocations};

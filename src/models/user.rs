@@ -6,7 +6,9 @@ use chrono::NaiveDateTime;
 use diesel::dsl::AsSelect;
 use diesel::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::schema::{userlocations, users};
+use crate::validate::{self, LANGUAGE_MAX, NAME_MAX};
 use crate::MultiBackend;
 
 /// A user row: the seed's `User`.
@@ -121,6 +123,123 @@ impl<'a> NewUser<'a> {
     }
 }
 
+impl<'a> NewUser<'a> {
+    /// Checks lengths, blank names and NUL bytes, and that the user is not their own referrer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming the field; [`Error::ReferralCycle`] for self-referral.
+    pub fn validate(&self) -> Result<()> {
+        validate::optional_text("username", self.username, NAME_MAX)?;
+        validate::text("full_name", self.full_name, NAME_MAX)?;
+        validate::optional_text("language", self.language, LANGUAGE_MAX)?;
+        validate::optional_text("logged_as", self.logged_as, NAME_MAX)?;
+        if self.referrer_id == Some(self.user_id) {
+            return Err(Error::ReferralCycle {
+                user_id: self.user_id,
+                referrer_id: self.user_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// This user as a fully specified row: defaults filled in here (`language` `en`, `active`
+    /// `true`, `created_at` = `now`), so bulk inserts and `COPY` need no `DEFAULT`.
+    pub(crate) fn to_row(self, now: NaiveDateTime) -> UserRow<'a> {
+        UserRow {
+            user_id: self.user_id,
+            username: self.username,
+            full_name: self.full_name,
+            language: self.language.unwrap_or(DEFAULT_LANGUAGE),
+            active: self.active.unwrap_or(true),
+            logged_as: self.logged_as,
+            referrer_id: self.referrer_id,
+            created_at: self.created_at.unwrap_or(now),
+        }
+    }
+}
+
+/// The column default of `users.language`.
+pub const DEFAULT_LANGUAGE: &str = "en";
+
+/// A fully specified user row for bulk inserts and `COPY` (no `DEFAULT`: `None` is `NULL`).
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = users, treat_none_as_default_value = false)]
+pub(crate) struct UserRow<'a> {
+    pub(crate) user_id: i64,
+    pub(crate) username: Option<&'a str>,
+    pub(crate) full_name: &'a str,
+    pub(crate) language: &'a str,
+    pub(crate) active: bool,
+    pub(crate) logged_as: Option<&'a str>,
+    pub(crate) referrer_id: Option<i64>,
+    pub(crate) created_at: NaiveDateTime,
+}
+
+/// Changes to a user: `None` leaves a column as it is; `Some(None)` sets a nullable one to `NULL`.
+///
+/// The referrer is changed through [`Repo::set_referrer`](crate::Repo::set_referrer), which
+/// checks for cycles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges<'a> {
+    /// New handle (`Some(None)`: none).
+    pub username: Option<Option<&'a str>>,
+    /// New full name.
+    pub full_name: Option<&'a str>,
+    /// New language code.
+    pub language: Option<&'a str>,
+    /// New active flag.
+    pub active: Option<bool>,
+    /// New logged-in name (`Some(None)`: none).
+    pub logged_as: Option<Option<&'a str>>,
+}
+
+/// [`UserChanges`] plus the columns only the crate sets: the referrer (after its cycle check)
+/// and `created_at` (upsert when asked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, AsChangeset)]
+#[diesel(table_name = users)]
+pub(crate) struct UserUpdate<'a> {
+    #[diesel(embed)]
+    pub(crate) changes: UserChanges<'a>,
+    pub(crate) referrer_id: Option<Option<i64>>,
+    pub(crate) created_at: Option<NaiveDateTime>,
+}
+
+impl UserChanges<'_> {
+    /// Checks the values that are set, as [`NewUser::validate`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming the field; also when nothing would change.
+    pub fn validate(&self) -> Result<()> {
+        validate::optional_text("username", self.username.flatten(), NAME_MAX)?;
+        validate::optional_text("full_name", self.full_name, NAME_MAX)?;
+        validate::optional_text("language", self.language, LANGUAGE_MAX)?;
+        validate::optional_text("logged_as", self.logged_as.flatten(), NAME_MAX)?;
+        if *self == UserChanges::default() {
+            return Err(Error::Validation {
+                field: "changes",
+                message: "nothing to change".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub use self::referrer_alias::{ReferrerAlias, REFERRERS};
+
+/// `alias!` generates undocumented items; this module keeps the lint local.
+#[allow(missing_docs)]
+mod referrer_alias {
+    use crate::schema::users;
+
+    // `users` again, as `referrers`: the self-join from a user to the user who referred them.
+    diesel::alias! {
+        pub const REFERRERS: Alias<ReferrerAlias> = users as referrers;
+    }
+}
+
 /// All users, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn all() -> _ {
@@ -144,6 +263,71 @@ pub fn by_location(location_id: i32) -> _ {
         .filter(userlocations::location_id.eq(location_id))
         .order(users::user_id)
         .select(as_select)
+}
+
+/// At most `limit` users with an id above `after` (all when `None`), ordered by id: keyset
+/// pagination.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn page(after: Option<i64>, limit: i64) -> _ {
+    let as_select: AsSelect<User, MultiBackend> = User::as_select();
+    let after: i64 = after.unwrap_or(i64::MIN);
+    users::table
+        .filter(users::user_id.gt(after))
+        .order(users::user_id)
+        .limit(limit)
+        .select(as_select)
+}
+
+/// The users `referrer_id` referred, ordered by id.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn referred_by(referrer_id: i64) -> _ {
+    let as_select: AsSelect<User, MultiBackend> = User::as_select();
+    users::table
+        .filter(users::referrer_id.eq(referrer_id))
+        .order(users::user_id)
+        .select(as_select)
+}
+
+/// `(referrer_id, number of users referred)` per referrer, ordered by referrer id.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn referral_counts() -> _ {
+    let referred: diesel::dsl::count<users::user_id> = diesel::dsl::count(users::user_id);
+    users::table
+        .filter(users::referrer_id.is_not_null())
+        .group_by(users::referrer_id)
+        .order(users::referrer_id)
+        .select((users::referrer_id.assume_not_null(), referred))
+}
+
+/// `referrers.<column>`, nullable (the left-joined side).
+type ReferrerField<C> = diesel::dsl::Nullable<diesel::query_source::AliasedField<ReferrerAlias, C>>;
+
+/// The query [`with_referrer_names`] returns.
+pub type WithReferrerNames = diesel::dsl::Select<
+    diesel::dsl::Order<
+        diesel::dsl::LeftJoinOn<
+            users::table,
+            diesel::query_source::Alias<ReferrerAlias>,
+            diesel::dsl::Eq<users::referrer_id, ReferrerField<users::user_id>>,
+        >,
+        users::user_id,
+    >,
+    (
+        AsSelect<User, MultiBackend>,
+        ReferrerField<users::full_name>,
+    ),
+>;
+
+/// Every user with their referrer's full name (`None` without a referrer), ordered by id: one
+/// query, a self-join through an alias of `users`.
+pub fn with_referrer_names() -> WithReferrerNames {
+    users::table
+        .left_join(REFERRERS.on(users::referrer_id.eq(REFERRERS.field(users::user_id).nullable())))
+        .order(users::user_id)
+        .select((
+            User::as_select(),
+            REFERRERS.field(users::full_name).nullable(),
+        ))
 }
 
 /// The raw SQL of the seed's `SELECT * FROM users` (ordered, so the output is stable).

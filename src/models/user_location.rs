@@ -73,6 +73,15 @@ pub struct LocationCount {
     pub name: String,
 }
 
+/// The ids of user `user_id`'s locations, ordered.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn location_ids_of(user_id: i64) -> _ {
+    userlocations::table
+        .filter(userlocations::user_id.eq(user_id))
+        .order(userlocations::location_id)
+        .select(userlocations::location_id)
+}
+
 /// The number of locations of user `user_id`: the seed's `get_user_total_number_of_locations`.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn count_for_user(user_id: i64) -> _ {
