@@ -407,46 +407,20 @@ impl<'c> Repo<'c> {
         Err(Error::NotFound)
     }
 
-    /// The update half of an upsert. The usual cases (names, with or without a language) have a
-    /// fixed SQL shape, so Diesel caches their prepared statements; other options go through
-    /// the general changeset, whose shape varies and which is prepared anew each time.
+    /// The update half of an upsert. The usual case is one cached prepared statement
+    /// ([`user::seen_again`]); other options go through the general changeset.
     fn upsert_update(
         &mut self,
         new: &NewUser<'_>,
         changes: &UserUpdate<'_>,
         options: UpsertOptions,
     ) -> Result<Option<User>> {
-        let target = users::table.find(new.user_id);
-        let names = (
-            users::username.eq(new.username),
-            users::full_name.eq(new.full_name),
-        );
-        let updated = match (options, new.language) {
-            (
-                UpsertOptions {
-                    referrer: false,
-                    created_at: false,
-                },
-                None,
-            ) => on_backend!(&mut *self.conn, |c| diesel::update(target)
-                .set(names)
-                .returning(User::as_returning())
-                .get_result(c)
-                .optional())?,
-            (
-                UpsertOptions {
-                    referrer: false,
-                    created_at: false,
-                },
-                Some(language),
-            ) => on_backend!(&mut *self.conn, |c| diesel::update(target)
-                .set((names.0, names.1, users::language.eq(language)))
-                .returning(User::as_returning())
-                .get_result(c)
-                .optional())?,
-            _ => return self.update_user_returning(new.user_id, changes),
-        };
-        Ok(updated)
+        if options == UpsertOptions::default() {
+            return Ok(user::seen_again(new)
+                .get_result::<User>(self.conn)
+                .optional()?);
+        }
+        self.update_user_returning(new.user_id, changes)
     }
 
     fn update_user_returning(
