@@ -427,17 +427,36 @@ fn threads_rate(
     workers.into_iter().map(|w| w.join().expect("worker")).sum()
 }
 
+/// Server sessions opened so far in the benchmark database (`pg_stat_database.sessions`).
+fn sessions_opened(url: &DbUrl) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Sessions {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = PgConnection::establish(&url.render(false)).expect("connect");
+    diesel::sql_query(
+        "SELECT sessions AS n FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .get_result::<Sessions>(&mut conn)
+    .expect("pg_stat_database")
+    .n
+}
+
 fn threaded(bench: &Bench) {
-    let pool = PoolConfig {
-        pool_size: 5,
-        max_overflow: 10,
-        ..PoolConfig::default()
+    let engine = |pool_size, max_overflow| {
+        let pool = PoolConfig {
+            pool_size,
+            max_overflow,
+            ..PoolConfig::default()
+        };
+        Database::new(Settings {
+            url: bench.url.clone(),
+            pool,
+        })
+        .expect("engine")
     };
-    let db = Database::new(Settings {
-        url: bench.url.clone(),
-        pool,
-    })
-    .expect("engine");
     let statements = capture(&bench.url, &|db: &Database, id| {
         drop(db.session().unwrap().repo().user(id).unwrap())
     });
@@ -446,29 +465,32 @@ fn threaded(bench: &Bench) {
     let point = |db: Database| {
         move |rng: &mut Rng| drop(db.session().unwrap().repo().user(rng.below(users)).unwrap())
     };
-    // Diagnostics: 15 threads (nobody waits for the pool), and 16 threads each holding one
-    // session of a 16-connection pool (no pool traffic at all).
-    let held_pool = PoolConfig {
-        pool_size: 16,
-        max_overflow: 0,
-        ..PoolConfig::default()
-    };
-    let held_db = Database::new(Settings {
-        url: bench.url.clone(),
-        pool: held_pool,
-    })
-    .expect("engine");
-    let (mut ours, mut fifteen, mut held, mut theirs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The case the issue names, then diagnostics: 15 threads (nobody waits for the pool); a
+    // 15 + 0 pool (same limit, no overflow discard); 16 threads each holding one session of a
+    // 16-connection pool (no pool traffic at all).
+    let (overflow, no_overflow, held_db) = (engine(5, 10), engine(15, 0), engine(16, 0));
+    let mut samples: Vec<(Vec<f64>, i64)> = vec![(Vec::new(), 0); 4];
+    let mut theirs = Vec::new();
     for _ in 0..bench.runs {
-        ours.push(threads_rate(16, bench.seconds, point(db.clone())));
-        fifteen.push(threads_rate(15, bench.seconds, point(db.clone())));
+        let cases: [(u64, Database); 3] = [
+            (16, overflow.clone()),
+            (15, overflow.clone()),
+            (16, no_overflow.clone()),
+        ];
+        for (i, (threads, db)) in cases.into_iter().enumerate() {
+            let before = sessions_opened(&bench.url);
+            samples[i]
+                .0
+                .push(threads_rate(threads, bench.seconds, point(db)));
+            samples[i].1 += sessions_opened(&bench.url) - before - 1;
+        }
         let held_sessions = Arc::new(Mutex::new(
             (0..16)
                 .map(|_| held_db.session().expect("session"))
                 .collect::<Vec<_>>(),
         ));
-        held.push(threads_rate(16, bench.seconds, {
+        let before = sessions_opened(&bench.url);
+        samples[3].0.push(threads_rate(16, bench.seconds, {
             let sessions = held_sessions.clone();
             move |rng: &mut Rng| {
                 thread_local!(static SESSION: std::cell::RefCell<Option<userbase::Session>> = const { std::cell::RefCell::new(None) });
@@ -479,19 +501,23 @@ fn threaded(bench: &Bench) {
                 })
             }
         }));
+        samples[3].1 += sessions_opened(&bench.url) - before - 1;
         theirs.push(pgbench(&bench.url, &script, 15, 2, bench.seconds));
     }
     let t = stats(theirs);
-    println!("## Concurrency: point queries on a 5 + 10 pool vs pgbench -c 15 -j 2\n");
-    println!("| case | userbase ops/s | pgbench ops/s | ratio |\n|---|---|---|---|");
-    for (name, sample) in [
-        ("user by id, 16 threads, 5 + 10 pool", ours),
-        ("(diagnostic) 15 threads, 5 + 10 pool", fifteen),
-        ("(diagnostic) 16 threads, each holding a session", held),
-    ] {
+    println!("## Concurrency: point queries vs pgbench -c 15 -j 2\n");
+    println!("| case | userbase ops/s | connections opened per second | pgbench ops/s | ratio |\n|---|---|---|---|---|");
+    let names = [
+        "user by id, 16 threads, 5 + 10 pool",
+        "(diagnostic) 15 threads, 5 + 10 pool",
+        "(diagnostic) 16 threads, 15 + 0 pool (no overflow discard)",
+        "(diagnostic) 16 threads, each holding a session",
+    ];
+    for (name, (sample, opened)) in names.iter().zip(samples) {
         let o = stats(sample);
+        let per_second = opened as f64 / (bench.runs as f64 * bench.seconds);
         println!(
-            "| {name} | {} | {} | {:.2} |",
+            "| {name} | {} | {per_second:.0} | {} | {:.2} |",
             fmt_rate(o),
             fmt_rate(t),
             o.0 / t.0
