@@ -229,6 +229,11 @@ fn pgbench_script(statements: &[(String, Vec<String>)], id_range: i64) -> String
 
 type Op = Box<dyn Fn(&Database, i64) + Sync>;
 
+/// The point query every section measures: `user` by id, a session checked out for it.
+fn point_query(db: &Database, id: i64) {
+    drop(db.session().unwrap().repo().user(id).unwrap());
+}
+
 fn main() {
     let server = DbUrl::parse(
         &std::env::var("BENCH_DATABASE_URL")
@@ -293,11 +298,7 @@ fn queries(bench: &Bench) {
     let users = bench.users;
     let locations = bench.locations;
     let ops: Vec<(&str, i64, Op)> = vec![
-        (
-            "user by id",
-            users,
-            Box::new(|db, id| drop(db.session().unwrap().repo().user(id).unwrap())),
-        ),
+        ("user by id", users, Box::new(point_query)),
         (
             "users_by_location",
             locations,
@@ -457,14 +458,10 @@ fn threaded(bench: &Bench) {
         })
         .expect("engine")
     };
-    let statements = capture(&bench.url, &|db: &Database, id| {
-        drop(db.session().unwrap().repo().user(id).unwrap())
-    });
+    let statements = capture(&bench.url, &point_query);
     let script = pgbench_script(&statements, bench.users);
     let users = bench.users;
-    let point = |db: Database| {
-        move |rng: &mut Rng| drop(db.session().unwrap().repo().user(rng.below(users)).unwrap())
-    };
+    let point = |db: Database| move |rng: &mut Rng| point_query(&db, rng.below(users));
     // The case the issue names, then diagnostics: 15 threads (nobody waits for the pool); a
     // 15 + 0 pool (same limit, no overflow discard); 16 threads each holding one session of a
     // 16-connection pool (no pool traffic at all).
@@ -541,30 +538,16 @@ fn engine_variants(bench: &Bench) {
     let (on, off) = (engine(true), engine(false));
     let held_db = engine(false);
     let mut held = held_db.session().expect("session");
-    let statements = capture(&bench.url, &|db: &Database, id| {
-        drop(db.session().unwrap().repo().user(id).unwrap())
-    });
+    let statements = capture(&bench.url, &point_query);
     let script = pgbench_script(&statements, bench.users);
     let mut samples = vec![Vec::new(); 4];
     let mut rng = Rng(42);
     for _ in 0..bench.runs {
         samples[0].push(rate(bench.seconds, || {
-            drop(
-                on.session()
-                    .unwrap()
-                    .repo()
-                    .user(rng.below(bench.users))
-                    .unwrap(),
-            )
+            point_query(&on, rng.below(bench.users))
         }));
         samples[1].push(rate(bench.seconds, || {
-            drop(
-                off.session()
-                    .unwrap()
-                    .repo()
-                    .user(rng.below(bench.users))
-                    .unwrap(),
-            )
+            point_query(&off, rng.below(bench.users))
         }));
         samples[2].push(rate(bench.seconds, || {
             drop(held.repo().user(rng.below(bench.users)).unwrap())

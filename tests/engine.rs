@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -10,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
-use common::{admin, unique_name, TestDb};
+use common::{admin, unique_name, Captured, TestDb};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -257,33 +256,12 @@ fn sqlite_connections_get_the_pragmas() {
     assert_eq!(sync.synchronous, 1, "NORMAL");
 }
 
-/// A `tracing` writer that keeps everything written to it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn echo_logs_sql_and_duration_but_never_the_password() {
     let test = TestDb::new(Backend::Postgres);
     // The test server trusts every password, so a password in the URL still connects.
     let url = test.url.clone().with_password("echo-secret-pw");
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = Captured::run(tracing::Level::INFO, || {
         let db = Database::new(Settings {
             url,
             pool: PoolConfig {
@@ -305,7 +283,6 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
         .unwrap()
         .session();
     });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains(r#"SELECT count("userlocations"."location_id") FROM "userlocations" WHERE ("userlocations"."user_id" = $1)"#), "{log}");
     assert!(log.contains("binds: [6873]"), "{log}");
     assert!(log.contains("elapsed_us="), "{log}");

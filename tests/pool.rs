@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Integer, Text};
 use userbase::models::NewUser;
 use userbase::{AnyConnection, Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
-use common::{admin, unique_name, TestDb};
+use common::{admin, unique_name, Captured, TestDb};
 
 #[derive(QueryableByName)]
 struct Pid {
@@ -351,14 +351,7 @@ fn dispose_closes_idle_connections_and_starts_afresh() {
 #[test]
 fn hide_parameters_keeps_binds_out_of_the_log() {
     let test = TestDb::new(Backend::Postgres);
-    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || Sink(sink.clone()))
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = Captured::run(tracing::Level::DEBUG, || {
         let (db, _app) = engine(
             &test,
             PoolConfig {
@@ -370,7 +363,6 @@ fn hide_parameters_keeps_binds_out_of_the_log() {
         );
         db.session().unwrap().repo().user(987654).unwrap_err();
     });
-    let log = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
     assert!(log.contains(r#"WHERE ("users"."user_id" = $1)"#), "{log}");
     assert!(log.contains("binds: [hidden]"), "{log}");
     assert!(!log.contains("987654"), "{log}");
@@ -378,32 +370,12 @@ fn hide_parameters_keeps_binds_out_of_the_log() {
     assert!(log.contains("checkin"), "{log}");
 }
 
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Counts the pings (`SELECT 1`) an echoing engine logs while `work` runs.
 fn pings_during(test: &TestDb, pool: PoolConfig, work: impl FnOnce(&Database)) -> usize {
-    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || Sink(sink.clone()))
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = Captured::run(tracing::Level::INFO, || {
         let (db, _app) = engine(test, PoolConfig { echo: true, ..pool });
         work(&db);
     });
-    let log = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
     log.lines()
         .filter(|l| l.contains("userbase::sql: SELECT 1"))
         .count()

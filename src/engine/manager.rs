@@ -385,3 +385,31 @@ impl r2d2::ManageConnection for Manager {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_safety_defaults_are_added_unless_the_url_sets_them() {
+        let url = DbUrl::parse("postgres://bot:pw@db:5432/app?connect_timeout=3").unwrap();
+        assert_eq!(
+            driver_target(&url),
+            "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
+             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000"
+        );
+    }
+
+    #[test]
+    fn sqlite_targets_are_the_path_or_a_shared_memdb() {
+        assert_eq!(driver_target(&DbUrl::sqlite("data/app.db")), "data/app.db");
+        let memory = driver_target(&DbUrl::sqlite(":memory:"));
+        assert!(memory.starts_with("file:/userbase-"), "{memory}");
+        assert!(memory.ends_with("?vfs=memdb"), "{memory}");
+        assert_ne!(
+            memory,
+            driver_target(&DbUrl::sqlite(":memory:")),
+            "one database per engine"
+        );
+    }
+}

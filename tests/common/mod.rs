@@ -193,6 +193,36 @@ impl Drop for TestDb {
     }
 }
 
+/// A `tracing` writer that keeps everything written to it, and the way to read it back.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Runs `work` with a subscriber at `level` writing into a new buffer; returns the text.
+    pub fn run(level: tracing::Level, work: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(level)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let bytes = captured.0.lock().expect("capture lock").clone();
+        String::from_utf8(bytes).expect("utf-8 log")
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Defines `mod $name { fn postgres(); fn sqlite(); }`: the same test body on both backends.
 #[macro_export]
 macro_rules! both_backends {
