@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use userbase::models::NewUser;
@@ -133,31 +136,9 @@ fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// A `tracing` writer collecting what `echo` logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The statements (SQL, binds) userbase sends for `op`, captured through `echo`.
 fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>)> {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .without_time()
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = common::Captured::run(tracing::Level::INFO, || {
         let pool = PoolConfig {
             echo: true,
             ..PoolConfig::default()
@@ -169,7 +150,6 @@ fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>
         .expect("engine");
         op(&db, CAPTURE_ID);
     });
-    let log = String::from_utf8(captured.0.lock().expect("capture lock").clone()).expect("utf-8");
     log.lines()
         .filter_map(|line| line.split_once("userbase::sql: ").map(|(_, rest)| rest))
         .filter_map(|rest| {

@@ -100,24 +100,31 @@ fn pool_limits_hold_on_sqlite_too() {
     assert!(db.session().is_ok());
 }
 
-#[test]
-fn unknown_database_is_a_connect_error_with_the_server_message() {
-    let url = common::database_url("userbase_no_such_database");
+/// The first checkout's error on an engine for `url` (short timeout: a hang would show as
+/// PoolTimeout), with its `Display` and `Debug` side by side.
+fn first_checkout_error(url: DbUrl) -> (Error, String) {
     let db = Database::new(Settings {
         url,
         pool: short_pool(1, 0),
     })
     .unwrap();
+    let err = db.session().unwrap_err();
+    let shown = format!("{err} | {err:?}");
+    (err, shown)
+}
+
+#[test]
+fn unknown_database_is_a_connect_error_with_the_server_message() {
     // A Connect error with the server's message, not a PoolTimeout: the failure is not disguised.
-    match db.session() {
-        Err(Error::Connect { url, message }) => {
+    match first_checkout_error(common::database_url("userbase_no_such_database")) {
+        (Error::Connect { url, message }, _) => {
             assert!(
                 message.contains("database \"userbase_no_such_database\" does not exist"),
                 "{message}"
             );
             assert!(url.ends_with("/userbase_no_such_database"), "{url}");
         }
-        other => panic!("expected Connect error, got {other:?}"),
+        (_, shown) => panic!("expected Connect error, got {shown}"),
     }
 }
 
@@ -129,13 +136,7 @@ fn refused_connection_is_a_connect_error_that_hides_the_password() {
         .with_host("127.0.0.1")
         .with_port(1)
         .with_database("x");
-    let db = Database::new(Settings {
-        url,
-        pool: short_pool(1, 0),
-    })
-    .unwrap();
-    let err = db.session().unwrap_err();
-    let shown = format!("{err} {err:?}");
+    let (err, shown) = first_checkout_error(url);
     assert!(matches!(err, Error::Connect { .. }), "{shown}");
     assert!(shown.contains("Connection refused"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
@@ -147,14 +148,8 @@ fn refused_connection_is_a_connect_error_that_hides_the_password() {
 
 #[test]
 fn unopenable_sqlite_file_is_a_connect_error() {
-    let url = DbUrl::sqlite("/nonexistent-dir/sub/x.db");
-    let db = Database::new(Settings {
-        url,
-        pool: short_pool(1, 0),
-    })
-    .unwrap();
-    match db.session() {
-        Err(Error::Connect { url, message }) => {
+    match first_checkout_error(DbUrl::sqlite("/nonexistent-dir/sub/x.db")) {
+        (Error::Connect { url, message }, _) => {
             assert_eq!(url, "sqlite:///nonexistent-dir/sub/x.db");
             assert!(
                 message
@@ -163,7 +158,7 @@ fn unopenable_sqlite_file_is_a_connect_error() {
                 "{message}"
             );
         }
-        other => panic!("expected Connect error, got {other:?}"),
+        (_, shown) => panic!("expected Connect error, got {shown}"),
     }
 }
 
