@@ -6,8 +6,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use userbase::models::{NewLocation, NewUser};
-use userbase::{Database, DbUrl, Error, PoolConfig, Settings};
+use diesel::prelude::*;
+use userbase::models::{NewLocation, NewUser, User};
+use userbase::schema::users;
+use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn database(pre_ping_bypass: Duration) -> Database {
     let pool = PoolConfig {
@@ -51,6 +53,23 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("point query on a held connection", |b| {
         b.iter(|| black_box(held.repo().user(black_box(150)).unwrap()))
     });
+    // The same query on the concrete connection inside `AnyConnection`: what Diesel's
+    // MultiConnection wrapper costs (it renders the SQL text on every execution).
+    c.bench_function(
+        "point query on a held connection, concrete SqliteConnection",
+        |b| {
+            b.iter(|| match held.connection() {
+                AnyConnection::Sqlite(conn) => black_box(
+                    users::table
+                        .find(black_box(150_i64))
+                        .select(User::as_select())
+                        .first::<User>(conn)
+                        .unwrap(),
+                ),
+                AnyConnection::Pg(_) => unreachable!("an SQLite engine"),
+            })
+        },
+    );
     c.bench_function("point query with checkout", |b| {
         b.iter(|| black_box(db.session().unwrap().repo().user(black_box(150)).unwrap()))
     });
