@@ -1,6 +1,7 @@
 //! In-process hot paths, without a server (an in-memory SQLite database), so regressions show up
-//! anywhere: pool checkout and return, a point query (build, bind, run, decode), and decoding a
-//! larger result (`users_with_locations` over 200 users). `cargo bench --bench hot_paths`.
+//! anywhere: pool checkout and return, a point query (build, bind, run, decode) with and without
+//! Diesel's MultiConnection wrapper, building a join's SQL for each dialect, and decoding a larger
+//! result (`users_with_locations` over 200 users). `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use diesel::prelude::*;
 use userbase::models::{NewLocation, NewUser, User};
-use userbase::schema::users;
+use userbase::schema::{userlocations, users};
 use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn database(pre_ping_bypass: Duration) -> Database {
@@ -72,6 +73,24 @@ fn hot_paths(c: &mut Criterion) {
     );
     c.bench_function("point query with checkout", |b| {
         b.iter(|| black_box(db.session().unwrap().repo().user(black_box(150)).unwrap()))
+    });
+    // Building a query: the SQL text of `users_by_location`'s join, per dialect.
+    macro_rules! by_location {
+        () => {
+            users::table
+                .inner_join(userlocations::table)
+                .filter(userlocations::location_id.eq(black_box(3)))
+                .order(users::user_id)
+                .select(User::as_select())
+        };
+    }
+    c.bench_function("build SQL: users_by_location (PostgreSQL)", |b| {
+        b.iter(|| black_box(diesel::debug_query::<diesel::pg::Pg, _>(&by_location!()).to_string()))
+    });
+    c.bench_function("build SQL: users_by_location (SQLite)", |b| {
+        b.iter(|| {
+            black_box(diesel::debug_query::<diesel::sqlite::Sqlite, _>(&by_location!()).to_string())
+        })
     });
     c.bench_function("users_with_locations (200 users, 2 queries)", |b| {
         b.iter(|| black_box(held.repo().users_with_locations().unwrap()))
