@@ -1,6 +1,6 @@
 //! Sessions: a pooled connection checked out for a scope, and transactions on it.
 
-use diesel::connection::Connection;
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 
 use crate::config::Backend;
 use crate::connection::AnyConnection;
@@ -79,14 +79,54 @@ impl Session {
 }
 
 /// Runs `f` in a transaction on `conn` (shared by [`Session`] and [`Repo`]).
+///
+/// On SQLite a top-level transaction starts with `BEGIN IMMEDIATE`: it takes the write lock at
+/// once, waiting up to `busy_timeout` for it. A deferred `BEGIN` would take it at the first write,
+/// and a concurrent writer's commit would then fail that upgrade at once ("database is locked"),
+/// however long `busy_timeout` is. Nested calls use savepoints on both backends.
 pub(crate) fn transaction<T, E, F>(conn: &mut AnyConnection, f: F) -> Result<T, E>
 where
     F: FnOnce(&mut Repo<'_>) -> Result<T, E>,
     E: From<Error>,
 {
-    conn.transaction::<T, TxError<E>, _>(|conn| f(&mut Repo::new(conn)).map_err(TxError::Caller))
-        .map_err(|e| match e {
-            TxError::Caller(e) => e,
-            TxError::Diesel(e) => E::from(Error::from(e)),
-        })
+    type Tm = <AnyConnection as Connection>::TransactionManager;
+    let top_level_sqlite = match conn {
+        AnyConnection::Sqlite(sqlite) => {
+            let depth = AnsiTransactionManager::transaction_manager_status_mut(sqlite)
+                .transaction_depth()
+                .map_err(|e| E::from(Error::from(e)))?;
+            depth.is_none()
+        }
+        AnyConnection::Pg(_) => false,
+    };
+    if !top_level_sqlite {
+        return conn
+            .transaction::<T, TxError<E>, _>(|conn| {
+                f(&mut Repo::new(conn)).map_err(TxError::Caller)
+            })
+            .map_err(|e| match e {
+                TxError::Caller(e) => e,
+                TxError::Diesel(e) => E::from(Error::from(e)),
+            });
+    }
+    if let AnyConnection::Sqlite(sqlite) = &mut *conn {
+        AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")
+            .map_err(|e| E::from(Error::from(e)))?;
+    }
+    match f(&mut Repo::new(conn)) {
+        Ok(value) => match Tm::commit_transaction(conn) {
+            Ok(()) => Ok(value),
+            Err(commit_error) => {
+                // A failed COMMIT may leave the transaction open: close it before reporting.
+                let _ = Tm::rollback_transaction(conn);
+                Err(E::from(Error::from(commit_error)))
+            }
+        },
+        Err(caller_error) => {
+            // The caller's error wins; a failed rollback leaves the connection to the pool's
+            // check-in, which discards it.
+            let _ = Tm::rollback_transaction(conn);
+            Err(caller_error)
+        }
+    }
 }

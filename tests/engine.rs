@@ -304,3 +304,34 @@ fn sqlite_memory_is_one_database_shared_by_the_pool() {
     other.run_pending_migrations().unwrap();
     assert_eq!(other.session().unwrap().repo().users().unwrap(), vec![]);
 }
+
+#[test]
+fn concurrent_sqlite_write_transactions_wait_instead_of_failing() {
+    use userbase::models::NewUser;
+    let test = TestDb::new(Backend::Sqlite);
+    let db = test.database();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let workers: Vec<_> = (0..4_i64)
+        .map(|t| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..10 {
+                    // Read, then write: with a deferred BEGIN the lock upgrade of all but one
+                    // writer fails at once (SQLITE_BUSY), whatever busy_timeout says.
+                    db.transaction(|repo| {
+                        let seen = repo.users()?.len();
+                        std::thread::sleep(Duration::from_millis(2));
+                        let name = format!("user {seen}");
+                        repo.insert_user(&NewUser::new(t * 100 + i, &name))
+                    })?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap().unwrap();
+    }
+    assert_eq!(db.session().unwrap().repo().users().unwrap().len(), 40);
+}
