@@ -164,6 +164,14 @@ impl From<diesel::result::Error> for Error {
                 let detail = sqlite_detail(info.message());
                 let constraint = info.constraint_name().map(str::to_owned).or(detail.clone());
                 let message = full_message(info.as_ref());
+                let kind = match kind {
+                    DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::RestrictViolation
+                    | DatabaseErrorKind::NotNullViolation
+                    | DatabaseErrorKind::CheckViolation => kind,
+                    other => sqlite_kind(info.message()).unwrap_or(other),
+                };
                 match kind {
                     DatabaseErrorKind::UniqueViolation => Error::UniqueViolation {
                         constraint,
@@ -183,10 +191,7 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
-                    other => match sqlite_constraint(info.message()) {
-                        Some(classified) => classified,
-                        None => Error::Query(D::DatabaseError(other, info)),
-                    },
+                    other => Error::Query(D::DatabaseError(other, info)),
                 }
             }
             other => Error::Query(other),
@@ -202,32 +207,17 @@ fn sqlite_detail(message: &str) -> Option<String> {
         .then(|| detail.to_owned())
 }
 
-/// Classifies SQLite's constraint messages where Diesel reports no kind (SQLite gives, for
-/// example, `FOREIGN KEY constraint failed` for an `ON DELETE RESTRICT`). The part after the colon
-/// (`users.full_name`, a `CHECK` constraint's name) is kept as the column or constraint.
-fn sqlite_constraint(message: &str) -> Option<Error> {
-    let (head, detail) = match message.split_once(": ") {
-        Some((head, detail)) => (head, Some(detail.to_owned())),
-        None => (message, None),
-    };
-    let message = message.to_owned();
+/// The kind of SQLite's constraint messages, where Diesel reports none (SQLite gives, for
+/// example, `FOREIGN KEY constraint failed` for an `ON DELETE RESTRICT`).
+fn sqlite_kind(message: &str) -> Option<DatabaseErrorKind> {
+    let head = message.split_once(": ").map_or(message, |(head, _)| head);
     Some(match head {
-        "UNIQUE constraint failed" | "PRIMARY KEY constraint failed" => Error::UniqueViolation {
-            constraint: detail,
-            message,
-        },
-        "FOREIGN KEY constraint failed" => Error::ForeignKeyViolation {
-            constraint: detail,
-            message,
-        },
-        "NOT NULL constraint failed" => Error::NotNullViolation {
-            column: detail,
-            message,
-        },
-        "CHECK constraint failed" => Error::CheckViolation {
-            constraint: detail,
-            message,
-        },
+        "UNIQUE constraint failed" | "PRIMARY KEY constraint failed" => {
+            DatabaseErrorKind::UniqueViolation
+        }
+        "FOREIGN KEY constraint failed" => DatabaseErrorKind::ForeignKeyViolation,
+        "NOT NULL constraint failed" => DatabaseErrorKind::NotNullViolation,
+        "CHECK constraint failed" => DatabaseErrorKind::CheckViolation,
         _ => return None,
     })
 }

@@ -380,18 +380,8 @@ impl<'c> Repo<'c> {
         if let (true, Some(referrer_id)) = (options.referrer, new.referrer_id) {
             self.check_referral(new.user_id, referrer_id)?;
         }
-        let changes = UserUpdate {
-            changes: UserChanges {
-                username: Some(new.username),
-                full_name: Some(new.full_name),
-                language: new.language,
-                ..UserChanges::default()
-            },
-            referrer_id: options.referrer.then_some(new.referrer_id),
-            created_at: new.created_at.filter(|_| options.created_at),
-        };
         for _ in 0..UPSERT_ATTEMPTS {
-            if let Some(user) = self.upsert_update(new, &changes, options)? {
+            if let Some(user) = self.upsert_update(new, options)? {
                 return Ok(user);
             }
             let inserted = on_backend!(&mut *self.conn, |c| diesel::insert_into(users::table)
@@ -409,18 +399,23 @@ impl<'c> Repo<'c> {
 
     /// The update half of an upsert. The usual case is one cached prepared statement
     /// ([`user::seen_again`]); other options go through the general changeset.
-    fn upsert_update(
-        &mut self,
-        new: &NewUser<'_>,
-        changes: &UserUpdate<'_>,
-        options: UpsertOptions,
-    ) -> Result<Option<User>> {
+    fn upsert_update(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<Option<User>> {
         if options == UpsertOptions::default() {
             return Ok(user::seen_again(new)
                 .get_result::<User>(self.conn)
                 .optional()?);
         }
-        self.update_user_returning(new.user_id, changes)
+        let changes = UserUpdate {
+            changes: UserChanges {
+                username: Some(new.username),
+                full_name: Some(new.full_name),
+                language: new.language,
+                ..UserChanges::default()
+            },
+            referrer_id: options.referrer.then_some(new.referrer_id),
+            created_at: new.created_at.filter(|_| options.created_at),
+        };
+        self.update_user_returning(new.user_id, &changes)
     }
 
     fn update_user_returning(
@@ -653,19 +648,16 @@ impl<'c> Repo<'c> {
         self.transaction(|repo| {
             let now = repo.database_now()?;
             let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
+            let per_chunk = chunk_rows(repo.backend(), USER_COLUMNS);
             match (&mut *repo.conn, method) {
                 (AnyConnection::Pg(c), ImportMethod::Copy) => Ok(diesel::copy_from(users::table)
                     .from_insertable(&rows)
                     .execute(c)?),
-                (AnyConnection::Pg(c), ImportMethod::Insert) => {
-                    insert_chunks(c, &rows, POSTGRES_MAX_BINDS, USER_COLUMNS, |c, chunk| {
+                // SQLite has no COPY: both methods insert in chunks.
+                (conn, _) => {
+                    on_backend!(conn, |c| insert_chunks(c, &rows, per_chunk, |c, chunk| {
                         diesel::insert_into(users::table).values(chunk).execute(c)
-                    })
-                }
-                (AnyConnection::Sqlite(c), _) => {
-                    insert_chunks(c, &rows, SQLITE_MAX_BINDS, USER_COLUMNS, |c, chunk| {
-                        diesel::insert_into(users::table).values(chunk).execute(c)
-                    })
+                    }))
                 }
             }
         })
@@ -685,14 +677,16 @@ impl<'c> Repo<'c> {
         self.transaction(|repo| {
             let now = repo.database_now()?;
             let rows: Vec<_> = locations.iter().map(|l| l.to_row(now)).collect();
+            let per_chunk = chunk_rows(repo.backend(), LOCATION_COLUMNS);
             on_backend!(&mut *repo.conn, |c| insert_chunks(
                 c,
                 &rows,
-                max_binds(c),
-                LOCATION_COLUMNS,
-                |c, chunk| diesel::insert_into(locations::table)
-                    .values(chunk)
-                    .execute(c)
+                per_chunk,
+                |c, chunk| {
+                    diesel::insert_into(locations::table)
+                        .values(chunk)
+                        .execute(c)
+                }
             ))
         })
     }
@@ -704,23 +698,20 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::ForeignKeyViolation`] when a user or location does not exist (nothing is kept).
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
+        let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
         self.transaction(|repo| match &mut *repo.conn {
-            AnyConnection::Pg(c) => {
-                insert_chunks(c, links, POSTGRES_MAX_BINDS, LINK_COLUMNS, |c, chunk| {
-                    diesel::insert_into(userlocations::table)
-                        .values(chunk)
-                        .on_conflict_do_nothing()
-                        .execute(c)
-                })
-            }
+            AnyConnection::Pg(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
+                diesel::insert_into(userlocations::table)
+                    .values(chunk)
+                    .on_conflict_do_nothing()
+                    .execute(c)
+            }),
             // SQLite has no multi-row insert with ON CONFLICT; INSERT OR IGNORE is its form.
-            AnyConnection::Sqlite(c) => {
-                insert_chunks(c, links, SQLITE_MAX_BINDS, LINK_COLUMNS, |c, chunk| {
-                    diesel::insert_or_ignore_into(userlocations::table)
-                        .values(chunk)
-                        .execute(c)
-                })
-            }
+            AnyConnection::Sqlite(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
+                diesel::insert_or_ignore_into(userlocations::table)
+                    .values(chunk)
+                    .execute(c)
+            }),
         })
     }
 
@@ -841,36 +832,22 @@ fn placeholders(backend: Backend) -> (&'static str, &'static str) {
     }
 }
 
-/// The bind-parameter limit of the connection's backend.
-trait MaxBinds {
-    fn max_binds(&self) -> usize;
+/// How many rows of `columns` columns fit in one statement under `backend`'s bind limit.
+fn chunk_rows(backend: Backend, columns: usize) -> usize {
+    let max_binds = match backend {
+        Backend::Postgres => POSTGRES_MAX_BINDS,
+        Backend::Sqlite => SQLITE_MAX_BINDS,
+    };
+    (max_binds / columns).max(1)
 }
 
-impl MaxBinds for diesel::PgConnection {
-    fn max_binds(&self) -> usize {
-        POSTGRES_MAX_BINDS
-    }
-}
-
-impl MaxBinds for diesel::SqliteConnection {
-    fn max_binds(&self) -> usize {
-        SQLITE_MAX_BINDS
-    }
-}
-
-fn max_binds(conn: &impl MaxBinds) -> usize {
-    conn.max_binds()
-}
-
-/// Runs `insert` over `rows` in chunks of at most `max_binds / columns` rows.
+/// Runs `insert` over `rows` in chunks of at most `per_chunk` rows; returns the rows inserted.
 fn insert_chunks<C, R>(
     conn: &mut C,
     rows: &[R],
-    max_binds: usize,
-    columns: usize,
+    per_chunk: usize,
     mut insert: impl FnMut(&mut C, &[R]) -> diesel::QueryResult<usize>,
 ) -> Result<usize> {
-    let per_chunk = (max_binds / columns).max(1);
     let mut inserted = 0;
     for chunk in rows.chunks(per_chunk) {
         inserted += insert(conn, chunk)?;

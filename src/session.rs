@@ -90,16 +90,20 @@ where
     E: From<Error>,
 {
     type Tm = <AnyConnection as Connection>::TransactionManager;
-    let top_level_sqlite = match conn {
+    let began_immediate = match &mut *conn {
         AnyConnection::Sqlite(sqlite) => {
             let depth = AnsiTransactionManager::transaction_manager_status_mut(sqlite)
                 .transaction_depth()
                 .map_err(|e| E::from(Error::from(e)))?;
+            if depth.is_none() {
+                AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")
+                    .map_err(|e| E::from(Error::from(e)))?;
+            }
             depth.is_none()
         }
         AnyConnection::Pg(_) => false,
     };
-    if !top_level_sqlite {
+    if !began_immediate {
         return conn
             .transaction::<T, TxError<E>, _>(|conn| {
                 f(&mut Repo::new(conn)).map_err(TxError::Caller)
@@ -108,10 +112,6 @@ where
                 TxError::Caller(e) => e,
                 TxError::Diesel(e) => E::from(Error::from(e)),
             });
-    }
-    if let AnyConnection::Sqlite(sqlite) = &mut *conn {
-        AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")
-            .map_err(|e| E::from(Error::from(e)))?;
     }
     match f(&mut Repo::new(conn)) {
         Ok(value) => match Tm::commit_transaction(conn) {
