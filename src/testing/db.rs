@@ -92,9 +92,9 @@ impl TestDb {
     ///
     /// When the database cannot be made, with the whole error chain (for example what to install
     /// or which variable to set when there is no PostgreSQL server).
-    #[allow(clippy::panic)]
+    #[track_caller]
     pub fn new(backend: Backend) -> TestDb {
-        TestDb::try_new(backend).unwrap_or_else(|error| panic!("TestDb::new: {}", report(&error)))
+        or_panic(TestDb::try_new(backend), "TestDb::new")
     }
 
     /// A migrated, empty PostgreSQL database cloned on `server` (a URL of any database there, for
@@ -146,10 +146,12 @@ impl TestDb {
     /// # Panics
     ///
     /// When the migrations fail.
-    #[allow(clippy::panic)]
+    #[track_caller]
     pub fn sqlite_memory() -> TestDb {
-        TestDb::try_sqlite_memory(PoolConfig::default())
-            .unwrap_or_else(|error| panic!("TestDb::sqlite_memory: {}", report(&error)))
+        or_panic(
+            TestDb::try_sqlite_memory(PoolConfig::default()),
+            "TestDb::sqlite_memory",
+        )
     }
 
     /// The backend.
@@ -221,10 +223,9 @@ impl TestDb {
     /// # Panics
     ///
     /// When the engine cannot be made.
-    #[allow(clippy::panic)]
+    #[track_caller]
     pub fn database(&self) -> Database {
-        self.try_database()
-            .unwrap_or_else(|error| panic!("TestDb::database: {}", report(&error)))
+        or_panic(self.try_database(), "TestDb::database")
     }
 
     /// [`try_database_with`](TestDb::try_database_with), panicking on failure.
@@ -232,10 +233,9 @@ impl TestDb {
     /// # Panics
     ///
     /// When the engine cannot be made (an invalid `pool`).
-    #[allow(clippy::panic)]
+    #[track_caller]
     pub fn database_with(&self, pool: PoolConfig) -> Database {
-        self.try_database_with(pool)
-            .unwrap_or_else(|error| panic!("TestDb::database_with: {}", report(&error)))
+        or_panic(self.try_database_with(pool), "TestDb::database_with")
     }
 
     /// [`try_seeded`](TestDb::try_seeded), panicking on failure.
@@ -243,10 +243,9 @@ impl TestDb {
     /// # Panics
     ///
     /// When the engine cannot be made or the demo rows cannot be inserted.
-    #[allow(clippy::panic)]
+    #[track_caller]
     pub fn seeded(&self) -> Database {
-        self.try_seeded()
-            .unwrap_or_else(|error| panic!("TestDb::seeded: {}", report(&error)))
+        or_panic(self.try_seeded(), "TestDb::seeded")
     }
 }
 
@@ -264,6 +263,17 @@ impl Drop for TestDb {
                 tracing::warn!(database = %name, error = %report(&error), "test database left behind");
             }
         }
+    }
+}
+
+/// The one place the panicking conveniences panic: with the error's whole chain, reported at the
+/// test's call site.
+#[track_caller]
+#[allow(clippy::panic)]
+fn or_panic<T>(result: Result<T, SetupError>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{what}: {}", report(&error)),
     }
 }
 

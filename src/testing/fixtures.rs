@@ -80,7 +80,7 @@ pub struct UserBuilder {
 }
 
 impl UserBuilder {
-    /// Sets the full name (default "User <id>").
+    /// Sets the full name (default `User <id>`).
     pub fn full_name(mut self, full_name: impl Into<String>) -> Self {
         self.full_name = full_name.into();
         self
@@ -150,7 +150,7 @@ pub struct LocationBuilder {
 }
 
 impl LocationBuilder {
-    /// Sets the address (default "1 <name> Street").
+    /// Sets the address (default `1 <name> Street`).
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = address.into();
         self

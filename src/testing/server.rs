@@ -41,11 +41,15 @@ pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// (so the next test binary of the same `cargo test`, or the next run, reuses it).
 pub const IDLE_SECS: u32 = 60;
 
-/// The watchdog: stops the cluster once no process has held `users` for `$4` seconds.
+/// The watchdog: stops the cluster once no process has held `users` for `$4` seconds; exits when
+/// the cluster is gone (checked under `lock`, so a restart in progress does not count).
 const WATCHDOG: &str = r#"
 base=$1 pg_ctl=$2 data=$3 limit=$4 idle=0
-while [ -f "$data/postmaster.pid" ]; do
+while :; do
     sleep 1
+    if [ ! -f "$data/postmaster.pid" ]; then
+        flock -x "$base/lock" test -f "$data/postmaster.pid" || exit 0
+    fi
     if flock -n -x "$base/users" true; then idle=$((idle + 1)); else idle=0; fi
     if [ "$idle" -ge "$limit" ]; then
         if flock -x "$base/lock" sh -c 'flock -n -x "$1/users" true && "$2" -D "$3" -m fast -w stop' \
@@ -224,7 +228,11 @@ fn ensure_watchdog(bin: &PgBin, run_as: &RunAs, base: &Path) -> Result<(), Setup
         .and_then(|text| text.trim().parse::<u32>().ok())
         .is_some_and(|pid| {
             fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("userbase-pg-watchdog"))
+                .map(|cmdline| {
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    cmdline.contains("userbase-pg-watchdog")
+                        && cmdline.contains(&*base.to_string_lossy())
+                })
                 .unwrap_or(false)
         });
     if running {

@@ -16,16 +16,19 @@ use userbase::{Backend, Database, DbUrl, PoolConfig};
 pub use userbase::testing::{unique_name, DEFAULT_SERVER};
 
 /// The server URL the tests use.
+#[track_caller]
 pub fn server_url() -> DbUrl {
     testing::server_url().unwrap_or_else(|error| panic!("{}", testing::report(&error)))
 }
 
 /// A URL for another database on the test server.
+#[track_caller]
 pub fn database_url(name: &str) -> DbUrl {
     server_url().with_database(name)
 }
 
 /// An admin connection to the server's maintenance database.
+#[track_caller]
 pub fn admin() -> PgConnection {
     PgConnection::establish(&server_url().render(false)).expect("connect to the test server")
 }
@@ -45,6 +48,7 @@ pub struct TestDb {
 
 impl TestDb {
     /// A migrated, empty database.
+    #[track_caller]
     pub fn new(backend: Backend) -> Self {
         let inner = testing::TestDb::new(backend);
         TestDb {
@@ -55,16 +59,19 @@ impl TestDb {
     }
 
     /// An engine on this database with the default pool.
+    #[track_caller]
     pub fn database(&self) -> Database {
         self.inner.database()
     }
 
     /// An engine on this database with the given pool knobs.
+    #[track_caller]
     pub fn database_with(&self, pool: PoolConfig) -> Database {
         self.inner.database_with(pool)
     }
 
     /// An engine on this database holding the seed's demo rows.
+    #[track_caller]
     pub fn seeded(&self) -> Database {
         self.inner.seeded()
     }
