@@ -296,6 +296,21 @@ fn standby_is_in_recovery_and_replays_the_primarys_writes() {
         count(&mut standby, "SELECT count(*) AS n FROM replicated"),
         3
     );
+
+    // Failover: the old primary stopped, the standby promoted takes writes.
+    drop(primary);
+    drop(test);
+    let mut pair = pair;
+    pair.primary_mut().stop().unwrap();
+    assert!(!pair.primary().is_running());
+    pair.standby().promote().unwrap();
+    let mut promoted = pair.standby().connect().unwrap();
+    assert!(!flag(&mut promoted, "SELECT pg_is_in_recovery() AS flag"));
+    execute(&mut promoted, "INSERT INTO replicated VALUES (4)");
+    assert_eq!(
+        count(&mut promoted, "SELECT count(*) AS n FROM replicated"),
+        4
+    );
 }
 
 #[test]
