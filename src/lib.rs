@@ -15,6 +15,8 @@ pub mod repo;
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Settings};

@@ -1,195 +1,87 @@
-//! Test harness: a fresh database per test on a real server (or a real SQLite file).
+//! Test harness: thin wrappers over `userbase::testing` (a fresh database per test on a real
+//! server, or a real SQLite file), kept under the names the test files use.
 //!
-//! PostgreSQL: the server comes from `TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`). A template database is migrated once per set of
-//! migrations (its name carries their hash), under an advisory lock so parallel test processes
-//! build it once; each test clones it (`CREATE DATABASE … TEMPLATE`) and drops its clone on `Drop`.
-//! SQLite: each test gets a new file in its own temporary directory, migrated by the library.
+//! PostgreSQL: the server is `TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`
+//! when it answers, else a private cluster started from the system's server binaries under
+//! `target/userbase-postgres/` (see `userbase::testing::server`). Each test clones a migrated
+//! template and drops its clone on `Drop`. SQLite: each test gets a new file in its own temporary
+//! directory, migrated by the library.
 #![allow(dead_code)]
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
-use userbase::{Backend, Database, DbUrl, PoolConfig, Settings};
+use userbase::testing;
+use userbase::{Backend, Database, DbUrl, PoolConfig};
 
-pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const TEMPLATE_LOCK: i64 = 0x7562_7465_7374; // "ubtest"
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+#[allow(unused_imports)]
+pub use userbase::testing::{unique_name, DEFAULT_SERVER};
 
 /// The server URL the tests use.
+#[track_caller]
 pub fn server_url() -> DbUrl {
-    let raw = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
-    DbUrl::parse(&raw).expect("TEST_DATABASE_URL is a valid URL")
+    testing::server_url().unwrap_or_else(|error| panic!("{}", testing::report(&error)))
 }
 
 /// A URL for another database on the test server.
+#[track_caller]
 pub fn database_url(name: &str) -> DbUrl {
     server_url().with_database(name)
 }
 
 /// An admin connection to the server's maintenance database.
+#[track_caller]
 pub fn admin() -> PgConnection {
     PgConnection::establish(&server_url().render(false)).expect("connect to the test server")
 }
 
-/// Hash of every migration file, so a changed migration gets a new template.
-fn migrations_hash() -> u64 {
-    fn walk(dir: &Path, hasher: &mut DefaultHasher) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .expect("read migrations")
-            .map(|e| e.expect("dir entry").path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(&path, hasher);
-            } else {
-                path.file_name().hash(hasher);
-                std::fs::read(&path).expect("read migration").hash(hasher);
-            }
-        }
-    }
-    let mut hasher = DefaultHasher::new();
-    walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres"),
-        &mut hasher,
-    );
-    hasher.finish()
-}
-
-/// The migrated template's name, building it first if needed.
-fn template() -> String {
-    let name = format!("userbase_tpl_{:016x}", migrations_hash());
-    let mut admin = admin();
-    admin
-        .batch_execute(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
-        .expect("lock");
-    let exists = database_exists(&mut admin, &name);
-    if !exists {
-        let building = format!("{name}_building");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-            .expect("drop a half-built template");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {building}"))
-            .expect("create template");
-        {
-            let db = Database::new(Settings::new(database_url(&building))).expect("engine");
-            db.run_pending_migrations().expect("migrate template");
-        }
-        admin
-            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
-            .expect("publish template");
-    }
-    admin
-        .batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
-        .expect("unlock");
-    name
-}
-
+/// Whether database `name` exists on the server `admin` is connected to.
 pub fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
-    use diesel::prelude::*;
-    use diesel::sql_types::Text;
-    #[derive(QueryableByName)]
-    struct Found {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        #[allow(dead_code)]
-        found: i32,
-    }
-    diesel::sql_query("SELECT 1 AS found FROM pg_database WHERE datname = $1")
-        .bind::<Text, _>(name)
-        .load::<Found>(admin)
-        .expect("query pg_database")
-        .len()
-        == 1
+    testing::database_exists(admin, name).expect("query pg_database")
 }
 
-/// A unique name for a scratch database or file.
-pub fn unique_name(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A fresh, migrated database for one test, removed on `Drop`.
+/// A fresh, migrated database for one test, removed on `Drop`: `userbase::testing::TestDb` with
+/// its backend and URL as fields (everything else through `Deref`).
 pub struct TestDb {
     pub backend: Backend,
     pub url: DbUrl,
-    pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
+    inner: testing::TestDb,
 }
 
 impl TestDb {
     /// A migrated, empty database.
+    #[track_caller]
     pub fn new(backend: Backend) -> Self {
-        match backend {
-            Backend::Postgres => {
-                let template = template();
-                let name = unique_name("userbase_test");
-                admin()
-                    .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-                    .expect("clone template");
-                TestDb {
-                    backend,
-                    url: database_url(&name),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
-            }
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let path = dir.path().join("test.sqlite3");
-                let url = DbUrl::sqlite(path.to_str().expect("utf-8 temp path"));
-                Database::new(Settings::new(url.clone()))
-                    .expect("engine")
-                    .run_pending_migrations()
-                    .expect("migrate sqlite");
-                TestDb {
-                    backend,
-                    url,
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
-            }
+        let inner = testing::TestDb::new(backend);
+        TestDb {
+            backend,
+            url: inner.url().clone(),
+            inner,
         }
     }
 
     /// An engine on this database with the default pool.
+    #[track_caller]
     pub fn database(&self) -> Database {
-        self.database_with(PoolConfig::default())
+        self.inner.database()
     }
 
     /// An engine on this database with the given pool knobs.
+    #[track_caller]
     pub fn database_with(&self, pool: PoolConfig) -> Database {
-        Database::new(Settings {
-            url: self.url.clone(),
-            pool,
-        })
-        .expect("engine")
+        self.inner.database_with(pool)
     }
 
     /// An engine on this database holding the seed's demo rows.
+    #[track_caller]
     pub fn seeded(&self) -> Database {
-        let db = self.database();
-        db.transaction(userbase::demo::load)
-            .expect("load demo rows");
-        db
+        self.inner.seeded()
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some(name) = &self.pg_name {
-            // WITH (FORCE) ends connections a test's pool still holds.
-            let _ = admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+impl std::ops::Deref for TestDb {
+    type Target = testing::TestDb;
+
+    fn deref(&self) -> &testing::TestDb {
+        &self.inner
     }
 }
 
