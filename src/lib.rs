@@ -9,12 +9,14 @@ pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod error;
+mod migrate;
 pub mod models;
 pub mod repo;
 #[rustfmt::skip]
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
+pub mod transaction;
 pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Settings};
@@ -23,3 +25,4 @@ pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};
 pub use repo::{Repo, UpsertOptions};
 pub use session::Session;
+pub use transaction::RetryPolicy;
