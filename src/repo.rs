@@ -68,6 +68,20 @@ impl<'c> Repo<'c> {
         Ok(self.conn)
     }
 
+    /// Runs one statement on [`db`](Repo::db) and records its failure in the open transaction
+    /// level. Diesel's instrumentation reports most failures already; SQLite's errors while
+    /// stepping through rows (an `INSERT … RETURNING` that violates a constraint) it does not.
+    fn run<T>(
+        &mut self,
+        statement: impl FnOnce(&mut AnyConnection) -> QueryResult<T>,
+    ) -> Result<T> {
+        let result = statement(self.db()?);
+        if let Err(error) = &result {
+            crate::transaction::record(self.conn, error);
+        }
+        Ok(result?)
+    }
+
     /// Runs `f` in a transaction (a savepoint when one is already open): commits on `Ok`,
     /// rolls back on `Err`.
     ///
@@ -120,7 +134,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_users_with_locations")]
     pub fn users_with_locations(&mut self) -> Result<Vec<UserWithLocations>> {
-        let users = user::all().load(self.db()?)?;
+        let users = self.run(|c| user::all().load(c))?;
         self.attach_locations(users)
     }
 
@@ -131,12 +145,12 @@ impl<'c> Repo<'c> {
             return Ok(Vec::new());
         };
         let as_select: diesel::dsl::AsSelect<Location, MultiBackend> = Location::as_select();
-        let links: Vec<(i64, Location)> = userlocations::table
+        let links = userlocations::table
             .inner_join(locations::table)
             .filter(userlocations::user_id.between(first.user_id, last.user_id))
             .order((userlocations::user_id, locations::location_id))
-            .select((userlocations::user_id, as_select))
-            .load(self.db()?)?;
+            .select((userlocations::user_id, as_select));
+        let links: Vec<(i64, Location)> = self.run(|c| links.load(c))?;
         let mut links = links.into_iter().peekable();
         Ok(users
             .into_iter()
@@ -159,7 +173,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_users_by_location")]
     pub fn users_by_location(&mut self, location_id: i32) -> Result<Vec<User>> {
-        Ok(user::by_location(location_id).load(self.db()?)?)
+        self.run(|c| user::by_location(location_id).load(c))
     }
 
     /// The locations of user `user_id`, each with the user's username, ordered by location id.
@@ -172,7 +186,7 @@ impl<'c> Repo<'c> {
         &mut self,
         user_id: i64,
     ) -> Result<Vec<(Location, Option<String>)>> {
-        Ok(location::of_user_with_username(user_id).load(self.db()?)?)
+        self.run(|c| location::of_user_with_username(user_id).load(c))
     }
 
     /// How many locations user `user_id` has (0 for an unknown user).
@@ -182,7 +196,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_user_total_number_of_locations")]
     pub fn count_user_locations(&mut self, user_id: i64) -> Result<i64> {
-        Ok(user_location::count_for_user(user_id).get_result(self.db()?)?)
+        self.run(|c| user_location::count_for_user(user_id).get_result(c))
     }
 
     /// `(count, user_id)` for every user with locations, ordered by user id.
@@ -192,7 +206,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user")]
     pub fn location_counts_by_user(&mut self) -> Result<Vec<(i64, i64)>> {
-        Ok(user_location::counts_by_user().load(self.db()?)?)
+        self.run(|c| user_location::counts_by_user().load(c))
     }
 
     /// `{ quantity, name }` for every user with locations, ordered by user id.
@@ -202,7 +216,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user_with_labels")]
     pub fn location_counts_by_user_named(&mut self) -> Result<Vec<LocationCount>> {
-        Ok(user_location::counts_by_user_named().load(self.db()?)?)
+        self.run(|c| user_location::counts_by_user_named().load(c))
     }
 
     /// The seed's raw `SELECT * FROM users` (ordered by id), through `diesel::sql_query`.
@@ -225,7 +239,7 @@ impl<'c> Repo<'c> {
         T: QueryableByName<MultiBackend> + 'static,
     {
         validate::sql(sql)?;
-        Ok(diesel::sql_query(sql).load(self.db()?)?)
+        self.run(|c| diesel::sql_query(sql).load(c))
     }
 
     // ---- reading single rows -------------------------------------------------------------
@@ -237,7 +251,7 @@ impl<'c> Repo<'c> {
     /// [`Error::NotFound`] when there is none.
     #[doc(alias = "get_user")]
     pub fn user(&mut self, user_id: i64) -> Result<User> {
-        Ok(user::by_id(user_id).first(self.db()?)?)
+        self.run(|c| user::by_id(user_id).first(c))
     }
 
     /// The user with id `user_id`, or `None`.
@@ -246,7 +260,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn find_user(&mut self, user_id: i64) -> Result<Option<User>> {
-        Ok(user::by_id(user_id).first(self.db()?).optional()?)
+        self.run(|c| user::by_id(user_id).first(c).optional())
     }
 
     /// Every user, ordered by id.
@@ -255,7 +269,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users(&mut self) -> Result<Vec<User>> {
-        Ok(user::all().load(self.db()?)?)
+        self.run(|c| user::all().load(c))
     }
 
     /// The location with id `location_id`.
@@ -264,7 +278,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::NotFound`] when there is none.
     pub fn location(&mut self, location_id: i32) -> Result<Location> {
-        Ok(location::by_id(location_id).first(self.db()?)?)
+        self.run(|c| location::by_id(location_id).first(c))
     }
 
     /// The location named `name`, or `None`.
@@ -274,7 +288,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Validation`] for a name no location can have (blank, a NUL byte, too long).
     pub fn find_location_by_name(&mut self, name: &str) -> Result<Option<Location>> {
         validate::text("location_name", name, validate::NAME_MAX)?;
-        Ok(location::by_name(name).first(self.db()?).optional()?)
+        self.run(|c| location::by_name(name).first(c).optional())
     }
 
     /// Every location, ordered by id.
@@ -283,7 +297,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn locations(&mut self) -> Result<Vec<Location>> {
-        Ok(location::all().load(self.db()?)?)
+        self.run(|c| location::all().load(c))
     }
 
     /// Every link, ordered by user id then location id.
@@ -292,10 +306,10 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn user_locations(&mut self) -> Result<Vec<UserLocation>> {
-        Ok(userlocations::table
+        let query = userlocations::table
             .order((userlocations::user_id, userlocations::location_id))
-            .select(UserLocation::as_select())
-            .load(self.db()?)?)
+            .select(UserLocation::as_select());
+        self.run(|c| query.load(c))
     }
 
     // ---- filling the tables ----------------------------------------------------------------
@@ -309,11 +323,12 @@ impl<'c> Repo<'c> {
     /// referrer does not.
     pub fn insert_user(&mut self, new: &NewUser<'_>) -> Result<User> {
         let new = new.checked()?;
-        let inserted = on_backend!(self.db()?, |c| diesel::insert_into(users::table)
-            .values(&new)
-            .returning(User::as_returning())
-            .get_result(c))
-        .map_err(Error::from);
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(users::table)
+                .values(&new)
+                .returning(User::as_returning())
+                .get_result(c))
+        });
         self.name_reference(inserted, References::referrers(&[new]))
     }
 
@@ -324,10 +339,12 @@ impl<'c> Repo<'c> {
     /// [`Error::Validation`] for a bad value; [`Error::UniqueViolation`] when the name is taken.
     pub fn insert_location(&mut self, new: &NewLocation<'_>) -> Result<Location> {
         let new = new.checked()?;
-        let inserted = on_backend!(self.db()?, |c| diesel::insert_into(locations::table)
-            .values(&new)
-            .returning(Location::as_returning())
-            .get_result(c))?;
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(locations::table)
+                .values(&new)
+                .returning(Location::as_returning())
+                .get_result(c))
+        })?;
         Ok(inserted)
     }
 
@@ -342,11 +359,12 @@ impl<'c> Repo<'c> {
             location_id,
             user_id,
         };
-        let inserted = on_backend!(self.db()?, |c| diesel::insert_into(userlocations::table)
-            .values(&link)
-            .on_conflict_do_nothing()
-            .execute(c))
-        .map_err(Error::from);
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(userlocations::table)
+                .values(&link)
+                .on_conflict_do_nothing()
+                .execute(c))
+        });
         Ok(self.name_reference(inserted, References::links(&[link]))? == 1)
     }
 
@@ -382,7 +400,7 @@ impl<'c> Repo<'c> {
                 message,
             }) => {
                 let blocking: Vec<i32> =
-                    user_location::location_ids_of(user_id).load(self.db()?)?;
+                    self.run(|c| user_location::location_ids_of(user_id).load(c))?;
                 Err(Error::ForeignKeyViolation {
                     // SQLite names no constraint: the one PostgreSQL names.
                     constraint: constraint.or(Some(LINK_USER_FKEY.to_owned())),
@@ -444,12 +462,14 @@ impl<'c> Repo<'c> {
             if let Some(user) = self.upsert_update(new, options)? {
                 return Ok(user);
             }
-            let inserted = on_backend!(self.db()?, |c| diesel::insert_into(users::table)
-                .values(new)
-                .on_conflict_do_nothing()
-                .returning(User::as_returning())
-                .get_result(c)
-                .optional())?;
+            let inserted = self.run(|conn| {
+                on_backend!(conn, |c| diesel::insert_into(users::table)
+                    .values(new)
+                    .on_conflict_do_nothing()
+                    .returning(User::as_returning())
+                    .get_result(c)
+                    .optional())
+            })?;
             if let Some(user) = inserted {
                 return Ok(user);
             }
@@ -461,9 +481,8 @@ impl<'c> Repo<'c> {
     /// ([`user::seen_again`]); other options go through the general changeset.
     fn upsert_update(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<Option<User>> {
         if options == UpsertOptions::default() {
-            return Ok(user::seen_again(new)
-                .get_result::<User>(self.db()?)
-                .optional()?);
+            let update = user::seen_again(new);
+            return self.run(|c| update.get_result::<User>(c).optional());
         }
         let changes = UserUpdate {
             changes: UserChanges {
@@ -483,11 +502,13 @@ impl<'c> Repo<'c> {
         user_id: i64,
         changes: &UserUpdate<'_>,
     ) -> Result<Option<User>> {
-        let updated = on_backend!(self.db()?, |c| diesel::update(users::table.find(user_id))
-            .set(changes)
-            .returning(User::as_returning())
-            .get_result(c)
-            .optional())?;
+        let updated = self.run(|conn| {
+            on_backend!(conn, |c| diesel::update(users::table.find(user_id))
+                .set(changes)
+                .returning(User::as_returning())
+                .get_result(c)
+                .optional())
+        })?;
         Ok(updated)
     }
 
@@ -584,10 +605,10 @@ impl<'c> Repo<'c> {
                  WHERE u.referrer_id IS NOT NULL) \
              SELECT count(*) AS n FROM chain WHERE id = {second}"
         );
-        let found: CountRow = diesel::sql_query(sql)
+        let query = diesel::sql_query(sql)
             .bind::<BigInt, _>(referrer_id)
-            .bind::<BigInt, _>(user_id)
-            .get_result(self.db()?)?;
+            .bind::<BigInt, _>(user_id);
+        let found: CountRow = self.run(|c| query.get_result(c))?;
         if found.n > 0 {
             Err(cycle)
         } else {
@@ -601,7 +622,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referrals(&mut self, referrer_id: i64) -> Result<Vec<User>> {
-        Ok(user::referred_by(referrer_id).load(self.db()?)?)
+        self.run(|c| user::referred_by(referrer_id).load(c))
     }
 
     /// Every user with their referrer's full name (`None` without one), ordered by id, in one
@@ -611,7 +632,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users_with_referrer_names(&mut self) -> Result<Vec<(User, Option<String>)>> {
-        Ok(user::with_referrer_names().load(self.db()?)?)
+        self.run(|c| user::with_referrer_names().load(c))
     }
 
     /// `(referrer_id, number of users referred)` for every referrer, ordered by referrer id.
@@ -620,7 +641,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referral_counts(&mut self) -> Result<Vec<(i64, i64)>> {
-        Ok(user::referral_counts().load(self.db()?)?)
+        self.run(|c| user::referral_counts().load(c))
     }
 
     // ---- locations: writes -----------------------------------------------------------------
@@ -633,13 +654,13 @@ impl<'c> Repo<'c> {
     /// when the name is taken; [`Error::NotFound`] when there is no such location.
     pub fn rename_location(&mut self, location_id: i32, new_name: &str) -> Result<Location> {
         validate::text("location_name", new_name, validate::NAME_MAX)?;
-        let renamed = on_backend!(self.db()?, |c| diesel::update(
-            locations::table.find(location_id)
-        )
-        .set(locations::location_name.eq(new_name))
-        .returning(Location::as_returning())
-        .get_result(c)
-        .optional())?;
+        let renamed = self.run(|conn| {
+            on_backend!(conn, |c| diesel::update(locations::table.find(location_id))
+                .set(locations::location_name.eq(new_name))
+                .returning(Location::as_returning())
+                .get_result(c)
+                .optional())
+        })?;
         renamed.ok_or(Error::NotFound)
     }
 
@@ -677,7 +698,8 @@ impl<'c> Repo<'c> {
         wanted.dedup();
         let replaced = self.transaction(|repo| {
             repo.lock_user(user_id)?;
-            let current: Vec<i32> = user_location::location_ids_of(user_id).load(repo.db()?)?;
+            let current: Vec<i32> =
+                repo.run(|c| user_location::location_ids_of(user_id).load(c))?;
             let gone: Vec<i32> = current
                 .iter()
                 .copied()
@@ -727,10 +749,10 @@ impl<'c> Repo<'c> {
     /// SQLite the transaction holds the database's write lock already).
     fn lock_user(&mut self, user_id: i64) -> Result<()> {
         let query = users::table.find(user_id).select(users::user_id);
-        let found: Option<i64> = match self.db()? {
-            AnyConnection::Pg(c) => query.for_update().first(c).optional()?,
-            AnyConnection::Sqlite(c) => query.first(c).optional()?,
-        };
+        let found: Option<i64> = self.run(|conn| match conn {
+            AnyConnection::Pg(c) => query.for_update().first(c).optional(),
+            AnyConnection::Sqlite(c) => query.first(c).optional(),
+        })?;
         match found {
             Some(_) => Ok(()),
             None => Err(missing_parent(
@@ -854,7 +876,9 @@ impl<'c> Repo<'c> {
             Backend::Postgres => "SELECT CAST(now() AS TIMESTAMP) AS now",
             Backend::Sqlite => "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now",
         };
-        Ok(diesel::sql_query(sql).get_result::<NowRow>(self.db()?)?.now)
+        Ok(self
+            .run(|c| diesel::sql_query(sql).get_result::<NowRow>(c))?
+            .now)
     }
 
     // ---- large reads -------------------------------------------------------------------------
@@ -869,10 +893,9 @@ impl<'c> Repo<'c> {
     /// [`PAGE_LIMIT_MAX`](validate::PAGE_LIMIT_MAX).
     pub fn users_page(&mut self, after: Option<i64>, limit: i64) -> Result<Vec<User>> {
         let limit = validate::limit(limit)?;
-        let conn = self.db()?;
         match after.map_or(Some(i64::MIN), |after| after.checked_add(1)) {
-            Some(from) => Ok(user::page(from, limit).load(conn)?),
-            None => Ok(Vec::new()),
+            Some(from) => self.run(|c| user::page(from, limit).load(c)),
+            None => self.db().map(|_| Vec::new()),
         }
     }
 
@@ -884,10 +907,9 @@ impl<'c> Repo<'c> {
     /// As [`users_page`](Repo::users_page).
     pub fn locations_page(&mut self, after: Option<i32>, limit: i64) -> Result<Vec<Location>> {
         let limit = validate::limit(limit)?;
-        let conn = self.db()?;
         match after.map_or(Some(i32::MIN), |after| after.checked_add(1)) {
-            Some(from) => Ok(location::page(from, limit).load(conn)?),
-            None => Ok(Vec::new()),
+            Some(from) => self.run(|c| location::page(from, limit).load(c)),
+            None => self.db().map(|_| Vec::new()),
         }
     }
 

@@ -100,13 +100,20 @@ impl Failures {
     /// its first failure. Called for every event of the connection's instrumentation.
     pub(crate) fn observe(&mut self, event: &InstrumentationEvent<'_>) {
         if let InstrumentationEvent::FinishQuery {
-            error: Some(DieselError::DatabaseError(kind, info)),
-            ..
+            error: Some(error), ..
         } = event
         {
-            if let Some(level @ None) = self.levels.last_mut() {
-                *level = Some(Failure::copy(*kind, info.as_ref()));
-            }
+            self.record(error);
+        }
+    }
+
+    /// Records `error` in the innermost open level when it is the database's (not a client-side
+    /// error such as a missing row) and the level has no failure yet.
+    fn record(&mut self, error: &DieselError) {
+        if let (Some(level @ None), DieselError::DatabaseError(kind, info)) =
+            (self.levels.last_mut(), error)
+        {
+            *level = Some(Failure::copy(*kind, info.as_ref()));
         }
     }
 
@@ -132,6 +139,14 @@ fn failures(conn: &mut AnyConnection) -> Option<&mut Failures> {
         return instrumentation.downcast_mut::<Watch>().map(Watch::failures);
     }
     instrumentation.downcast_mut::<Failures>()
+}
+
+/// Records a failed statement of `conn` that its instrumentation did not report (Diesel's SQLite
+/// connection reports no error met while stepping through rows).
+pub(crate) fn record(conn: &mut AnyConnection, error: &DieselError) {
+    if let Some(failures) = failures(conn) {
+        failures.record(error);
+    }
 }
 
 /// Diesel's transaction depth of `conn` (0: none open).
