@@ -1093,17 +1093,6 @@ impl Repo<'_> {
                 "users",
             )));
         }
-        let users: BTreeSet<i64> = references.links.iter().map(|l| l.user_id).collect();
-        let users: Vec<i64> = users.into_iter().collect();
-        if let Some(id) = first_missing_user(self.conn, &users)? {
-            return Ok(Some(missing_parent(
-                "userlocations",
-                LINK_USER_FKEY,
-                "user_id",
-                id,
-                "users",
-            )));
-        }
         let locations: BTreeSet<i32> = references.links.iter().map(|l| l.location_id).collect();
         let locations: Vec<i32> = locations.into_iter().collect();
         let per_chunk = chunk_rows(self.conn.backend(), 1);
@@ -1116,18 +1105,20 @@ impl Repo<'_> {
                     .load::<i32>(self.conn)?,
             );
         }
-        Ok(locations
-            .into_iter()
-            .find(|id| !found.contains(id))
-            .map(|id| {
-                missing_parent(
-                    "userlocations",
-                    LINK_LOCATION_FKEY,
-                    "location_id",
-                    id,
-                    "locations",
-                )
-            }))
+        // PostgreSQL checks the location's key before the user's (constraints in name order).
+        if let Some(id) = locations.into_iter().find(|id| !found.contains(id)) {
+            return Ok(Some(missing_parent(
+                "userlocations",
+                LINK_LOCATION_FKEY,
+                "location_id",
+                id,
+                "locations",
+            )));
+        }
+        let users: BTreeSet<i64> = references.links.iter().map(|l| l.user_id).collect();
+        let users: Vec<i64> = users.into_iter().collect();
+        Ok(first_missing_user(self.conn, &users)?
+            .map(|id| missing_parent("userlocations", LINK_USER_FKEY, "user_id", id, "users")))
     }
 }
 

@@ -84,7 +84,9 @@ pub fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Re
     value.map_or(Ok(()), |v| text(field, v, max))
 }
 
-/// Raw SQL: not blank, no NUL byte (which neither driver can pass).
+/// Raw SQL: no NUL byte (which neither driver can pass), and some statement, not only white
+/// space, `;` and comments (PostgreSQL answers that with an empty-query result after which
+/// Diesel's connection refuses every further command).
 ///
 /// # Errors
 ///
@@ -93,10 +95,41 @@ pub fn sql(value: &str) -> Result<()> {
     if value.contains('\0') {
         return Err(invalid("sql", "must not contain NUL bytes"));
     }
-    if value.chars().all(is_invisible) {
-        return Err(invalid("sql", "must not be empty"));
+    if !has_statement(value) {
+        return Err(invalid("sql", "must hold a statement, not only comments"));
     }
     Ok(())
+}
+
+/// Whether `sql` has anything besides invisible characters, `;`, `-- …` line comments and
+/// (nested) `/* … */` block comments.
+fn has_statement(sql: &str) -> bool {
+    let mut chars = sql.chars().peekable();
+    let mut depth = 0_usize;
+    while let Some(c) = chars.next() {
+        match (depth, c, chars.peek()) {
+            (_, '/', Some('*')) => {
+                chars.next();
+                depth += 1;
+            }
+            (1.., '*', Some('/')) => {
+                chars.next();
+                depth -= 1;
+            }
+            (1.., _, _) => {}
+            (0, '-', Some('-')) => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            (0, ';', _) => {}
+            (0, c, _) if is_invisible(c) => {}
+            (0, _, _) => return true,
+        }
+    }
+    false
 }
 
 /// The earliest timestamp stored: `0001-01-01 00:00:00`.
@@ -178,6 +211,16 @@ mod tests {
         }
         for ok in ["a\u{200B}b", "\u{202E}abc", "👩\u{200D}👩\u{200D}👧"] {
             assert!(text("f", ok, 10).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn sql_needs_a_statement() {
+        for empty in ["", " ; ", "-- x", "/* a /* b */ c */ -- d\n;", "/* */ -- #"] {
+            assert!(sql(empty).is_err(), "{empty:?}");
+        }
+        for statement in ["SELECT 1", "-- c\nSELECT 1", "/* x */ SELECT '--'", "x"] {
+            assert!(sql(statement).is_ok(), "{statement:?}");
         }
     }
 
