@@ -49,8 +49,17 @@ impl AnyConnection {
             Backend::Postgres => PgConnection::establish(target).map(AnyConnection::Pg),
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(target)?;
-                conn.batch_execute(SQLITE_PRAGMAS)
-                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                // Two connections switching a fresh file to WAL at once: SQLite refuses one at
+                // once ("database is locked") instead of calling the busy handler, which would
+                // deadlock. The pragmas are idempotent: run them again, for up to 5 s.
+                let mut attempts = 0;
+                while let Err(e) = conn.batch_execute(SQLITE_PRAGMAS) {
+                    attempts += 1;
+                    if attempts >= 100 || e.to_string() != "database is locked" {
+                        return Err(ConnectionError::CouldntSetupConfiguration(e));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
                 Ok(AnyConnection::Sqlite(conn))
             }
         }

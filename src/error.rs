@@ -110,12 +110,56 @@ pub enum Error {
         message: String,
     },
 
+    /// A statement of this transaction failed earlier, so it cannot commit (SQLAlchemy's
+    /// `PendingRollbackError`): the transaction was rolled back, on both backends.
+    ///
+    /// Returned by a transaction whose closure returned `Ok` after a failed statement, and by
+    /// every later statement of that transaction. To go on after an expected failure, run the
+    /// statement that may fail in a nested transaction (a savepoint): see
+    /// [`Repo::transaction`](crate::Repo::transaction).
+    #[error("transaction aborted by an earlier failed statement, nothing was committed: {first}")]
+    TransactionAborted {
+        /// The first statement failure of the transaction.
+        #[source]
+        first: Box<Error>,
+    },
+
+    /// PostgreSQL broke a deadlock by aborting this transaction (`40P01`). Retryable: see
+    /// [`Database::transaction_with_retry`](crate::Database::transaction_with_retry).
+    #[error("deadlock detected: {message}")]
+    Deadlock {
+        /// The server's message, with its detail line.
+        message: String,
+    },
+
+    /// The transaction could not be serialized with a concurrent one and was aborted:
+    /// PostgreSQL's `40001`, or SQLite's `SQLITE_BUSY` ("database is locked": the write lock
+    /// stayed taken for `busy_timeout`, or a deferred transaction's snapshot went stale).
+    /// Retryable: see [`Database::transaction_with_retry`](crate::Database::transaction_with_retry).
+    #[error("serialization failure: {message}")]
+    SerializationFailure {
+        /// The backend's message, with its detail line.
+        message: String,
+    },
+
     /// Any other error reported by Diesel or the database.
     #[error("database error: {0}")]
     Query(#[source] diesel::result::Error),
 }
 
 impl Error {
+    /// Whether running the whole transaction again may succeed: [`Error::Deadlock`],
+    /// [`Error::SerializationFailure`], and [`Error::TransactionAborted`] when its first failure
+    /// was one of them. These are exactly the errors
+    /// [`Database::transaction_with_retry`](crate::Database::transaction_with_retry) retries.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Deadlock { .. } | Error::SerializationFailure { .. } => true,
+            Error::TransactionAborted { first } => first.is_retryable(),
+            _ => false,
+        }
+    }
+
     /// A configuration error about one variable.
     pub(crate) fn config(variable: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
@@ -191,6 +235,17 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
+                    DatabaseErrorKind::SerializationFailure => {
+                        Error::SerializationFailure { message }
+                    }
+                    // Diesel gives no kind for 40P01 and hides the SQLSTATE: the server's
+                    // message names it (in English unless `lc_messages` says otherwise).
+                    DatabaseErrorKind::Unknown if info.message().starts_with(DEADLOCK) => {
+                        Error::Deadlock { message }
+                    }
+                    DatabaseErrorKind::Unknown if info.message() == SQLITE_BUSY => {
+                        Error::SerializationFailure { message }
+                    }
                     other => Error::Query(D::DatabaseError(other, info)),
                 }
             }
@@ -198,6 +253,11 @@ impl From<diesel::result::Error> for Error {
         }
     }
 }
+
+/// The start of PostgreSQL's message for `40P01`.
+const DEADLOCK: &str = "deadlock detected";
+/// SQLite's message for `SQLITE_BUSY` (SQLite's messages are not translated).
+const SQLITE_BUSY: &str = "database is locked";
 
 /// What SQLite's constraint messages name after the colon: `users.full_name` in
 /// `NOT NULL constraint failed: users.full_name`, a `CHECK` constraint's name.

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod error;
+mod migrate;
 pub mod models;
 pub mod repo;
 #[rustfmt::skip]
@@ -17,6 +18,7 @@ pub mod schema;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transaction;
 pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Settings};
@@ -25,3 +27,4 @@ pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};
 pub use repo::{Repo, UpsertOptions};
 pub use session::Session;
+pub use transaction::RetryPolicy;

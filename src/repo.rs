@@ -19,6 +19,8 @@ use crate::models::{
     UserChanges, UserLocation, UserWithLocations,
 };
 use crate::schema::{locations, userlocations, users};
+use crate::validate;
+use std::collections::{BTreeSet, HashMap};
 
 /// Runs `$body` with `$conn` bound to the concrete connection of either backend: the one place
 /// where backend-specific query forms (upsert, `ON CONFLICT`) are dispatched.
@@ -58,48 +60,108 @@ impl<'c> Repo<'c> {
         self.conn.backend()
     }
 
+    /// The connection for the next statement: refused with [`Error::TransactionAborted`] when a
+    /// statement of the open transaction level already failed (PostgreSQL would refuse it with
+    /// an untyped error, SQLite would run it).
+    fn db(&mut self) -> Result<&mut AnyConnection> {
+        crate::transaction::check_usable(self.conn)?;
+        Ok(self.conn)
+    }
+
+    /// Runs one statement on [`db`](Repo::db) and records its failure in the open transaction
+    /// level. Diesel's instrumentation reports most failures already; SQLite's errors while
+    /// stepping through rows (an `INSERT … RETURNING` that violates a constraint) it does not.
+    fn run<T>(
+        &mut self,
+        statement: impl FnOnce(&mut AnyConnection) -> QueryResult<T>,
+    ) -> Result<T> {
+        let result = statement(self.db()?);
+        if let Err(error) = &result {
+            crate::transaction::record(self.conn, error);
+        }
+        Ok(result?)
+    }
+
     /// Runs `f` in a transaction (a savepoint when one is already open): commits on `Ok`,
     /// rolls back on `Err`.
     ///
+    /// A transaction in which a statement failed cannot commit, on PostgreSQL and SQLite alike
+    /// (SQLAlchemy's `PendingRollbackError`): once a statement fails, every later statement of
+    /// that transaction returns [`Error::TransactionAborted`], and so does the transaction itself
+    /// even if `f` returns `Ok`, after rolling everything back. To go on after a failure you
+    /// expect, run the statement that may fail in a nested transaction: a savepoint, rolled back
+    /// alone when it fails.
+    ///
+    /// ```no_run
+    /// use userbase::models::NewUser;
+    /// use userbase::{Database, Error};
+    ///
+    /// let db = Database::from_env()?;
+    /// db.transaction(|repo| {
+    ///     repo.insert_user(&NewUser::new(1, "Ann"))?;
+    ///     // User 2 may exist already: try it in a savepoint.
+    ///     match repo.transaction(|repo| repo.insert_user(&NewUser::new(2, "Bob"))) {
+    ///         Ok(_) | Err(Error::UniqueViolation { .. }) => {}
+    ///         Err(other) => return Err(other),
+    ///     }
+    ///     // Still usable: Ann and this link are committed.
+    ///     repo.link(1, 1).map(drop)
+    /// })?;
+    /// # Ok::<(), userbase::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// `f`'s own error, or a failure to begin or commit converted into `E`.
+    /// `f`'s own error; [`Error::TransactionAborted`] when one of its statements failed (or one
+    /// of the enclosing level had failed already); a failure to begin or commit converted into
+    /// `E`.
     pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        crate::session::transaction(self.conn, f)
+        crate::transaction::transaction(self.conn, f)
     }
 
     // ---- the seed's queries -------------------------------------------------------------
 
     /// Every user with their locations, users ordered by id and locations by id, loaded in
-    /// exactly two queries (`belonging_to` + `grouped_by`: the seed's `selectinload`).
+    /// exactly two queries (the seed's `selectinload`). The second one selects the links by a
+    /// range of user ids, not a list of binds, so it works at any number of users.
     ///
     /// # Errors
     ///
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_users_with_locations")]
     pub fn users_with_locations(&mut self) -> Result<Vec<UserWithLocations>> {
-        let users = user::all().load(self.conn)?;
+        let users = self.run(|c| user::all().load(c))?;
         self.attach_locations(users)
     }
 
-    /// Loads the locations of `users` in one query and pairs them up.
+    /// Loads the locations of `users` (ordered by id) in one query and pairs them up: the links
+    /// of users from the first id to the last, so no id list is sent.
     fn attach_locations(&mut self, users: Vec<User>) -> Result<Vec<UserWithLocations>> {
-        let links: Vec<(UserLocation, Location)> = UserLocation::belonging_to(&users)
+        let (Some(first), Some(last)) = (users.first(), users.last()) else {
+            return Ok(Vec::new());
+        };
+        let as_select: diesel::dsl::AsSelect<Location, MultiBackend> = Location::as_select();
+        let links = userlocations::table
             .inner_join(locations::table)
+            .filter(userlocations::user_id.between(first.user_id, last.user_id))
             .order((userlocations::user_id, locations::location_id))
-            .select((UserLocation::as_select(), Location::as_select()))
-            .load(self.conn)?;
-        let grouped = links.grouped_by(&users);
+            .select((userlocations::user_id, as_select));
+        let links: Vec<(i64, Location)> = self.run(|c| links.load(c))?;
+        let mut links = links.into_iter().peekable();
         Ok(users
             .into_iter()
-            .zip(grouped)
-            .map(|(user, links)| UserWithLocations {
-                user,
-                locations: links.into_iter().map(|(_, location)| location).collect(),
+            .map(|user| {
+                // Links of users inserted since the first query belong to no one here.
+                while links.next_if(|(id, _)| *id < user.user_id).is_some() {}
+                let mut locations = Vec::new();
+                while let Some((_, location)) = links.next_if(|(id, _)| *id == user.user_id) {
+                    locations.push(location);
+                }
+                UserWithLocations { user, locations }
             })
             .collect())
     }
@@ -111,7 +173,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_users_by_location")]
     pub fn users_by_location(&mut self, location_id: i32) -> Result<Vec<User>> {
-        Ok(user::by_location(location_id).load(self.conn)?)
+        self.run(|c| user::by_location(location_id).load(c))
     }
 
     /// The locations of user `user_id`, each with the user's username, ordered by location id.
@@ -124,7 +186,7 @@ impl<'c> Repo<'c> {
         &mut self,
         user_id: i64,
     ) -> Result<Vec<(Location, Option<String>)>> {
-        Ok(location::of_user_with_username(user_id).load(self.conn)?)
+        self.run(|c| location::of_user_with_username(user_id).load(c))
     }
 
     /// How many locations user `user_id` has (0 for an unknown user).
@@ -134,7 +196,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_user_total_number_of_locations")]
     pub fn count_user_locations(&mut self, user_id: i64) -> Result<i64> {
-        Ok(user_location::count_for_user(user_id).get_result(self.conn)?)
+        self.run(|c| user_location::count_for_user(user_id).get_result(c))
     }
 
     /// `(count, user_id)` for every user with locations, ordered by user id.
@@ -144,7 +206,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user")]
     pub fn location_counts_by_user(&mut self) -> Result<Vec<(i64, i64)>> {
-        Ok(user_location::counts_by_user().load(self.conn)?)
+        self.run(|c| user_location::counts_by_user().load(c))
     }
 
     /// `{ quantity, name }` for every user with locations, ordered by user id.
@@ -154,7 +216,7 @@ impl<'c> Repo<'c> {
     /// [`Error::Query`] when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user_with_labels")]
     pub fn location_counts_by_user_named(&mut self) -> Result<Vec<LocationCount>> {
-        Ok(user_location::counts_by_user_named().load(self.conn)?)
+        self.run(|c| user_location::counts_by_user_named().load(c))
     }
 
     /// The seed's raw `SELECT * FROM users` (ordered by id), through `diesel::sql_query`.
@@ -170,12 +232,14 @@ impl<'c> Repo<'c> {
     ///
     /// # Errors
     ///
-    /// [`Error::Query`] when the SQL fails or a column of `T` is missing from its result.
+    /// [`Error::Validation`] for blank SQL or a NUL byte in it; [`Error::Query`] when the SQL
+    /// fails or a column of `T` is missing from its result.
     pub fn load_sql<T>(&mut self, sql: &str) -> Result<Vec<T>>
     where
         T: QueryableByName<MultiBackend> + 'static,
     {
-        Ok(diesel::sql_query(sql).load(self.conn)?)
+        validate::sql(sql)?;
+        self.run(|c| diesel::sql_query(sql).load(c))
     }
 
     // ---- reading single rows -------------------------------------------------------------
@@ -187,7 +251,7 @@ impl<'c> Repo<'c> {
     /// [`Error::NotFound`] when there is none.
     #[doc(alias = "get_user")]
     pub fn user(&mut self, user_id: i64) -> Result<User> {
-        Ok(user::by_id(user_id).first(self.conn)?)
+        self.run(|c| user::by_id(user_id).first(c))
     }
 
     /// The user with id `user_id`, or `None`.
@@ -196,7 +260,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn find_user(&mut self, user_id: i64) -> Result<Option<User>> {
-        Ok(user::by_id(user_id).first(self.conn).optional()?)
+        self.run(|c| user::by_id(user_id).first(c).optional())
     }
 
     /// Every user, ordered by id.
@@ -205,7 +269,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users(&mut self) -> Result<Vec<User>> {
-        Ok(user::all().load(self.conn)?)
+        self.run(|c| user::all().load(c))
     }
 
     /// The location with id `location_id`.
@@ -214,16 +278,17 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::NotFound`] when there is none.
     pub fn location(&mut self, location_id: i32) -> Result<Location> {
-        Ok(location::by_id(location_id).first(self.conn)?)
+        self.run(|c| location::by_id(location_id).first(c))
     }
 
     /// The location named `name`, or `None`.
     ///
     /// # Errors
     ///
-    /// [`Error::Query`] when the database fails.
+    /// [`Error::Validation`] for a name no location can have (blank, a NUL byte, too long).
     pub fn find_location_by_name(&mut self, name: &str) -> Result<Option<Location>> {
-        Ok(location::by_name(name).first(self.conn).optional()?)
+        validate::text("location_name", name, validate::NAME_MAX)?;
+        self.run(|c| location::by_name(name).first(c).optional())
     }
 
     /// Every location, ordered by id.
@@ -232,7 +297,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn locations(&mut self) -> Result<Vec<Location>> {
-        Ok(location::all().load(self.conn)?)
+        self.run(|c| location::all().load(c))
     }
 
     /// Every link, ordered by user id then location id.
@@ -241,10 +306,10 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn user_locations(&mut self) -> Result<Vec<UserLocation>> {
-        Ok(userlocations::table
+        let query = userlocations::table
             .order((userlocations::user_id, userlocations::location_id))
-            .select(UserLocation::as_select())
-            .load(self.conn)?)
+            .select(UserLocation::as_select());
+        self.run(|c| query.load(c))
     }
 
     // ---- filling the tables ----------------------------------------------------------------
@@ -257,12 +322,14 @@ impl<'c> Repo<'c> {
     /// [`Error::UniqueViolation`] when the id exists; [`Error::ForeignKeyViolation`] when the
     /// referrer does not.
     pub fn insert_user(&mut self, new: &NewUser<'_>) -> Result<User> {
-        new.validate()?;
-        let inserted = on_backend!(&mut *self.conn, |c| diesel::insert_into(users::table)
-            .values(new)
-            .returning(User::as_returning())
-            .get_result(c))?;
-        Ok(inserted)
+        let new = new.checked()?;
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(users::table)
+                .values(&new)
+                .returning(User::as_returning())
+                .get_result(c))
+        });
+        self.name_reference(inserted, References::referrers(&[new]))
     }
 
     /// Inserts a location and returns the stored row (with its generated id).
@@ -271,11 +338,13 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Validation`] for a bad value; [`Error::UniqueViolation`] when the name is taken.
     pub fn insert_location(&mut self, new: &NewLocation<'_>) -> Result<Location> {
-        new.validate()?;
-        let inserted = on_backend!(&mut *self.conn, |c| diesel::insert_into(locations::table)
-            .values(new)
-            .returning(Location::as_returning())
-            .get_result(c))?;
+        let new = new.checked()?;
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(locations::table)
+                .values(&new)
+                .returning(Location::as_returning())
+                .get_result(c))
+        })?;
         Ok(inserted)
     }
 
@@ -290,13 +359,13 @@ impl<'c> Repo<'c> {
             location_id,
             user_id,
         };
-        let inserted = on_backend!(&mut *self.conn, |c| diesel::insert_into(
-            userlocations::table
-        )
-        .values(&link)
-        .on_conflict_do_nothing()
-        .execute(c))?;
-        Ok(inserted == 1)
+        let inserted = self.run(|conn| {
+            on_backend!(conn, |c| diesel::insert_into(userlocations::table)
+                .values(&link)
+                .on_conflict_do_nothing()
+                .execute(c))
+        });
+        Ok(self.name_reference(inserted, References::links(&[link]))? == 1)
     }
 
     /// Inserts a link, failing if it exists.
@@ -306,9 +375,11 @@ impl<'c> Repo<'c> {
     /// [`Error::UniqueViolation`] when the link exists; [`Error::ForeignKeyViolation`] when the
     /// user or the location does not.
     pub fn insert_user_location(&mut self, link: &UserLocation) -> Result<UserLocation> {
-        diesel::insert_into(userlocations::table)
+        let inserted = diesel::insert_into(userlocations::table)
             .values(link)
-            .execute(self.conn)?;
+            .execute(self.db()?)
+            .map_err(Error::from);
+        self.name_reference(inserted, References::links(&[*link]))?;
         Ok(*link)
     }
 
@@ -321,16 +392,18 @@ impl<'c> Repo<'c> {
     /// `userlocations` rows. Inside a transaction, a refused delete leaves it usable (savepoint).
     pub fn delete_user(&mut self, user_id: i64) -> Result<()> {
         let deleted = self.transaction(|repo| {
-            delete_one(diesel::delete(users::table.find(user_id)).execute(repo.conn)?)
+            delete_one(diesel::delete(users::table.find(user_id)).execute(repo.db()?)?)
         });
         match deleted {
             Err(Error::ForeignKeyViolation {
                 constraint,
                 message,
             }) => {
-                let blocking: Vec<i32> = user_location::location_ids_of(user_id).load(self.conn)?;
+                let blocking: Vec<i32> =
+                    self.run(|c| user_location::location_ids_of(user_id).load(c))?;
                 Err(Error::ForeignKeyViolation {
-                    constraint,
+                    // SQLite names no constraint: the one PostgreSQL names.
+                    constraint: constraint.or(Some(LINK_USER_FKEY.to_owned())),
                     message: format!(
                         "user {user_id} is still linked to locations {blocking:?} in userlocations; \
                          unlink them first ({message})"
@@ -347,7 +420,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::NotFound`] when there is no such location.
     pub fn delete_location(&mut self, location_id: i32) -> Result<()> {
-        delete_one(diesel::delete(locations::table.find(location_id)).execute(self.conn)?)
+        delete_one(diesel::delete(locations::table.find(location_id)).execute(self.db()?)?)
     }
 
     // ---- users: writes ---------------------------------------------------------------------
@@ -376,20 +449,27 @@ impl<'c> Repo<'c> {
     /// As [`upsert_user`](Repo::upsert_user), and [`Error::ReferralCycle`] when the new
     /// referrer would make a cycle.
     pub fn upsert_user_with(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
-        new.validate()?;
+        let new = new.checked()?;
         if let (true, Some(referrer_id)) = (options.referrer, new.referrer_id) {
             self.check_referral(new.user_id, referrer_id)?;
         }
+        let upserted = self.upsert_checked(&new, options);
+        self.name_reference(upserted, References::referrers(&[new]))
+    }
+
+    fn upsert_checked(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
         for _ in 0..UPSERT_ATTEMPTS {
             if let Some(user) = self.upsert_update(new, options)? {
                 return Ok(user);
             }
-            let inserted = on_backend!(&mut *self.conn, |c| diesel::insert_into(users::table)
-                .values(new)
-                .on_conflict_do_nothing()
-                .returning(User::as_returning())
-                .get_result(c)
-                .optional())?;
+            let inserted = self.run(|conn| {
+                on_backend!(conn, |c| diesel::insert_into(users::table)
+                    .values(new)
+                    .on_conflict_do_nothing()
+                    .returning(User::as_returning())
+                    .get_result(c)
+                    .optional())
+            })?;
             if let Some(user) = inserted {
                 return Ok(user);
             }
@@ -401,9 +481,8 @@ impl<'c> Repo<'c> {
     /// ([`user::seen_again`]); other options go through the general changeset.
     fn upsert_update(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<Option<User>> {
         if options == UpsertOptions::default() {
-            return Ok(user::seen_again(new)
-                .get_result::<User>(self.conn)
-                .optional()?);
+            let update = user::seen_again(new);
+            return self.run(|c| update.get_result::<User>(c).optional());
         }
         let changes = UserUpdate {
             changes: UserChanges {
@@ -423,13 +502,13 @@ impl<'c> Repo<'c> {
         user_id: i64,
         changes: &UserUpdate<'_>,
     ) -> Result<Option<User>> {
-        let updated = on_backend!(&mut *self.conn, |c| diesel::update(
-            users::table.find(user_id)
-        )
-        .set(changes)
-        .returning(User::as_returning())
-        .get_result(c)
-        .optional())?;
+        let updated = self.run(|conn| {
+            on_backend!(conn, |c| diesel::update(users::table.find(user_id))
+                .set(changes)
+                .returning(User::as_returning())
+                .get_result(c)
+                .optional())
+        })?;
         Ok(updated)
     }
 
@@ -479,9 +558,11 @@ impl<'c> Repo<'c> {
 
     /// Sets (or with `None` clears) the referrer of user `user_id`; returns the stored row.
     ///
-    /// The cycle check and the update are two statements: run it inside
-    /// [`transaction`](Repo::transaction) at a serializable isolation level if concurrent
-    /// referral changes must never race.
+    /// The cycle check and the update are two statements: on PostgreSQL at `READ COMMITTED`, two
+    /// concurrent calls (A refers B, B refers A) can each pass their check and together make a
+    /// cycle. When referral changes may run concurrently, run them in
+    /// [`Database::transaction_with_retry`](crate::Database::transaction_with_retry)
+    /// (`SERIALIZABLE`, retried). SQLite's transactions are serialized already.
     ///
     /// # Errors
     ///
@@ -496,7 +577,12 @@ impl<'c> Repo<'c> {
             referrer_id: Some(referrer_id),
             ..UserUpdate::default()
         };
-        self.update_user_returning(user_id, &update)?
+        let updated = self.update_user_returning(user_id, &update);
+        let referrers = References {
+            referrers: referrer_id.into_iter().collect(),
+            ..References::default()
+        };
+        self.name_reference(updated, referrers)?
             .ok_or(Error::NotFound)
     }
 
@@ -519,10 +605,10 @@ impl<'c> Repo<'c> {
                  WHERE u.referrer_id IS NOT NULL) \
              SELECT count(*) AS n FROM chain WHERE id = {second}"
         );
-        let found: CountRow = diesel::sql_query(sql)
+        let query = diesel::sql_query(sql)
             .bind::<BigInt, _>(referrer_id)
-            .bind::<BigInt, _>(user_id)
-            .get_result(self.conn)?;
+            .bind::<BigInt, _>(user_id);
+        let found: CountRow = self.run(|c| query.get_result(c))?;
         if found.n > 0 {
             Err(cycle)
         } else {
@@ -536,7 +622,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referrals(&mut self, referrer_id: i64) -> Result<Vec<User>> {
-        Ok(user::referred_by(referrer_id).load(self.conn)?)
+        self.run(|c| user::referred_by(referrer_id).load(c))
     }
 
     /// Every user with their referrer's full name (`None` without one), ordered by id, in one
@@ -546,7 +632,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users_with_referrer_names(&mut self) -> Result<Vec<(User, Option<String>)>> {
-        Ok(user::with_referrer_names().load(self.conn)?)
+        self.run(|c| user::with_referrer_names().load(c))
     }
 
     /// `(referrer_id, number of users referred)` for every referrer, ordered by referrer id.
@@ -555,7 +641,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referral_counts(&mut self) -> Result<Vec<(i64, i64)>> {
-        Ok(user::referral_counts().load(self.conn)?)
+        self.run(|c| user::referral_counts().load(c))
     }
 
     // ---- locations: writes -----------------------------------------------------------------
@@ -567,14 +653,14 @@ impl<'c> Repo<'c> {
     /// [`Error::Validation`] for a bad name; [`Error::UniqueViolation`] naming the constraint
     /// when the name is taken; [`Error::NotFound`] when there is no such location.
     pub fn rename_location(&mut self, location_id: i32, new_name: &str) -> Result<Location> {
-        crate::validate::text("location_name", new_name, crate::validate::NAME_MAX)?;
-        let renamed = on_backend!(&mut *self.conn, |c| diesel::update(
-            locations::table.find(location_id)
-        )
-        .set(locations::location_name.eq(new_name))
-        .returning(Location::as_returning())
-        .get_result(c)
-        .optional())?;
+        validate::text("location_name", new_name, validate::NAME_MAX)?;
+        let renamed = self.run(|conn| {
+            on_backend!(conn, |c| diesel::update(locations::table.find(location_id))
+                .set(locations::location_name.eq(new_name))
+                .returning(Location::as_returning())
+                .get_result(c)
+                .optional())
+        })?;
         renamed.ok_or(Error::NotFound)
     }
 
@@ -591,29 +677,92 @@ impl<'c> Repo<'c> {
             location_id,
             user_id,
         };
-        Ok(diesel::delete(&link).execute(self.conn)? == 1)
+        Ok(diesel::delete(&link).execute(self.db()?)? == 1)
     }
 
     /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
     /// (a savepoint inside an open one): links not in the set go, missing ones are made.
+    ///
+    /// Atomic and deadlock-free against concurrent calls: it first locks the user's row
+    /// (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's transactions hold the write lock), so calls
+    /// for one user run one after another, and it touches links in location-id order. Any
+    /// number of ids works: deletes and inserts are chunked under the bind limit.
     ///
     /// # Errors
     ///
     /// [`Error::ForeignKeyViolation`] when the user or a location does not exist; nothing
     /// changes then.
     pub fn replace_user_locations(&mut self, user_id: i64, location_ids: &[i32]) -> Result<()> {
-        self.transaction(|repo| {
-            diesel::delete(
-                userlocations::table
-                    .filter(userlocations::user_id.eq(user_id))
-                    .filter(userlocations::location_id.ne_all(location_ids)),
-            )
-            .execute(repo.conn)?;
-            for &location_id in location_ids {
-                repo.link(user_id, location_id)?;
+        let mut wanted = location_ids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let replaced = self.transaction(|repo| {
+            repo.lock_user(user_id)?;
+            let current: Vec<i32> =
+                repo.run(|c| user_location::location_ids_of(user_id).load(c))?;
+            let gone: Vec<i32> = current
+                .iter()
+                .copied()
+                .filter(|id| wanted.binary_search(id).is_err())
+                .collect();
+            let made: Vec<UserLocation> = wanted
+                .iter()
+                .filter(|id| current.binary_search(id).is_err())
+                .map(|&location_id| UserLocation {
+                    location_id,
+                    user_id,
+                })
+                .collect();
+            let per_chunk = chunk_rows(repo.backend(), 1).saturating_sub(1).max(1);
+            for chunk in gone.chunks(per_chunk) {
+                diesel::delete(
+                    userlocations::table
+                        .filter(userlocations::user_id.eq(user_id))
+                        .filter(userlocations::location_id.eq_any(chunk)),
+                )
+                .execute(repo.db()?)?;
             }
+            let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
+            on_backend!(repo.db()?, |c| insert_chunks(
+                c,
+                &made,
+                per_chunk,
+                |c, chunk| {
+                    diesel::insert_into(userlocations::table)
+                        .values(chunk)
+                        .execute(c)
+                }
+            ))?;
             Ok(())
-        })
+        });
+        let links: Vec<UserLocation> = wanted
+            .iter()
+            .map(|&location_id| UserLocation {
+                location_id,
+                user_id,
+            })
+            .collect();
+        self.name_reference(replaced, References::links(&links))
+    }
+
+    /// Locks user `user_id`'s row until the transaction ends (`FOR UPDATE` on PostgreSQL; on
+    /// SQLite the transaction holds the database's write lock already).
+    fn lock_user(&mut self, user_id: i64) -> Result<()> {
+        let query = users::table.find(user_id).select(users::user_id);
+        let found: Option<i64> = self.run(|conn| match conn {
+            AnyConnection::Pg(c) => query.for_update().first(c).optional(),
+            AnyConnection::Sqlite(c) => query.first(c).optional(),
+        })?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(missing_parent(
+                "userlocations",
+                LINK_USER_FKEY,
+                "user_id",
+                user_id,
+                "users",
+            )),
+        }
     }
 
     // ---- bulk import -------------------------------------------------------------------------
@@ -642,14 +791,17 @@ impl<'c> Repo<'c> {
     }
 
     fn import_users_by(&mut self, users: &[NewUser<'_>], method: ImportMethod) -> Result<usize> {
-        for user in users {
-            user.validate()?;
-        }
-        self.transaction(|repo| {
+        let users = users
+            .iter()
+            .map(NewUser::checked)
+            .collect::<Result<Vec<_>>>()?;
+        check_batch_referrals(&users)?;
+        let users = &users;
+        let imported = self.transaction(|repo| {
             let now = repo.database_now()?;
             let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
             let per_chunk = chunk_rows(repo.backend(), USER_COLUMNS);
-            match (&mut *repo.conn, method) {
+            match (repo.db()?, method) {
                 (AnyConnection::Pg(c), ImportMethod::Copy) => Ok(diesel::copy_from(users::table)
                     .from_insertable(&rows)
                     .execute(c)?),
@@ -660,7 +812,8 @@ impl<'c> Repo<'c> {
                     }))
                 }
             }
-        })
+        });
+        self.name_reference(imported, References::referrers(users))
     }
 
     /// Inserts many locations in one transaction, chunked like
@@ -671,14 +824,15 @@ impl<'c> Repo<'c> {
     /// [`Error::Validation`] before anything is written; [`Error::UniqueViolation`] for a taken
     /// name (nothing is kept).
     pub fn import_locations(&mut self, locations: &[NewLocation<'_>]) -> Result<usize> {
-        for location in locations {
-            location.validate()?;
-        }
+        let locations = locations
+            .iter()
+            .map(NewLocation::checked)
+            .collect::<Result<Vec<_>>>()?;
         self.transaction(|repo| {
             let now = repo.database_now()?;
             let rows: Vec<_> = locations.iter().map(|l| l.to_row(now)).collect();
             let per_chunk = chunk_rows(repo.backend(), LOCATION_COLUMNS);
-            on_backend!(&mut *repo.conn, |c| insert_chunks(
+            on_backend!(repo.db()?, |c| insert_chunks(
                 c,
                 &rows,
                 per_chunk,
@@ -699,7 +853,7 @@ impl<'c> Repo<'c> {
     /// [`Error::ForeignKeyViolation`] when a user or location does not exist (nothing is kept).
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
         let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
-        self.transaction(|repo| match &mut *repo.conn {
+        let imported = self.transaction(|repo| match repo.db()? {
             AnyConnection::Pg(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
                 diesel::insert_into(userlocations::table)
                     .values(chunk)
@@ -712,7 +866,8 @@ impl<'c> Repo<'c> {
                     .values(chunk)
                     .execute(c)
             }),
-        })
+        });
+        self.name_reference(imported, References::links(links))
     }
 
     /// The database's current time as its `created_at` default would store it.
@@ -721,28 +876,41 @@ impl<'c> Repo<'c> {
             Backend::Postgres => "SELECT CAST(now() AS TIMESTAMP) AS now",
             Backend::Sqlite => "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now",
         };
-        Ok(diesel::sql_query(sql).get_result::<NowRow>(self.conn)?.now)
+        Ok(self
+            .run(|c| diesel::sql_query(sql).get_result::<NowRow>(c))?
+            .now)
     }
 
     // ---- large reads -------------------------------------------------------------------------
 
-    /// At most `limit` users with an id above `after` (from the start when `None`), ordered by
-    /// id: keyset pagination. Pass the last id of a page as `after` for the next one.
+    /// At most `limit` users with an id above `after` (from the very first row, `i64::MIN`
+    /// included, when `None`), ordered by id: keyset pagination. Pass the last id of a page as
+    /// `after` for the next one.
     ///
     /// # Errors
     ///
-    /// [`Error::Query`] when the database fails.
+    /// [`Error::Validation`] when `limit` is not between 1 and
+    /// [`PAGE_LIMIT_MAX`](validate::PAGE_LIMIT_MAX).
     pub fn users_page(&mut self, after: Option<i64>, limit: i64) -> Result<Vec<User>> {
-        Ok(user::page(after, limit).load(self.conn)?)
+        let limit = validate::limit(limit)?;
+        match after.map_or(Some(i64::MIN), |after| after.checked_add(1)) {
+            Some(from) => self.run(|c| user::page(from, limit).load(c)),
+            None => self.db().map(|_| Vec::new()),
+        }
     }
 
-    /// At most `limit` locations with an id above `after`, ordered by id.
+    /// At most `limit` locations with an id above `after` (from the very first row when
+    /// `None`), ordered by id.
     ///
     /// # Errors
     ///
-    /// [`Error::Query`] when the database fails.
+    /// As [`users_page`](Repo::users_page).
     pub fn locations_page(&mut self, after: Option<i32>, limit: i64) -> Result<Vec<Location>> {
-        Ok(location::page(after, limit).load(self.conn)?)
+        let limit = validate::limit(limit)?;
+        match after.map_or(Some(i32::MIN), |after| after.checked_add(1)) {
+            Some(from) => self.run(|c| location::page(from, limit).load(c)),
+            None => self.db().map(|_| Vec::new()),
+        }
     }
 
     /// A page of [`users_with_locations`](Repo::users_with_locations): at most `limit` users
@@ -751,7 +919,7 @@ impl<'c> Repo<'c> {
     ///
     /// # Errors
     ///
-    /// [`Error::Query`] when the database fails.
+    /// As [`users_page`](Repo::users_page).
     pub fn users_with_locations_page(
         &mut self,
         after: Option<i64>,
@@ -768,7 +936,7 @@ impl<'c> Repo<'c> {
     ///
     /// [`Error::Query`] when the query cannot start; each item carries a row's own error.
     pub fn users_iter(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
-        Ok(match &mut *self.conn {
+        Ok(match self.db()? {
             AnyConnection::Pg(c) => Box::new(
                 users::table
                     .order(users::user_id)
@@ -853,6 +1021,178 @@ fn insert_chunks<C, R>(
         inserted += insert(conn, chunk)?;
     }
     Ok(inserted)
+}
+
+/// PostgreSQL's names of the foreign keys, used for SQLite's errors too.
+const REFERRER_FKEY: &str = "users_referrer_id_fkey";
+const LINK_USER_FKEY: &str = "userlocations_user_id_fkey";
+const LINK_LOCATION_FKEY: &str = "userlocations_location_id_fkey";
+
+/// The references a write made, to name the one that failed when SQLite names none.
+#[derive(Debug, Default)]
+struct References {
+    /// `users.referrer_id` values, ordered, without the ids of users written with them.
+    referrers: Vec<i64>,
+    /// Links written.
+    links: Vec<UserLocation>,
+}
+
+impl References {
+    fn referrers(users: &[NewUser<'_>]) -> Self {
+        let written: std::collections::HashSet<i64> = users.iter().map(|u| u.user_id).collect();
+        let referrers: BTreeSet<i64> = users
+            .iter()
+            .filter_map(|u| u.referrer_id)
+            .filter(|id| !written.contains(id))
+            .collect();
+        References {
+            referrers: referrers.into_iter().collect(),
+            ..References::default()
+        }
+    }
+
+    fn links(links: &[UserLocation]) -> Self {
+        References {
+            links: links.to_vec(),
+            ..References::default()
+        }
+    }
+}
+
+impl Repo<'_> {
+    /// SQLite's foreign-key errors name no constraint and no row ("FOREIGN KEY constraint
+    /// failed"): the Repo knows what it wrote, so it looks for the missing parent and reports it
+    /// as PostgreSQL does (constraint name, `Key (column)=(value) is not present in table`).
+    fn name_reference<T>(&mut self, result: Result<T>, references: References) -> Result<T> {
+        match result {
+            Err(Error::ForeignKeyViolation {
+                constraint: None,
+                message,
+            }) => Err(self
+                .missing_reference(&references)
+                .ok()
+                .flatten()
+                .unwrap_or(Error::ForeignKeyViolation {
+                    constraint: None,
+                    message,
+                })),
+            other => other,
+        }
+    }
+
+    /// The first reference of `references` whose parent does not exist, as an error. Reads on
+    /// the raw connection: the failed statement refuses further ones through [`Repo::db`], but
+    /// SQLite still answers them.
+    fn missing_reference(&mut self, references: &References) -> Result<Option<Error>> {
+        if let Some(id) = first_missing_user(self.conn, &references.referrers)? {
+            return Ok(Some(missing_parent(
+                "users",
+                REFERRER_FKEY,
+                "referrer_id",
+                id,
+                "users",
+            )));
+        }
+        let locations: BTreeSet<i32> = references.links.iter().map(|l| l.location_id).collect();
+        let locations: Vec<i32> = locations.into_iter().collect();
+        let per_chunk = chunk_rows(self.conn.backend(), 1);
+        let mut found = std::collections::HashSet::new();
+        for chunk in locations.chunks(per_chunk) {
+            found.extend(
+                locations::table
+                    .filter(locations::location_id.eq_any(chunk))
+                    .select(locations::location_id)
+                    .load::<i32>(self.conn)?,
+            );
+        }
+        // PostgreSQL checks the location's key before the user's (constraints in name order).
+        if let Some(id) = locations.into_iter().find(|id| !found.contains(id)) {
+            return Ok(Some(missing_parent(
+                "userlocations",
+                LINK_LOCATION_FKEY,
+                "location_id",
+                id,
+                "locations",
+            )));
+        }
+        let users: BTreeSet<i64> = references.links.iter().map(|l| l.user_id).collect();
+        let users: Vec<i64> = users.into_iter().collect();
+        Ok(first_missing_user(self.conn, &users)?
+            .map(|id| missing_parent("userlocations", LINK_USER_FKEY, "user_id", id, "users")))
+    }
+}
+
+/// The first of `ids` (ordered) with no user, in queries under the bind limit.
+fn first_missing_user(conn: &mut AnyConnection, ids: &[i64]) -> Result<Option<i64>> {
+    let per_chunk = chunk_rows(conn.backend(), 1);
+    let mut found = std::collections::HashSet::new();
+    for chunk in ids.chunks(per_chunk) {
+        found.extend(
+            users::table
+                .filter(users::user_id.eq_any(chunk))
+                .select(users::user_id)
+                .load::<i64>(conn)?,
+        );
+    }
+    Ok(ids.iter().copied().find(|id| !found.contains(id)))
+}
+
+/// A foreign-key error worded as PostgreSQL words it.
+fn missing_parent(
+    table: &str,
+    constraint: &str,
+    column: &str,
+    value: impl std::fmt::Display,
+    parent: &str,
+) -> Error {
+    Error::ForeignKeyViolation {
+        constraint: Some(constraint.to_owned()),
+        message: format!(
+            "insert or update on table \"{table}\" violates foreign key constraint \"{constraint}\" \
+             (Key ({column})=({value}) is not present in table \"{parent}\".)"
+        ),
+    }
+}
+
+/// Refuses a batch of new users whose referrals make a cycle (A refers B, B refers A, or
+/// longer), before anything is written.
+///
+/// Only the batch can close a cycle: stored users cannot refer to users not written yet (the
+/// foreign key forbids it), and a batch user that exists already fails as a duplicate.
+fn check_batch_referrals(users: &[NewUser<'_>]) -> Result<()> {
+    let referrer_of: HashMap<i64, i64> = users
+        .iter()
+        .filter_map(|u| u.referrer_id.map(|r| (u.user_id, r)))
+        .collect();
+    // Each user has at most one referrer: walk each chain once. 1: on the walk, 2: done.
+    let mut state: HashMap<i64, u8> = HashMap::with_capacity(users.len());
+    for user in users {
+        let mut walk = Vec::new();
+        let mut node = user.user_id;
+        loop {
+            match state.get(&node) {
+                Some(2) => break,
+                Some(_) => {
+                    let user_id = walk.last().copied().unwrap_or(node);
+                    return Err(Error::ReferralCycle {
+                        user_id,
+                        referrer_id: node,
+                    });
+                }
+                None => {}
+            }
+            state.insert(node, 1);
+            walk.push(node);
+            match referrer_of.get(&node) {
+                Some(&next) => node = next,
+                None => break,
+            }
+        }
+        for node in walk {
+            state.insert(node, 2);
+        }
+    }
+    Ok(())
 }
 
 /// `Ok` when one row was deleted, [`Error::NotFound`] when none was.

@@ -1,4 +1,4 @@
-//! The engine: an r2d2 pool of [`AnyConnection`]s with SQLAlchemy's QueuePool semantics, the
+//! The engine: an r2d2 pool of [`AnyConnection`](crate::AnyConnection)s with SQLAlchemy's QueuePool semantics, the
 //! seed's `create_engine`.
 //!
 //! - **Lazy**: creating a [`Database`] opens nothing; [`Database::check`] opens one connection.
@@ -21,14 +21,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 
 pub(crate) use self::manager::Manager;
 pub use self::manager::LIBPQ_SAFETY_DEFAULTS;
 use self::manager::{connect_error, LastConnectError, Shared};
+pub(crate) use self::watch::Watch;
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
-use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;
@@ -37,10 +37,6 @@ use crate::session::Session;
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// The SQLite migrations (`migrations/sqlite`), compiled into the crate.
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-
-/// Key of the PostgreSQL advisory lock held while migrations run, so that two processes starting
-/// at once do not both apply them.
-const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6261_7365; // "userbase"
 
 /// The engine: owns the connection pool and hands out [`Session`]s.
 ///
@@ -247,35 +243,14 @@ impl Database {
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.
     ///
-    /// On PostgreSQL an advisory lock makes concurrent callers wait for each other.
+    /// Concurrent callers, in this process or others, wait for each other: on PostgreSQL
+    /// through an advisory lock, on SQLite through an exclusive transaction.
     ///
     /// # Errors
     ///
     /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error.
     pub fn run_pending_migrations(&self) -> Result<Vec<String>> {
         let mut session = self.session()?;
-        run_migrations(session.repo_connection())
+        crate::migrate::run(session.repo_connection())
     }
-}
-
-/// Applies the embedded migrations of `conn`'s backend.
-pub(crate) fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>> {
-    let migration_error =
-        |e: Box<dyn std::error::Error + Send + Sync>| Error::Migration(e.to_string());
-    let versions = match conn {
-        AnyConnection::Pg(pg) => {
-            use diesel::connection::SimpleConnection;
-            pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
-            let applied = pg
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
-            pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
-            applied.map_err(migration_error)?
-        }
-        AnyConnection::Sqlite(sqlite) => sqlite
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.iter().map(ToString::to_string).collect())
-            .map_err(migration_error)?,
-    };
-    Ok(versions)
 }

@@ -23,6 +23,7 @@ pub(crate) struct Watch {
     echo: bool,
     hide_parameters: bool,
     started: Option<Instant>,
+    failures: crate::transaction::Failures,
 }
 
 impl Watch {
@@ -32,7 +33,13 @@ impl Watch {
             echo,
             hide_parameters,
             started: None,
+            failures: crate::transaction::Failures::default(),
         }
+    }
+
+    /// The failed statements of the connection's open transactions (see `crate::transaction`).
+    pub(crate) fn failures(&mut self) -> &mut crate::transaction::Failures {
+        &mut self.failures
     }
 
     fn log(&self, query: &dyn std::fmt::Display, error: Option<&DieselError>) {
@@ -53,6 +60,7 @@ impl Watch {
 
 impl Instrumentation for Watch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        self.failures.observe(&event);
         match event {
             InstrumentationEvent::StartQuery { .. } if self.echo => {
                 self.started = Some(Instant::now());

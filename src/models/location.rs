@@ -68,14 +68,28 @@ impl<'a> NewLocation<'a> {
 }
 
 impl<'a> NewLocation<'a> {
-    /// Checks lengths, blank values and NUL bytes.
+    /// Checks lengths, blank values and NUL bytes, and `created_at` (see
+    /// [`validate::timestamp`]).
     ///
     /// # Errors
     ///
     /// [`Error::Validation`](crate::Error::Validation) naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.checked().map(drop)
+    }
+
+    /// This location validated, with `created_at` truncated to microseconds: what is written.
+    pub(crate) fn checked(&self) -> Result<NewLocation<'a>> {
         validate::text("location_name", self.location_name, NAME_MAX)?;
-        validate::text("address", self.address, NAME_MAX)
+        validate::text("address", self.address, NAME_MAX)?;
+        let created_at = self
+            .created_at
+            .map(|t| validate::timestamp("created_at", t))
+            .transpose()?;
+        Ok(NewLocation {
+            created_at,
+            ..*self
+        })
     }
 
     /// This location as a fully specified row (defaults filled in: `has_solarium` `true`,
@@ -125,13 +139,12 @@ pub fn by_name<'a>(name: &'a str) -> _ {
         .select(as_select)
 }
 
-/// At most `limit` locations with an id above `after` (all when `None`), ordered by id.
+/// At most `limit` locations with an id of `from` or above, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn page(after: Option<i32>, limit: i64) -> _ {
+pub fn page(from: i32, limit: i64) -> _ {
     let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
-    let after: i32 = after.unwrap_or(i32::MIN);
     locations::table
-        .filter(locations::location_id.gt(after))
+        .filter(locations::location_id.ge(from))
         .order(locations::location_id)
         .limit(limit)
         .select(as_select)

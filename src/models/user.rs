@@ -128,12 +128,18 @@ impl<'a> NewUser<'a> {
 }
 
 impl<'a> NewUser<'a> {
-    /// Checks lengths, blank names and NUL bytes, and that the user is not their own referrer.
+    /// Checks lengths, blank names and NUL bytes, `created_at` (see
+    /// [`validate::timestamp`]), and that the user is not their own referrer.
     ///
     /// # Errors
     ///
     /// [`Error::Validation`] naming the field; [`Error::ReferralCycle`] for self-referral.
     pub fn validate(&self) -> Result<()> {
+        self.checked().map(drop)
+    }
+
+    /// This user validated, with `created_at` truncated to microseconds: what is written.
+    pub(crate) fn checked(&self) -> Result<NewUser<'a>> {
         validate::optional_text("username", self.username, NAME_MAX)?;
         validate::text("full_name", self.full_name, NAME_MAX)?;
         validate::optional_text("language", self.language, LANGUAGE_MAX)?;
@@ -144,7 +150,14 @@ impl<'a> NewUser<'a> {
                 referrer_id: self.user_id,
             });
         }
-        Ok(())
+        let created_at = self
+            .created_at
+            .map(|t| validate::timestamp("created_at", t))
+            .transpose()?;
+        Ok(NewUser {
+            created_at,
+            ..*self
+        })
     }
 
     /// This user as a fully specified row: defaults filled in here (`language` `en`, `active`
@@ -336,14 +349,12 @@ pub fn by_location(location_id: i32) -> _ {
         .select(as_select)
 }
 
-/// At most `limit` users with an id above `after` (all when `None`), ordered by id: keyset
-/// pagination.
+/// At most `limit` users with an id of `from` or above, ordered by id: keyset pagination.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn page(after: Option<i64>, limit: i64) -> _ {
+pub fn page(from: i64, limit: i64) -> _ {
     let as_select: AsSelect<User, MultiBackend> = User::as_select();
-    let after: i64 = after.unwrap_or(i64::MIN);
     users::table
-        .filter(users::user_id.gt(after))
+        .filter(users::user_id.ge(from))
         .order(users::user_id)
         .limit(limit)
         .select(as_select)

@@ -1,0 +1,55 @@
+//! Applying the embedded migrations, one caller at a time across threads and processes.
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::SqliteConnection;
+use diesel_migrations::MigrationHarness;
+
+use crate::connection::AnyConnection;
+use crate::engine::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+use crate::error::{Error, Result};
+
+/// Key of the PostgreSQL advisory lock held while migrations run, so that two processes starting
+/// at once do not both apply them.
+const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6261_7365; // "userbase"
+
+fn migration_error(error: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Migration(error.to_string())
+}
+
+/// Applies the embedded migrations of `conn`'s backend that are not applied yet; returns their
+/// versions.
+pub(crate) fn run(conn: &mut AnyConnection) -> Result<Vec<String>> {
+    match conn {
+        AnyConnection::Pg(pg) => {
+            pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+            let applied = pg
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
+            pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
+            applied.map_err(migration_error)
+        }
+        AnyConnection::Sqlite(sqlite) => run_sqlite(sqlite),
+    }
+}
+
+/// SQLite has no advisory lock: the check of what is applied and the migrations run in one
+/// `BEGIN EXCLUSIVE` transaction, so a second caller (another connection, another process) waits
+/// for the lock (`busy_timeout`), then finds everything applied. Each migration is a savepoint
+/// inside it; a failure rolls all of them back.
+fn run_sqlite(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    type Tm = AnsiTransactionManager;
+    Tm::begin_transaction_sql(conn, "BEGIN EXCLUSIVE")?;
+    let applied = conn
+        .run_pending_migrations(SQLITE_MIGRATIONS)
+        .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
+    match applied {
+        Ok(versions) => {
+            <Tm as TransactionManager<SqliteConnection>>::commit_transaction(conn)?;
+            Ok(versions)
+        }
+        Err(error) => {
+            let _ = <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(conn);
+            Err(migration_error(error))
+        }
+    }
+}
