@@ -24,8 +24,8 @@ use std::time::Instant;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub(crate) use self::manager::Manager;
-pub use self::manager::LIBPQ_SAFETY_DEFAULTS;
 use self::manager::{connect_error, LastConnectError, Shared};
+pub use crate::config::url::LIBPQ_SAFETY_DEFAULTS;
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
 use crate::connection::AnyConnection;

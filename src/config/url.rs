@@ -1,58 +1,28 @@
-//! Settings: the database URL and the pool knobs, from code or from the environment.
-//!
-//! [`Settings::from_env`] loads a `.env` file from the current directory or one of its
-//! parents (with [`dotenvy`]; variables already set in the environment win) and reads:
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `DATABASE_URL` | full URL: `postgres://user:pass@host:5432/db`, `sqlite://path/file.db`, a bare file path, or `sqlite::memory:` | unset: the parts below, else [`DEFAULT_SQLITE_PATH`] |
-//! | `DB_HOST` | PostgreSQL host, used when `DATABASE_URL` is unset | `localhost` |
-//! | `DB_PORT` | PostgreSQL port | `5432` |
-//! | `DB_USER` | PostgreSQL user | `postgres` |
-//! | `DB_PASS` | PostgreSQL password (never printed) | none |
-//! | `DB_NAME` | PostgreSQL database | the value of `DB_USER` |
-//! | `DB_POOL_SIZE` | connections kept open in the pool | `5` ([`DEFAULT_POOL_SIZE`]) |
-//! | `DB_MAX_OVERFLOW` | extra connections allowed above `DB_POOL_SIZE` under load | `10` ([`DEFAULT_MAX_OVERFLOW`]) |
-//! | `DB_POOL_TIMEOUT_SECS` | seconds a checkout waits for a free connection (fractions allowed) | `30` ([`DEFAULT_POOL_TIMEOUT`]) |
-//! | `DB_POOL_RECYCLE_SECS` | replace connections older than this many seconds; `-1` or empty: never | never |
-//! | `DB_PRE_PING` | test a connection before handing it out (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`) | `true` |
-//! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds | `500` ([`DEFAULT_PRE_PING_BYPASS`]) |
-//! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` |
-//! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` |
-//! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` |
-//!
-//! The `DB_HOST` … `DB_NAME` parts are used as soon as any of them is set; with none of them and no
-//! `DATABASE_URL`, the embedded SQLite file [`DEFAULT_SQLITE_PATH`] is used. A malformed value is an
-//! [`Error::Config`] naming the variable.
+//! [`DbUrl`]: a database URL built from parts or parsed, rendered with or without its secrets.
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Result};
 
-/// Default `pool_size`: connections kept open (SQLAlchemy's default).
-pub const DEFAULT_POOL_SIZE: u32 = 5;
-/// Default `max_overflow`: connections allowed above `pool_size` (SQLAlchemy's default).
-pub const DEFAULT_MAX_OVERFLOW: u32 = 10;
-/// Default `pool_timeout`: how long a checkout waits (SQLAlchemy's default, 30 s).
-pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `pre_ping`: test connections before handing them out.
-pub const DEFAULT_PRE_PING: bool = true;
-/// Default `pre_ping_bypass`: a connection used this recently is handed out without a ping
-/// (HikariCP's "alive bypass window").
-pub const DEFAULT_PRE_PING_BYPASS: Duration = Duration::from_millis(500);
-/// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
-pub const DEFAULT_SQLITE_PATH: &str = "userbase.sqlite3";
-/// Default PostgreSQL host for the `DB_*` parts.
-pub const DEFAULT_HOST: &str = "localhost";
-/// Default PostgreSQL port for the `DB_*` parts.
-pub const DEFAULT_PORT: u16 = 5432;
-/// Default PostgreSQL user for the `DB_*` parts.
-pub const DEFAULT_USER: &str = "postgres";
+/// libpq settings added to PostgreSQL URLs that do not set them, so that a dropped network cannot
+/// hang a checkout or a query forever: connect within 10 s, TCP keepalives after 30 s idle every
+/// 10 s (3 probes), and give up on unacknowledged data after 30 s.
+pub const LIBPQ_SAFETY_DEFAULTS: [(&str, &str); 6] = [
+    ("connect_timeout", "10"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "10"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
+
+/// Names the in-memory databases of this process apart.
+static MEMORY_DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// What is percent-encoded in user names, passwords, database names and query parameters:
 /// everything but RFC 3986's unreserved characters.
@@ -419,200 +389,57 @@ impl fmt::Debug for DbUrl {
     }
 }
 
-/// The engine's pool knobs: the seed's `create_engine(pool_size=…, max_overflow=…, …)`.
-///
-/// Every field has the default named on it; `PoolConfig::default()` gives them all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// Connections kept open once made. Default [`DEFAULT_POOL_SIZE`] (5).
-    pub pool_size: u32,
-    /// Connections allowed above `pool_size` under load; at most `pool_size + max_overflow` are
-    /// open at once. Default [`DEFAULT_MAX_OVERFLOW`] (10).
-    pub max_overflow: u32,
-    /// How long a checkout waits for a free connection before [`Error::PoolTimeout`].
-    /// Default [`DEFAULT_POOL_TIMEOUT`] (30 s).
-    pub pool_timeout: Duration,
-    /// Replace connections older than this. Default `None`: never (the seed's `pool_recycle=-1`).
-    pub pool_recycle: Option<Duration>,
-    /// Test a connection before handing it out. Default [`DEFAULT_PRE_PING`] (`true`).
-    pub pre_ping: bool,
-    /// With `pre_ping`, skip the ping for a connection that was in use this recently.
-    /// Default [`DEFAULT_PRE_PING_BYPASS`] (500 ms); zero pings on every checkout.
-    pub pre_ping_bypass: Duration,
-    /// Log every statement with its bind values, duration and error through `tracing`
-    /// (target `userbase::sql`, level INFO; errors at WARN). Default `false`.
-    pub echo: bool,
-    /// With `echo`, leave the bind values out of the log (SQLAlchemy's `hide_parameters`).
-    /// Default `false`.
-    pub hide_parameters: bool,
-    /// Log pool events through `tracing` (target `userbase::pool`, level DEBUG): checkouts,
-    /// check-ins, overflow discards, recycles, invalidations (SQLAlchemy's `echo_pool`).
-    /// Default `false`.
-    pub echo_pool: bool,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig {
-            pool_size: DEFAULT_POOL_SIZE,
-            max_overflow: DEFAULT_MAX_OVERFLOW,
-            pool_timeout: DEFAULT_POOL_TIMEOUT,
-            pool_recycle: None,
-            pre_ping: DEFAULT_PRE_PING,
-            pre_ping_bypass: DEFAULT_PRE_PING_BYPASS,
-            echo: false,
-            hide_parameters: false,
-            echo_pool: false,
-        }
-    }
-}
-
-impl PoolConfig {
-    /// The most connections open at once: `pool_size + max_overflow`.
-    pub fn max_connections(&self) -> u32 {
-        self.pool_size.saturating_add(self.max_overflow)
-    }
-
-    /// Checks the knobs make a usable pool.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] when `pool_size + max_overflow` is 0 or `pool_timeout` is zero.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_connections() == 0 {
-            return Err(Error::config(
-                "DB_POOL_SIZE",
-                "pool_size + max_overflow must be at least 1",
-            ));
-        }
-        if self.pool_timeout.is_zero() {
-            return Err(Error::config(
-                "DB_POOL_TIMEOUT_SECS",
-                "pool_timeout must be above zero",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Everything needed to open a [`Database`](crate::Database): the URL and the pool knobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Where the database is.
-    pub url: DbUrl,
-    /// How the pool behaves.
-    pub pool: PoolConfig,
-}
-
-impl Settings {
-    /// Settings for a URL with the default pool.
-    pub fn new(url: DbUrl) -> Self {
-        Settings {
-            url,
-            pool: PoolConfig::default(),
-        }
-    }
-
-    /// Reads the settings from `.env` and the environment (see the [module docs](self)).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the variable when a value is malformed, or when `.env` exists but
-    /// cannot be parsed.
-    pub fn from_env() -> Result<Self> {
-        match dotenvy::dotenv() {
-            Ok(_) => {}
-            Err(e) if e.not_found() => {}
-            Err(e) => return Err(Error::config(".env", e.to_string())),
-        }
-        Settings::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Reads the settings through `lookup` (a variable name → its value), without touching the
-    /// process environment: what [`from_env`](Settings::from_env) does after loading `.env`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the variable when a value is malformed.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let url = if let Some(url) = var("DATABASE_URL") {
-            DbUrl::parse(&url)?
-        } else if ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"]
-            .iter()
-            .any(|name| var(name).is_some())
-        {
-            let user = var("DB_USER").unwrap_or_else(|| DEFAULT_USER.to_owned());
-            let mut url = DbUrl::postgres()
-                .with_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
-                .with_port(parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT))
-                .with_database(var("DB_NAME").unwrap_or_else(|| user.clone()))
-                .with_username(user);
-            if let Some(password) = lookup("DB_PASS").filter(|p| !p.is_empty()) {
-                url = url.with_password(password);
+impl DbUrl {
+    /// The string the driver opens: for PostgreSQL the URL with its password and the
+    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set; for SQLite the file path, or a shared `memdb`
+    /// database for `:memory:`. Never printed.
+    pub(crate) fn driver_target(&self) -> String {
+        match self.backend() {
+            Backend::Postgres => {
+                let mut with_defaults = self.clone();
+                for (key, value) in LIBPQ_SAFETY_DEFAULTS {
+                    if with_defaults.query_value(key).is_none() {
+                        with_defaults = with_defaults.with_query_param(key, value);
+                    }
+                }
+                with_defaults.render(false)
             }
-            url
-        } else {
-            DbUrl::sqlite(DEFAULT_SQLITE_PATH)
-        };
-
-        let defaults = PoolConfig::default();
-        let pool = PoolConfig {
-            pool_size: parse_var(&var, "DB_POOL_SIZE")?.unwrap_or(defaults.pool_size),
-            max_overflow: parse_var(&var, "DB_MAX_OVERFLOW")?.unwrap_or(defaults.max_overflow),
-            pool_timeout: match parse_var::<f64>(&var, "DB_POOL_TIMEOUT_SECS")? {
-                Some(secs) => seconds("DB_POOL_TIMEOUT_SECS", secs)?,
-                None => defaults.pool_timeout,
-            },
-            pool_recycle: match parse_var::<f64>(&var, "DB_POOL_RECYCLE_SECS")? {
-                Some(-1.0) => None,
-                Some(secs) => Some(seconds("DB_POOL_RECYCLE_SECS", secs)?),
-                None => defaults.pool_recycle,
-            },
-            pre_ping: parse_bool(&var, "DB_PRE_PING")?.unwrap_or(defaults.pre_ping),
-            pre_ping_bypass: parse_var(&var, "DB_PRE_PING_BYPASS_MS")?
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.pre_ping_bypass),
-            echo: parse_bool(&var, "DB_ECHO")?.unwrap_or(defaults.echo),
-            hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
-                .unwrap_or(defaults.hide_parameters),
-            echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
-        };
-        pool.validate()?;
-        Ok(Settings { url, pool })
+            // `memdb` with a name starting with `/` is one database shared by every connection
+            // of the process (unlike plain `:memory:`, one per connection), with normal locking.
+            Backend::Sqlite if self.is_memory() => format!(
+                "file:/userbase-{}-{}?vfs=memdb",
+                std::process::id(),
+                MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed)
+            ),
+            Backend::Sqlite => self.database().unwrap_or_default().to_owned(),
+        }
     }
 }
 
-fn parse_var<T: FromStr>(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>>
-where
-    T::Err: fmt::Display,
-{
-    var(name)
-        .map(|raw| {
-            raw.trim().parse::<T>().map_err(|e| {
-                Error::config(name, format!("`{}` is not a valid value: {e}", raw.trim()))
-            })
-        })
-        .transpose()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn seconds(name: &str, secs: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| Error::config(name, format!("`{secs}` is not a number of seconds")))
-}
+    #[test]
+    fn libpq_safety_defaults_are_added_unless_the_url_sets_them() {
+        let url = DbUrl::parse("postgres://bot:pw@db:5432/app?connect_timeout=3").unwrap();
+        assert_eq!(
+            url.driver_target(),
+            "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
+             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000"
+        );
+    }
 
-fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
-    var(name)
-        .map(|raw| match raw.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(Error::config(
-                name,
-                format!(
-                    "`{}` is not a boolean (true/false, 1/0, yes/no, on/off)",
-                    raw.trim()
-                ),
-            )),
-        })
-        .transpose()
+    #[test]
+    fn sqlite_targets_are_the_path_or_a_shared_memdb() {
+        assert_eq!(DbUrl::sqlite("data/app.db").driver_target(), "data/app.db");
+        let memory = DbUrl::sqlite(":memory:").driver_target();
+        assert!(memory.starts_with("file:/userbase-"), "{memory}");
+        assert!(memory.ends_with("?vfs=memdb"), "{memory}");
+        assert_ne!(
+            memory,
+            DbUrl::sqlite(":memory:").driver_target(),
+            "one database per engine"
+        );
+    }
 }
