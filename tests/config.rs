@@ -1,10 +1,13 @@
 //! DbUrl (building, encoding, redaction, parsing) and Settings (environment, malformed values).
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use userbase::config::DEFAULT_SQLITE_PATH;
-use userbase::{Backend, DbUrl, Error, PoolConfig, Settings};
+use common::TestDb;
+use userbase::config::{Secrets, DEFAULT_SQLITE_PATH};
+use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn seed_url() -> DbUrl {
     DbUrl::postgres()
@@ -277,5 +280,247 @@ fn malformed_values_are_config_errors_naming_the_variable() {
     assert_eq!(
         settings(&[("DB_PRE_PING", "maybe")]).unwrap_err().to_string(),
         "invalid configuration in DB_PRE_PING: `maybe` is not a boolean (true/false, 1/0, yes/no, on/off)"
+    );
+}
+
+// ---- Issue 14: every part survives build → render → parse, and none can inject another ----
+
+fn config_error(result: Result<impl std::fmt::Debug, Error>) -> (String, String) {
+    match result {
+        Err(Error::Config { variable, message }) => (variable.unwrap_or_default(), message),
+        other => panic!("expected a Config error, got {other:?}"),
+    }
+}
+
+fn round_trips(url: &DbUrl) -> String {
+    url.validate().unwrap();
+    let rendered = url.render(Secrets::Shown);
+    assert_eq!(&DbUrl::parse(&rendered).unwrap(), url, "{rendered}");
+    rendered
+}
+
+const INJECTION: &str = "::1]:6000/otherdb?sslmode=disable&x=";
+
+#[test]
+fn a_host_that_tries_to_pick_port_database_and_sslmode_is_refused() {
+    let (variable, message) = config_error(settings(&[("DB_HOST", INJECTION)]));
+    assert_eq!(variable, "DB_HOST");
+    assert!(message.contains("is not a host name"), "{message}");
+    let (variable, _) = config_error(DbUrl::postgres().with_host(INJECTION).validate());
+    assert_eq!(variable, "URL host");
+}
+
+/// The string the engine hands to libpq, read by libpq itself: the URL below is built without
+/// validation (`Database::new` does not call `DbUrl::validate`) and carries `hostaddr`, so libpq
+/// connects to 127.0.0.1 without resolving the host name. Had the host injected its port,
+/// database and `sslmode`, libpq would have gone to port 6000 and database `otherdb`; it reaches
+/// the test's own database on the server's port.
+#[test]
+fn libpq_reads_an_injecting_host_as_one_host_name() {
+    #[derive(diesel::QueryableByName)]
+    struct Where {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        db: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        port: i32,
+    }
+    let test = TestDb::new(Backend::Postgres);
+    let server = common::server_url();
+    let mut url = DbUrl::postgres()
+        .with_host(INJECTION)
+        .with_port(server.port().unwrap_or(5432))
+        .with_database(test.url.database().unwrap())
+        .with_query_param("hostaddr", "127.0.0.1");
+    if let Some(user) = server.username() {
+        url = url.with_username(user);
+    }
+    assert!(url.validate().is_err());
+    let db = Database::new(Settings::new(url)).unwrap();
+    let mut session = db.session().unwrap();
+    let found: Vec<Where> = diesel::RunQueryDsl::load(
+        diesel::sql_query("SELECT current_database()::text AS db, inet_server_port() AS port"),
+        session.connection(),
+    )
+    .unwrap();
+    assert_eq!(found[0].db, test.url.database().unwrap());
+    assert_eq!(found[0].port, i32::from(server.port().unwrap_or(5432)));
+}
+
+#[test]
+fn hosts_with_a_colon_are_ipv6_or_refused() {
+    // `%3A` decoded into a name used to be written back raw, as `[a:b]`.
+    let (variable, message) = config_error(DbUrl::parse("postgres://u@a%3Ab/app"));
+    assert_eq!(variable, "DATABASE_URL");
+    assert!(message.contains("`a:b`"), "{message}");
+    let (variable, _) = config_error(settings(&[("DB_HOST", "a:b")]));
+    assert_eq!(variable, "DB_HOST");
+    let (variable, _) = config_error(DbUrl::postgres().with_host("a:b").validate());
+    assert_eq!(variable, "URL host");
+}
+
+#[test]
+fn ipv6_hosts_are_the_same_with_or_without_brackets_and_zone_ids_are_encoded() {
+    for host in ["::1", "[::1]"] {
+        let s = settings(&[("DB_HOST", host), ("DB_NAME", "app")]).unwrap();
+        assert_eq!(s.url.host(), Some("::1"));
+        assert_eq!(round_trips(&s.url), "postgres://postgres@[::1]:5432/app");
+        assert_eq!(DbUrl::postgres().with_host(host).host(), Some("::1"));
+    }
+    let zoned = DbUrl::postgres().with_host("fe80::1%eth0").with_port(5432);
+    assert_eq!(round_trips(&zoned), "postgres://[fe80::1%25eth0]:5432");
+    let parsed = DbUrl::parse("postgres://[fe80::1%25eth0]:5432").unwrap();
+    assert_eq!(parsed.host(), Some("fe80::1%eth0"));
+    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%").validate());
+    assert_eq!(variable, "URL host");
+    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%e/0").validate());
+    assert_eq!(variable, "URL host");
+    // A raw `%` in a URL is not a zone id: libpq would refuse it too.
+    assert!(DbUrl::parse("postgres://[fe80::1%eth0]/db").is_err());
+    // IPv4, names and Unix-socket directories.
+    for host in ["10.0.0.7", "db-1.internal", "my_db", "/var/run/postgresql"] {
+        let url = DbUrl::postgres().with_host(host).with_database("app");
+        round_trips(&url);
+        assert_eq!(url.host(), Some(host));
+    }
+    assert_eq!(
+        DbUrl::postgres()
+            .with_host("/var/run/postgresql")
+            .render(Secrets::Shown),
+        "postgres://%2Fvar%2Frun%2Fpostgresql"
+    );
+    for bad in [
+        "",
+        "db host",
+        "db,other",
+        "dé.example",
+        "[db]",
+        "a@b",
+        "/dir,other",
+    ] {
+        let (variable, _) = config_error(DbUrl::postgres().with_host(bad).validate());
+        assert_eq!(variable, "URL host", "{bad:?}");
+    }
+}
+
+#[test]
+fn a_query_on_an_sqlite_url_is_refused_not_dropped() {
+    for input in [
+        "sqlite://:memory:?a=b",
+        "sqlite::memory:?a=b",
+        "sqlite://app.db?mode=ro",
+    ] {
+        let (variable, message) = config_error(DbUrl::parse(input));
+        assert_eq!(variable, "DATABASE_URL", "{input}");
+        assert!(
+            message.contains("takes no query parameter"),
+            "{input}: {message}"
+        );
+    }
+    let (variable, _) = config_error(
+        DbUrl::sqlite(":memory:")
+            .with_query_param("a", "b")
+            .validate(),
+    );
+    assert_eq!(variable, "URL query");
+    let (variable, _) = config_error(DbUrl::sqlite("app.db").with_host("h").validate());
+    assert_eq!(variable, "URL host");
+}
+
+#[test]
+fn empty_parts_set_through_the_builder_are_refused() {
+    let base = || DbUrl::postgres().with_host("h");
+    for (url, part) in [
+        (base().with_username(""), "URL user"),
+        (base().with_password(""), "URL password"),
+        (base().with_database(""), "URL database"),
+        (base().with_query_param("", "x"), "URL query"),
+        (DbUrl::sqlite(""), "URL path"),
+    ] {
+        let (variable, _) = config_error(url.validate());
+        assert_eq!(variable, part);
+    }
+    // An empty value of a query parameter is a value, kept as such.
+    round_trips(&base().with_query_param("application_name", ""));
+    // In a URL, libpq ignores empty parts; so does the parser (and says so in its docs).
+    let url = DbUrl::parse("postgres://:@h/").unwrap();
+    assert_eq!(
+        (url.username(), url.has_password(), url.database()),
+        (None, false, None)
+    );
+}
+
+#[test]
+fn dot_databases_and_parts_without_a_host_are_kept_exactly() {
+    for database in [".", "..", "a/../b", "./x", "%2F"] {
+        let url = DbUrl::postgres().with_host("h").with_database(database);
+        round_trips(&url);
+        assert_eq!(url.database(), Some(database));
+    }
+    let user_only = DbUrl::postgres().with_username("u").with_database("app");
+    assert_eq!(round_trips(&user_only), "postgres://u@/app");
+    let port_only = DbUrl::postgres().with_port(5433).with_database("app");
+    assert_eq!(round_trips(&port_only), "postgres://:5433/app");
+    let password_only = DbUrl::postgres().with_password("pw").with_host("h");
+    assert_eq!(round_trips(&password_only), "postgres://:pw@h");
+}
+
+#[test]
+fn every_special_character_is_kept_in_every_part() {
+    let nasty = "a@b:c/d?e#f%g&h=i+j[k]l m,n\\o\"p'é日🙂";
+    let url = DbUrl::postgres()
+        .with_username(nasty)
+        .with_password(nasty)
+        .with_host("h")
+        .with_port(1)
+        .with_database(nasty)
+        .with_query_param(nasty, nasty);
+    round_trips(&url);
+    round_trips(&DbUrl::sqlite(nasty));
+    // `+` is a plus, as libpq reads it (not a space, as HTML forms would have it).
+    let plus = DbUrl::parse("postgres://h/db?application_name=a+b").unwrap();
+    assert_eq!(plus.query_value("application_name"), Some("a+b"));
+    let (_, message) = config_error(DbUrl::postgres().with_username("a\0b").validate());
+    assert!(message.contains("NUL"), "{message}");
+}
+
+#[test]
+fn urls_gone_wrong_are_config_errors_not_sqlite_files() {
+    let (variable, message) = config_error(settings(&[("DATABASE_URL", "")]));
+    assert_eq!(variable, "DATABASE_URL");
+    assert!(message.contains("empty"), "{message}");
+    let (variable, _) = config_error(settings(&[("DATABASE_URL", "   ")]));
+    assert_eq!(variable, "DATABASE_URL");
+    for input in [
+        "postgres//host/db",
+        "postgres//u:s3cret-pw@host/db",
+        "postgres:/host/db",
+        "postgresql:host",
+        "sqlite:app.db",
+        "postgres/host/db",
+        "app.db?mode=ro",
+        "file:app.db",
+        "sqlite://file:app.db",
+        "postgres://u:s3cret-pw@host:99999/db",
+        "postgres://u:s3cret-pw@host/d b",
+        "postgres://u:s3cret%zz@host/db",
+    ] {
+        let (variable, message) = config_error(DbUrl::parse(input));
+        assert_eq!(variable, "DATABASE_URL", "{input}");
+        assert!(!message.contains("s3cret"), "{input}: {message}");
+        let (variable, _) = config_error(settings(&[("DATABASE_URL", input)]));
+        assert_eq!(variable, "DATABASE_URL", "{input}");
+    }
+    // A relative SQLite path starting with `file:` is refused (SQLite would read it as a URI);
+    // `./file:…` names such a file.
+    let (variable, message) = config_error(DbUrl::sqlite("file:app.db").validate());
+    assert_eq!(variable, "URL path");
+    assert!(message.contains("./file:app.db"), "{message}");
+    let url = DbUrl::parse("./file:app.db").unwrap();
+    assert_eq!(url.database(), Some("./file:app.db"));
+    round_trips(&url);
+    round_trips(&DbUrl::sqlite("C:/data/app.db"));
+    assert_eq!(
+        DbUrl::parse("C:\\data\\app.db").unwrap().database(),
+        Some("C:\\data\\app.db")
     );
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::url::Invalid;
 use super::{DbUrl, PoolConfig, Settings};
 use crate::error::{Error, Result};
 
@@ -15,6 +16,9 @@ pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 5432;
 /// Default PostgreSQL user for the `DB_*` parts.
 pub const DEFAULT_USER: &str = "postgres";
+
+/// The variables that build a PostgreSQL URL from parts.
+const DB_PARTS: [&str; 5] = ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"];
 
 impl Settings {
     /// Reads the settings from `.env` and the environment (see the [module docs](crate::config)).
@@ -40,24 +44,28 @@ impl Settings {
     /// [`Error::Config`] naming the variable when a value is malformed.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let url = if let Some(url) = var("DATABASE_URL") {
-            DbUrl::parse(&url)?
-        } else if ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"]
-            .iter()
-            .any(|name| var(name).is_some())
-        {
-            let user = var("DB_USER").unwrap_or_else(|| DEFAULT_USER.to_owned());
-            let mut url = DbUrl::postgres()
-                .with_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
-                .with_port(parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT))
-                .with_database(var("DB_NAME").unwrap_or_else(|| user.clone()))
-                .with_username(user);
-            if let Some(password) = lookup("DB_PASS").filter(|p| !p.is_empty()) {
-                url = url.with_password(password);
+        let url = match lookup("DATABASE_URL") {
+            Some(raw) if raw.trim().is_empty() => {
+                return Err(Error::config(
+                    "DATABASE_URL",
+                    "is set but empty: unset it to use the DB_* parts or the SQLite file",
+                ))
             }
-            url
-        } else {
-            DbUrl::sqlite(DEFAULT_SQLITE_PATH)
+            Some(raw) => DbUrl::parse(&raw)?,
+            None if DB_PARTS.iter().any(|name| var(name).is_some()) => {
+                let user = var("DB_USER").unwrap_or_else(|| DEFAULT_USER.to_owned());
+                let mut url = DbUrl::postgres()
+                    .with_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
+                    .with_port(parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT))
+                    .with_database(var("DB_NAME").unwrap_or_else(|| user.clone()))
+                    .with_username(user);
+                if let Some(password) = lookup("DB_PASS").filter(|p| !p.is_empty()) {
+                    url = url.with_password(password);
+                }
+                url.check().map_err(Invalid::in_env_variable)?;
+                url
+            }
+            None => DbUrl::sqlite(DEFAULT_SQLITE_PATH),
         };
 
         let defaults = PoolConfig::default();

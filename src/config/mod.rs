@@ -29,13 +29,12 @@ mod env;
 mod pool;
 pub(crate) mod url;
 
-
 pub use self::env::{DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER};
 pub use self::pool::{
     PoolConfig, DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING,
     DEFAULT_PRE_PING_BYPASS,
 };
-pub use self::url::{Backend, DbUrl};
+pub use self::url::{Backend, DbUrl, Secrets};
 
 /// Everything needed to open a [`Database`](crate::Database): the URL and the pool knobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
