@@ -524,3 +524,103 @@ fn urls_gone_wrong_are_config_errors_not_sqlite_files() {
         Some("C:\\data\\app.db")
     );
 }
+
+// ---- Issue 9 item 7: secrets given as query parameters are hidden everywhere ----
+
+const SECRET_PARAMS: [(&str, &str); 6] = [
+    ("password", "qp-pass-1"),
+    ("sslpassword", "qp-sslpass-2"),
+    ("scram_client_key", "qp-scram-client-3"),
+    ("scram_server_key", "qp-scram-server-4"),
+    ("oauth_client_secret", "qp-oauth-5"),
+    ("PassWord", "qp-upper-6"),
+];
+
+fn with_secret_params(mut url: DbUrl) -> DbUrl {
+    for (key, value) in SECRET_PARAMS {
+        url = url.with_query_param(key, value);
+    }
+    url.with_query_param("sslkey", "/keys/client.key")
+        .with_query_param("application_name", "bot")
+}
+
+fn assert_no_secret(text: &str) {
+    for (_, value) in SECRET_PARAMS {
+        assert!(!text.contains(value), "{value} in: {text}");
+    }
+    assert!(!text.contains("main-pw-0"), "{text}");
+}
+
+#[test]
+fn secret_query_parameters_are_hidden_in_every_rendering_of_a_url() {
+    let url = with_secret_params(
+        DbUrl::postgres()
+            .with_username("bot")
+            .with_password("main-pw-0")
+            .with_host("db")
+            .with_database("app"),
+    );
+    let hidden = url.render(Secrets::Hidden);
+    assert_eq!(
+        hidden,
+        "postgres://bot:***@db/app?password=***&sslpassword=***&scram_client_key=***\
+         &scram_server_key=***&oauth_client_secret=***&PassWord=***\
+         &sslkey=%2Fkeys%2Fclient.key&application_name=bot"
+    );
+    for text in [
+        hidden,
+        url.render(true),
+        url.to_string(),
+        format!("{url:?}"),
+        format!("{url:#?}"),
+        format!("{:?}", Settings::new(url.clone())),
+        format!("{:?}", Database::new(Settings::new(url.clone())).unwrap()),
+    ] {
+        assert_no_secret(&text);
+    }
+    // Shown, they are all there, exactly.
+    let shown = url.render(Secrets::Shown);
+    assert_eq!(DbUrl::parse(&shown).unwrap(), url);
+    for (_, value) in SECRET_PARAMS {
+        assert!(shown.contains(value), "{shown}");
+    }
+}
+
+/// A refused loopback port: the connect error and the pool's warning print the URL, hidden.
+#[test]
+fn secret_query_parameters_are_hidden_in_connect_errors_and_pool_warnings() {
+    let url =
+        with_secret_params(DbUrl::parse("postgres://postgres:main-pw-0@127.0.0.1:1/x").unwrap());
+    // r2d2 connects on its own threads: capture with a process-wide subscriber (no other test
+    // of this file sets one).
+    let captured = common::Captured::default();
+    let writer = captured.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish(),
+    )
+    .unwrap();
+    let db = Database::new(Settings {
+        url,
+        pool: PoolConfig {
+            echo_pool: true,
+            pool_size: 1,
+            max_overflow: 0,
+            pool_timeout: Duration::from_secs(5),
+            ..PoolConfig::default()
+        },
+    })
+    .unwrap();
+    let error = db.session().map(drop).unwrap_err();
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let shown = format!("{error} {error:?}");
+    assert!(shown.contains("password=***"), "{shown}");
+    assert_no_secret(&shown);
+    assert!(log.contains("connect failed"), "{log}");
+    assert!(log.contains("password=***"), "{log}");
+    assert_no_secret(&log);
+}

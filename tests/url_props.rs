@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRunner};
-use userbase::config::Secrets;
+use userbase::config::{Secrets, SECRET_QUERY_PARAMS};
 use userbase::{DbUrl, Error};
 
 /// Characters that break naive URL code (`@ : / ? # % & = + [ ] ,`, spaces, backslashes,
@@ -51,6 +51,15 @@ fn host() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Query keys: arbitrary text, and the libpq secrets in any case.
+fn query_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => text(8),
+        2 => (proptest::sample::select(SECRET_QUERY_PARAMS.to_vec()), any::<bool>())
+            .prop_map(|(key, upper)| if upper { key.to_uppercase() } else { key.to_owned() }),
+    ]
+}
+
 #[derive(Debug, Clone)]
 struct Parts {
     scheme_long: bool,
@@ -70,7 +79,7 @@ fn parts() -> impl Strategy<Value = Parts> {
         proptest::option::weighted(0.9, host()),
         proptest::option::weighted(0.7, prop_oneof![20 => 1u16.., 1 => Just(0u16)]),
         proptest::option::weighted(0.8, text(12)),
-        proptest::collection::vec((text(8), text(8)), 0..3),
+        proptest::collection::vec((query_key(), text(8)), 0..3),
     )
         .prop_map(
             |(scheme_long, user, password, host, port, database, query)| Parts {
@@ -126,12 +135,20 @@ fn redacted(url: &DbUrl) -> [String; 4] {
 fn check(parts: &Parts) -> Result<bool, TestCaseError> {
     let url = build(parts);
     // Redaction holds for every URL, valid or not: a redacted rendering does not depend on the
-    // password at all, so it cannot hold any of it.
+    // password or on a secret query value at all, so it cannot hold any of them.
+    let mut other = parts.clone();
+    other.password = other
+        .password
+        .map(|_| "a completely different password".to_owned());
+    for (key, value) in &mut other.query {
+        if SECRET_QUERY_PARAMS.contains(&key.to_lowercase().as_str()) {
+            *value = "another secret".to_owned();
+        }
+    }
+    prop_assert_eq!(redacted(&url), redacted(&build(&other)));
     if url.has_password() {
-        let other = url.clone().with_password("a completely different password");
-        prop_assert_eq!(redacted(&url), redacted(&other));
         for shown in redacted(&url) {
-            prop_assert!(shown.contains("***"), "{}", shown);
+            prop_assert!(shown.contains(":***@"), "{}", shown);
         }
     }
     match url.validate() {

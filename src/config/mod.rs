@@ -34,7 +34,7 @@ pub use self::pool::{
     PoolConfig, DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING,
     DEFAULT_PRE_PING_BYPASS,
 };
-pub use self::url::{Backend, DbUrl, Secrets};
+pub use self::url::{Backend, DbUrl, Secrets, SECRET_QUERY_PARAMS};
 
 /// Everything needed to open a [`Database`](crate::Database): the URL and the pool knobs.
 #[derive(Debug, Clone, PartialEq, Eq)]

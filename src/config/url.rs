@@ -27,6 +27,28 @@ pub const LIBPQ_SAFETY_DEFAULTS: [(&str, &str); 6] = [
     ("tcp_user_timeout", "30000"),
 ];
 
+/// The libpq connection parameters that carry a secret, hidden like the password when given as
+/// query parameters (`?sslpassword=…`): `password`, `sslpassword` (the client key's passphrase),
+/// `scram_client_key` and `scram_server_key` (SCRAM keys, PostgreSQL 18) and `oauth_client_secret`
+/// (PostgreSQL 18). Matched without regard to case; any key containing `password` or `secret` is
+/// hidden too. Paths to secrets (`sslkey`, `sslcert`, `passfile`, `sslrootcert`) are not secrets
+/// and stay visible, as do `user`, `host` and `application_name`.
+pub const SECRET_QUERY_PARAMS: [&str; 5] = [
+    "password",
+    "sslpassword",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_client_secret",
+];
+
+/// Whether the value of query parameter `key` is hidden (see [`SECRET_QUERY_PARAMS`]).
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_lowercase();
+    SECRET_QUERY_PARAMS.contains(&key.as_str())
+        || key.contains("password")
+        || key.contains("secret")
+}
+
 /// Names the in-memory databases of this process apart.
 static MEMORY_DATABASES: AtomicUsize = AtomicUsize::new(0);
 
@@ -70,7 +92,8 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Whether [`DbUrl::render`] writes the URL's secrets or `***` in their place.
+/// Whether [`DbUrl::render`] writes the URL's secrets (the password and the
+/// [`SECRET_QUERY_PARAMS`]) or `***` in their place.
 ///
 /// `From<bool>` follows SQLAlchemy's `render_as_string(hide_password=…)`: `true` is
 /// [`Secrets::Hidden`], `false` is [`Secrets::Shown`].
@@ -94,8 +117,11 @@ impl From<bool> for Secrets {
 
 /// A database URL built from parts or parsed from a string: SQLAlchemy's `URL`.
 ///
-/// Its [`Display`](fmt::Display) and [`Debug`] hide the password; only
-/// [`render(Secrets::Shown)`](DbUrl::render) shows it.
+/// Its [`Display`](fmt::Display) and [`Debug`] hide the password and the value of every secret
+/// query parameter ([`SECRET_QUERY_PARAMS`]: `?password=…`, `?sslpassword=…`, …); only
+/// [`render(Secrets::Shown)`](DbUrl::render) shows them. Everything that prints a URL (the
+/// `Debug` of [`Settings`](crate::Settings) and [`Database`](crate::Database), the `url` of
+/// [`Error::Connect`], the pool's warnings) prints it that way.
 ///
 /// # Exactness
 ///
@@ -321,7 +347,11 @@ impl DbUrl {
             out.push(if i == 0 { '?' } else { '&' });
             out.extend(utf8_percent_encode(key, COMPONENT));
             out.push('=');
-            out.extend(utf8_percent_encode(value, COMPONENT));
+            if hide && is_secret_param(key) {
+                out.push_str("***");
+            } else {
+                out.extend(utf8_percent_encode(value, COMPONENT));
+            }
         }
         out
     }
@@ -876,7 +906,7 @@ impl FromStr for DbUrl {
 }
 
 impl fmt::Display for DbUrl {
-    /// The URL with the password replaced by `***`.
+    /// The URL with the password and secret query values replaced by `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.render(Secrets::Hidden))
     }
