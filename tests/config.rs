@@ -183,8 +183,11 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
             echo: false,
             hide_parameters: false,
             echo_pool: false,
+            overflow_idle_timeout: Duration::from_secs(10),
+            leak_detection_threshold: None,
         }
     );
+    assert_eq!(s.pool, PoolConfig::default());
     assert_eq!(s.pool.max_connections(), 15);
 }
 
@@ -225,6 +228,8 @@ fn pool_variables_are_read() {
         ("DB_ECHO", "YES"),
         ("DB_HIDE_PARAMETERS", "1"),
         ("DB_ECHO_POOL", "true"),
+        ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "2500"),
+        ("DB_LEAK_DETECTION_MS", "60000"),
     ])
     .unwrap();
     assert_eq!(
@@ -239,7 +244,25 @@ fn pool_variables_are_read() {
             echo: true,
             hide_parameters: true,
             echo_pool: true,
+            overflow_idle_timeout: Duration::from_millis(2500),
+            leak_detection_threshold: Some(Duration::from_secs(60)),
         }
+    );
+    // The same through the setters.
+    assert_eq!(
+        s.pool,
+        PoolConfig::default()
+            .with_pool_size(2)
+            .with_max_overflow(0)
+            .with_pool_timeout(Duration::from_millis(1500))
+            .with_pool_recycle(Some(Duration::from_secs(3600)))
+            .with_pre_ping(false)
+            .with_pre_ping_bypass(Duration::from_millis(250))
+            .with_echo(true)
+            .with_hide_parameters(true)
+            .with_echo_pool(true)
+            .with_overflow_idle_timeout(Duration::from_millis(2500))
+            .with_leak_detection_threshold(Some(Duration::from_secs(60)))
     );
     assert_eq!(
         settings(&[("DB_POOL_RECYCLE_SECS", "-1")])
@@ -623,4 +646,177 @@ fn secret_query_parameters_are_hidden_in_connect_errors_and_pool_warnings() {
     assert!(log.contains("connect failed"), "{log}");
     assert!(log.contains("password=***"), "{log}");
     assert_no_secret(&log);
+}
+
+// ---- Issue 9 item 8: every knob is bounded, from the environment and from code ----
+
+#[test]
+fn absurd_environment_values_are_config_errors_naming_the_variable_and_range() {
+    let cases = [
+        ("DB_POOL_SIZE", "4294967295", "0 to 10000"),
+        ("DB_POOL_SIZE", "99999999999", "0 to 10000"),
+        ("DB_POOL_SIZE", "10001", "0 to 10000"),
+        ("DB_MAX_OVERFLOW", "100000000", "0 to 10000"),
+        ("DB_MAX_OVERFLOW", "9996", "from 1 to 10000"), // 5 + 9996
+        ("DB_POOL_TIMEOUT_SECS", "1e19", "at most 86400"),
+        ("DB_POOL_TIMEOUT_SECS", "86400.5", "at most 86400"),
+        ("DB_POOL_TIMEOUT_SECS", "NaN", "seconds above 0"),
+        ("DB_POOL_TIMEOUT_SECS", "inf", "seconds above 0"),
+        ("DB_POOL_TIMEOUT_SECS", "-inf", "seconds above 0"),
+        ("DB_POOL_TIMEOUT_SECS", "-0.5", "seconds above 0"),
+        ("DB_POOL_TIMEOUT_SECS", "0", "seconds above 0"),
+        ("DB_POOL_TIMEOUT_SECS", "0.0000000001", "seconds above 0"),
+        ("DB_POOL_RECYCLE_SECS", "0", "-1 (never)"),
+        ("DB_POOL_RECYCLE_SECS", "1e300", "-1 (never)"),
+        ("DB_POOL_RECYCLE_SECS", "NaN", "-1 (never)"),
+        (
+            "DB_PRE_PING_BYPASS_MS",
+            "18446744073709551615",
+            "0 to 86400000",
+        ),
+        ("DB_PRE_PING_BYPASS_MS", "86400001", "0 to 86400000"),
+        ("DB_PRE_PING_BYPASS_MS", "1.5", "0 to 86400000"),
+        ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "86400001", "0 to 86400000"),
+        ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "-1", "0 to 86400000"),
+        (
+            "DB_LEAK_DETECTION_MS",
+            "18446744073709551615",
+            "0 (off) to 86400000",
+        ),
+        ("DB_LEAK_DETECTION_MS", "soon", "0 (off) to 86400000"),
+        ("DB_PORT", "0", "1 to 65535"),
+    ];
+    for (name, value, range) in cases {
+        let (variable, message) = config_error(settings(&[(name, value)]));
+        assert_eq!(variable, name, "{name}={value}: {message}");
+        assert!(message.contains(range), "{name}={value}: {message}");
+    }
+}
+
+#[test]
+fn bounds_at_their_limits_are_accepted() {
+    let s = settings(&[
+        ("DB_POOL_SIZE", "0"),
+        ("DB_MAX_OVERFLOW", "10000"),
+        ("DB_POOL_TIMEOUT_SECS", "86400"),
+        ("DB_POOL_RECYCLE_SECS", "86400"),
+        ("DB_PRE_PING_BYPASS_MS", "0"),
+        ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "0"),
+        ("DB_LEAK_DETECTION_MS", "0"),
+    ])
+    .unwrap();
+    assert_eq!((s.pool.pool_size, s.pool.max_overflow), (0, 10_000));
+    assert_eq!(s.pool.pool_timeout, Duration::from_secs(86_400));
+    assert_eq!(s.pool.overflow_idle_timeout, Duration::ZERO);
+    assert_eq!(
+        s.pool.leak_detection_threshold, None,
+        "0 turns leak detection off"
+    );
+    let s = settings(&[("DB_POOL_SIZE", "10000"), ("DB_MAX_OVERFLOW", "0")]).unwrap();
+    assert_eq!(s.pool.max_connections(), 10_000);
+    assert_eq!(
+        settings(&[("DB_LEAK_DETECTION_MS", "86400000")])
+            .unwrap()
+            .pool
+            .leak_detection_threshold,
+        Some(Duration::from_secs(86_400))
+    );
+}
+
+#[test]
+fn pool_size_zero_needs_an_overflow() {
+    let (variable, message) =
+        config_error(settings(&[("DB_POOL_SIZE", "0"), ("DB_MAX_OVERFLOW", "0")]));
+    assert_eq!(variable, "DB_MAX_OVERFLOW");
+    assert!(message.contains("from 1 to 10000"), "{message}");
+    let (variable, _) = config_error(
+        PoolConfig::default()
+            .with_pool_size(0)
+            .with_max_overflow(0)
+            .validate(),
+    );
+    assert_eq!(variable, "PoolConfig::max_overflow");
+    PoolConfig::default()
+        .with_pool_size(0)
+        .with_max_overflow(1)
+        .validate()
+        .unwrap();
+}
+
+#[test]
+fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
+    let day = Duration::from_secs(86_400);
+    let cases = [
+        (
+            PoolConfig::default().with_pool_size(u32::MAX),
+            "PoolConfig::pool_size",
+        ),
+        (
+            PoolConfig::default().with_max_overflow(100_000_000),
+            "PoolConfig::max_overflow",
+        ),
+        (
+            PoolConfig::default()
+                .with_pool_size(u32::MAX)
+                .with_max_overflow(u32::MAX),
+            "PoolConfig::pool_size",
+        ),
+        (
+            PoolConfig::default().with_pool_timeout(Duration::MAX),
+            "PoolConfig::pool_timeout",
+        ),
+        (
+            PoolConfig::default().with_pool_timeout(Duration::ZERO),
+            "PoolConfig::pool_timeout",
+        ),
+        (
+            PoolConfig::default().with_pool_timeout(day + Duration::from_nanos(1)),
+            "PoolConfig::pool_timeout",
+        ),
+        (
+            PoolConfig::default().with_pool_recycle(Some(Duration::MAX)),
+            "PoolConfig::pool_recycle",
+        ),
+        (
+            PoolConfig::default().with_pool_recycle(Some(Duration::ZERO)),
+            "PoolConfig::pool_recycle",
+        ),
+        (
+            PoolConfig::default().with_pre_ping_bypass(Duration::MAX),
+            "PoolConfig::pre_ping_bypass",
+        ),
+        (
+            PoolConfig::default().with_overflow_idle_timeout(Duration::MAX),
+            "PoolConfig::overflow_idle_timeout",
+        ),
+        (
+            PoolConfig::default().with_leak_detection_threshold(Some(Duration::ZERO)),
+            "PoolConfig::leak_detection_threshold",
+        ),
+        (
+            PoolConfig::default().with_leak_detection_threshold(Some(Duration::MAX)),
+            "PoolConfig::leak_detection_threshold",
+        ),
+    ];
+    for (pool, field) in cases {
+        let (variable, message) = config_error(pool.validate());
+        assert_eq!(variable, field, "{pool:?}: {message}");
+        assert!(message.contains("allowed:"), "{message}");
+        let (variable, _) = config_error(Database::new(Settings {
+            url: DbUrl::sqlite(":memory:"),
+            pool,
+        }));
+        assert_eq!(variable, field);
+    }
+    // Their limits pass.
+    PoolConfig::default()
+        .with_pool_size(0)
+        .with_max_overflow(10_000)
+        .with_pool_timeout(day)
+        .with_pool_recycle(Some(day))
+        .with_pre_ping_bypass(day)
+        .with_overflow_idle_timeout(day)
+        .with_leak_detection_threshold(Some(day))
+        .validate()
+        .unwrap();
 }

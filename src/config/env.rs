@@ -4,7 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::pool::{
+    Knob, Source, LEAK_DETECTION, MAX_OVERFLOW, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
+    POOL_TIMEOUT, PRE_PING_BYPASS,
+};
 use super::url::Invalid;
+use super::MAX_DURATION;
 use super::{DbUrl, PoolConfig, Settings};
 use crate::error::{Error, Result};
 
@@ -70,27 +75,29 @@ impl Settings {
 
         let defaults = PoolConfig::default();
         let pool = PoolConfig {
-            pool_size: parse_var(&var, "DB_POOL_SIZE")?.unwrap_or(defaults.pool_size),
-            max_overflow: parse_var(&var, "DB_MAX_OVERFLOW")?.unwrap_or(defaults.max_overflow),
-            pool_timeout: match parse_var::<f64>(&var, "DB_POOL_TIMEOUT_SECS")? {
-                Some(secs) => seconds("DB_POOL_TIMEOUT_SECS", secs)?,
-                None => defaults.pool_timeout,
-            },
-            pool_recycle: match parse_var::<f64>(&var, "DB_POOL_RECYCLE_SECS")? {
-                Some(-1.0) => None,
-                Some(secs) => Some(seconds("DB_POOL_RECYCLE_SECS", secs)?),
+            pool_size: count(&var, POOL_SIZE)?.unwrap_or(defaults.pool_size),
+            max_overflow: count(&var, MAX_OVERFLOW)?.unwrap_or(defaults.max_overflow),
+            pool_timeout: seconds(&var, POOL_TIMEOUT)?.unwrap_or(defaults.pool_timeout),
+            pool_recycle: match var(POOL_RECYCLE.env) {
+                Some(raw) if raw.trim().parse::<f64>() == Ok(-1.0) => None,
+                Some(_) => seconds(&var, POOL_RECYCLE)?,
                 None => defaults.pool_recycle,
             },
             pre_ping: parse_bool(&var, "DB_PRE_PING")?.unwrap_or(defaults.pre_ping),
-            pre_ping_bypass: parse_var(&var, "DB_PRE_PING_BYPASS_MS")?
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.pre_ping_bypass),
+            pre_ping_bypass: millis(&var, PRE_PING_BYPASS)?.unwrap_or(defaults.pre_ping_bypass),
             echo: parse_bool(&var, "DB_ECHO")?.unwrap_or(defaults.echo),
             hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
                 .unwrap_or(defaults.hide_parameters),
             echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
+            overflow_idle_timeout: millis(&var, OVERFLOW_IDLE_TIMEOUT)?
+                .unwrap_or(defaults.overflow_idle_timeout),
+            leak_detection_threshold: match millis(&var, LEAK_DETECTION)? {
+                Some(threshold) if threshold.is_zero() => None,
+                Some(threshold) => Some(threshold),
+                None => defaults.leak_detection_threshold,
+            },
         };
-        pool.validate()?;
+        pool.check(Source::Env)?;
         Ok(Settings { url, pool })
     }
 }
@@ -108,9 +115,44 @@ where
         .transpose()
 }
 
-fn seconds(name: &str, secs: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| Error::config(name, format!("`{secs}` is not a number of seconds")))
+/// A whole number of connections; anything else (negative, fractional, above `u32`) is out of
+/// the knob's range.
+fn count(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<u32>> {
+    var(knob.env)
+        .map(|raw| {
+            let raw = raw.trim();
+            raw.parse::<u32>().map_err(|_| knob.error(Source::Env, raw))
+        })
+        .transpose()
+}
+
+/// Seconds, fractions allowed: finite, not negative, at most [`MAX_DURATION`] (zero is left to
+/// [`PoolConfig::check`]).
+fn seconds(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
+    var(knob.env)
+        .map(|raw| {
+            let raw = raw.trim();
+            raw.parse::<f64>()
+                .ok()
+                .filter(|secs| (0.0..=MAX_DURATION.as_secs_f64()).contains(secs))
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                .ok_or_else(|| knob.error(Source::Env, raw))
+        })
+        .transpose()
+}
+
+/// Whole milliseconds from 0 to [`MAX_DURATION`].
+fn millis(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
+    var(knob.env)
+        .map(|raw| {
+            let raw = raw.trim();
+            raw.parse::<u64>()
+                .ok()
+                .map(Duration::from_millis)
+                .filter(|d| *d <= MAX_DURATION)
+                .ok_or_else(|| knob.error(Source::Env, raw))
+        })
+        .transpose()
 }
 
 fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
