@@ -115,44 +115,45 @@ where
         .transpose()
 }
 
-/// A whole number of connections; anything else (negative, fractional, above `u32`) is out of
-/// the knob's range.
-fn count(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<u32>> {
+/// The value of `knob`'s variable read by `parse`; what `parse` refuses (`None`) is an error
+/// stating the knob's range.
+fn read<T>(
+    var: &impl Fn(&str) -> Option<String>,
+    knob: Knob,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>> {
     var(knob.env)
         .map(|raw| {
             let raw = raw.trim();
-            raw.parse::<u32>().map_err(|_| knob.error(Source::Env, raw))
+            parse(raw).ok_or_else(|| knob.error(Source::Env, raw))
         })
         .transpose()
+}
+
+/// A whole number of connections (negative, fractional or above `u32` is out of range).
+fn count(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<u32>> {
+    read(var, knob, |raw| raw.parse().ok())
 }
 
 /// Seconds, fractions allowed: finite, not negative, at most [`MAX_DURATION`] (zero is left to
 /// [`PoolConfig::check`]).
 fn seconds(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
-    var(knob.env)
-        .map(|raw| {
-            let raw = raw.trim();
-            raw.parse::<f64>()
-                .ok()
-                .filter(|secs| (0.0..=MAX_DURATION.as_secs_f64()).contains(secs))
-                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                .ok_or_else(|| knob.error(Source::Env, raw))
-        })
-        .transpose()
+    read(var, knob, |raw| {
+        raw.parse::<f64>()
+            .ok()
+            .filter(|secs| (0.0..=MAX_DURATION.as_secs_f64()).contains(secs))
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+    })
 }
 
 /// Whole milliseconds from 0 to [`MAX_DURATION`].
 fn millis(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
-    var(knob.env)
-        .map(|raw| {
-            let raw = raw.trim();
-            raw.parse::<u64>()
-                .ok()
-                .map(Duration::from_millis)
-                .filter(|d| *d <= MAX_DURATION)
-                .ok_or_else(|| knob.error(Source::Env, raw))
-        })
-        .transpose()
+    read(var, knob, |raw| {
+        raw.parse::<u64>()
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|d| *d <= MAX_DURATION)
+    })
 }
 
 fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
