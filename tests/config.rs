@@ -820,3 +820,85 @@ fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
         .validate()
         .unwrap();
 }
+
+// ---- Issue 13 item 4 (parsing part): libpq multi-host URLs ----
+
+#[test]
+fn multi_host_urls_parse_and_render_exactly_with_the_password_hidden() {
+    let input = "postgres://u:pw-multi@h1:5432,h2:5433/db?target_session_attrs=read-write";
+    let url = DbUrl::parse(input).unwrap();
+    assert_eq!(
+        url.hosts(),
+        vec![(Some("h1"), Some(5432)), (Some("h2"), Some(5433))]
+    );
+    assert_eq!((url.host(), url.port()), (Some("h1"), Some(5432)));
+    assert_eq!(url.render(Secrets::Shown), input);
+    assert_eq!(
+        url.to_string(),
+        "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+    );
+    assert_eq!(
+        url,
+        DbUrl::postgres()
+            .with_username("u")
+            .with_password("pw-multi")
+            .with_host("h1")
+            .with_port(5432)
+            .with_additional_host("h2", Some(5433))
+            .with_database("db")
+            .with_query_param("target_session_attrs", "read-write")
+    );
+    // IPv6, default ports, socket directories and an empty (default) host keep their places.
+    for input in [
+        "postgres://[::1]:5432,db2,%2Fvar%2Frun%2Fpostgresql:6000/app",
+        "postgres://,h2/db",
+        "postgres://h1,h2",
+        "postgres://[fe80::1%25eth0],[::1]:7/x",
+    ] {
+        let url = DbUrl::parse(input).unwrap();
+        assert_eq!(url.render(Secrets::Shown), input);
+        round_trips(&url);
+    }
+    let url = DbUrl::parse("postgres://[::1]:5432,db2,%2Fvar%2Frun%2Fpostgresql:6000/app").unwrap();
+    assert_eq!(
+        url.hosts(),
+        vec![
+            (Some("::1"), Some(5432)),
+            (Some("db2"), None),
+            (Some("/var/run/postgresql"), Some(6000))
+        ]
+    );
+    let built = DbUrl::postgres()
+        .with_additional_host("[::1]", Some(5433))
+        .with_additional_host("h2", None);
+    assert_eq!(round_trips(&built), "postgres://[::1]:5433,h2");
+    // Each host is validated; a port of 0 anywhere is refused.
+    let (variable, _) = config_error(
+        DbUrl::postgres()
+            .with_host("h1")
+            .with_additional_host("a,b", None)
+            .validate(),
+    );
+    assert_eq!(variable, "URL host");
+    let (variable, message) = config_error(DbUrl::parse("postgres://u:pw-multi@h1,h2:0/db"));
+    assert_eq!(variable, "DATABASE_URL");
+    assert!(!message.contains("pw-multi"), "{message}");
+}
+
+/// libpq reads the rendered host list as a list: the first host refuses (port 1), the second is
+/// the server.
+#[test]
+fn libpq_tries_the_hosts_of_a_multi_host_url_in_order() {
+    let test = TestDb::new(Backend::Postgres);
+    let server = common::server_url();
+    let mut url = DbUrl::postgres()
+        .with_host("127.0.0.1")
+        .with_port(1)
+        .with_additional_host("127.0.0.1", server.port())
+        .with_database(test.url.database().unwrap());
+    if let Some(user) = server.username() {
+        url = url.with_username(user);
+    }
+    url.validate().unwrap();
+    Database::new(Settings::new(url)).unwrap().check().unwrap();
+}

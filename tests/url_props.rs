@@ -69,6 +69,8 @@ struct Parts {
     port: Option<u16>,
     database: Option<String>,
     query: Vec<(String, String)>,
+    /// Hosts of a multi-host URL after the first.
+    more_hosts: Vec<(String, Option<u16>)>,
 }
 
 fn parts() -> impl Strategy<Value = Parts> {
@@ -80,9 +82,13 @@ fn parts() -> impl Strategy<Value = Parts> {
         proptest::option::weighted(0.7, prop_oneof![20 => 1u16.., 1 => Just(0u16)]),
         proptest::option::weighted(0.8, text(12)),
         proptest::collection::vec((query_key(), text(8)), 0..3),
+        prop_oneof![
+            4 => Just(Vec::new()),
+            1 => proptest::collection::vec((host(), proptest::option::of(1u16..)), 1..3),
+        ],
     )
         .prop_map(
-            |(scheme_long, user, password, host, port, database, query)| Parts {
+            |(scheme_long, user, password, host, port, database, query, more_hosts)| Parts {
                 scheme_long,
                 user,
                 password,
@@ -90,6 +96,7 @@ fn parts() -> impl Strategy<Value = Parts> {
                 port,
                 database,
                 query,
+                more_hosts,
             },
         )
 }
@@ -117,6 +124,9 @@ fn build(parts: &Parts) -> DbUrl {
     }
     for (key, value) in &parts.query {
         url = url.with_query_param(key, value);
+    }
+    for (host, port) in &parts.more_hosts {
+        url = url.with_additional_host(host, *port);
     }
     url
 }
@@ -168,6 +178,7 @@ fn check(parts: &Parts) -> Result<bool, TestCaseError> {
             prop_assert_eq!(parsed.has_password(), url.has_password(), "{}", rendered);
             prop_assert_eq!(parsed.host(), url.host(), "{}", rendered);
             prop_assert_eq!(parsed.port(), url.port(), "{}", rendered);
+            prop_assert_eq!(parsed.hosts(), url.hosts(), "{}", rendered);
             prop_assert_eq!(parsed.database(), url.database(), "{}", rendered);
             prop_assert_eq!(parsed.query(), url.query(), "{}", rendered);
             prop_assert_eq!(&parsed, &url, "{}", rendered);

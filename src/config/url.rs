@@ -161,12 +161,20 @@ pub struct DbUrl {
     scheme: String,
     username: Option<String>,
     password: Option<String>,
-    /// Without brackets for IPv6.
-    host: Option<String>,
-    port: Option<u16>,
+    /// libpq's host list, in order (`h1:5432,h2:5433`); empty when no host or port is set.
+    hosts: Vec<HostPort>,
     /// PostgreSQL: database name. SQLite: file path, or `:memory:`.
     database: Option<String>,
     query: Vec<(String, String)>,
+}
+
+/// One entry of libpq's host list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct HostPort {
+    /// Without brackets for IPv6; `None`: libpq's default host.
+    host: Option<String>,
+    /// `None`: libpq's default port.
+    port: Option<u16>,
 }
 
 impl DbUrl {
@@ -178,8 +186,7 @@ impl DbUrl {
             scheme: "postgres".to_owned(),
             username: None,
             password: None,
-            host: None,
-            port: None,
+            hosts: Vec::new(),
             database: None,
             query: Vec::new(),
         }
@@ -207,25 +214,38 @@ impl DbUrl {
         self
     }
 
-    /// Sets the host: a name (`db.internal`), an IPv4 address, an IPv6 address with or without
+    /// Sets the (first) host: a name (`db.internal`), an IPv4 address, an IPv6 address with or without
     /// brackets (`::1` and `[::1]` alike, stored without), optionally with a zone id
     /// (`fe80::1%eth0`), or the absolute path of a Unix-socket directory
     /// (`/var/run/postgresql`). Anything else is refused by [`validate`](DbUrl::validate).
     pub fn with_host(mut self, host: impl Into<String>) -> Self {
-        let host = host.into();
-        let unbracketed = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .filter(|h| h.contains(':'))
-            .map(str::to_owned);
-        self.host = Some(unbracketed.unwrap_or(host));
+        self.first_host().host = Some(unbracketed(host.into()));
         self
     }
 
-    /// Sets the port (1 to 65535).
+    /// Sets the port (1 to 65535) of the first host.
     pub fn with_port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+        self.first_host().port = Some(port);
         self
+    }
+
+    /// Adds a host to try after the ones already set, with its own port or libpq's default:
+    /// libpq's multi-host URLs (`postgres://h1:5432,h2:5433/db?target_session_attrs=read-write`).
+    /// The host is normalised and validated like [`with_host`](DbUrl::with_host)'s.
+    pub fn with_additional_host(mut self, host: impl Into<String>, port: Option<u16>) -> Self {
+        self.hosts.push(HostPort {
+            host: Some(unbracketed(host.into())),
+            port,
+        });
+        self
+    }
+
+    /// The first host, created when there is none yet.
+    fn first_host(&mut self) -> &mut HostPort {
+        if self.hosts.is_empty() {
+            self.hosts.push(HostPort::default());
+        }
+        &mut self.hosts[0]
     }
 
     /// Sets the database name (PostgreSQL) or file path (SQLite); any characters but NUL, not
@@ -257,14 +277,22 @@ impl DbUrl {
         self.password.is_some()
     }
 
-    /// The host, if any (IPv6 without brackets).
+    /// The (first) host, if any (IPv6 without brackets).
     pub fn host(&self) -> Option<&str> {
-        self.host.as_deref()
+        self.hosts.first().and_then(|h| h.host.as_deref())
     }
 
-    /// The port, if any.
+    /// The port of the (first) host, if any.
     pub fn port(&self) -> Option<u16> {
-        self.port
+        self.hosts.first().and_then(|h| h.port)
+    }
+
+    /// Every host with its port, in the order libpq tries them (`None`: libpq's default).
+    pub fn hosts(&self) -> Vec<(Option<&str>, Option<u16>)> {
+        self.hosts
+            .iter()
+            .map(|h| (h.host.as_deref(), h.port))
+            .collect()
     }
 
     /// The database name (PostgreSQL) or file path (SQLite), if any.
@@ -324,18 +352,23 @@ impl DbUrl {
                 if self.username.is_some() || self.password.is_some() {
                     out.push('@');
                 }
-                if let Some(host) = &self.host {
-                    if is_ipv6_like(host) {
-                        out.push('[');
-                        out.extend(utf8_percent_encode(host, IPV6));
-                        out.push(']');
-                    } else {
-                        out.extend(utf8_percent_encode(host, COMPONENT));
+                for (i, HostPort { host, port }) in self.hosts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
                     }
-                }
-                if let Some(port) = self.port {
-                    out.push(':');
-                    out.push_str(&port.to_string());
+                    if let Some(host) = host {
+                        if is_ipv6_like(host) {
+                            out.push('[');
+                            out.extend(utf8_percent_encode(host, IPV6));
+                            out.push(']');
+                        } else {
+                            out.extend(utf8_percent_encode(host, COMPONENT));
+                        }
+                    }
+                    if let Some(port) = port {
+                        out.push(':');
+                        out.push_str(&port.to_string());
+                    }
                 }
                 if let Some(database) = &self.database {
                     out.push('/');
@@ -407,10 +440,12 @@ impl DbUrl {
                 if let Some(password) = &self.password {
                     check_text(password, Part::Password)?;
                 }
-                if let Some(host) = &self.host {
-                    check_host(host)?;
+                for HostPort { host, .. } in &self.hosts {
+                    if let Some(host) = host {
+                        check_host(host)?;
+                    }
                 }
-                if self.port == Some(0) {
+                if self.hosts.iter().any(|h| h.port == Some(0)) {
                     return Err(Invalid::new(
                         Part::Port,
                         "port 0 is not a port: use 1 to 65535",
@@ -444,8 +479,8 @@ impl DbUrl {
                 let extra = [
                     (Part::User, self.username.is_some()),
                     (Part::Password, self.password.is_some()),
-                    (Part::Host, self.host.is_some()),
-                    (Part::Port, self.port.is_some()),
+                    (Part::Host, self.hosts.iter().any(|h| h.host.is_some())),
+                    (Part::Port, self.hosts.iter().any(|h| h.port.is_some())),
                     (Part::Query, !self.query.is_empty()),
                 ];
                 if let Some((part, _)) = extra.into_iter().find(|(_, set)| *set) {
@@ -614,6 +649,16 @@ fn check_text(value: &str, part: Part) -> std::result::Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// `host` without the brackets around an IPv6 address (`[::1]` → `::1`); other hosts as given.
+fn unbracketed(host: String) -> String {
+    let inner = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| h.contains(':'))
+        .map(str::to_owned);
+    inner.unwrap_or(host)
 }
 
 /// An IPv6 address (rendered in brackets) rather than a name or a socket directory.
@@ -808,7 +853,35 @@ fn parse_postgres(scheme: &str, rest: &str) -> std::result::Result<DbUrl, Invali
             .transpose()?
             .and_then(non_empty);
     }
-    // Host: `[IPv6]` or up to `:`, `/`, `?` or `,`.
+    // Hosts, separated by `,`: each `[IPv6]` or up to `:`, `/`, `?` or `,`, then `:port`.
+    loop {
+        let (entry, rest) = parse_host_port(p)?;
+        url.hosts.push(entry);
+        match rest.strip_prefix(',') {
+            Some(next) => p = next,
+            None => {
+                p = rest;
+                break;
+            }
+        }
+    }
+    // A lone empty host (`postgres:///db`, `postgres://u@/db`) is no host at all.
+    if url.hosts.len() == 1 && url.hosts[0] == HostPort::default() {
+        url.hosts.clear();
+    }
+    if let Some(after_slash) = p.strip_prefix('/') {
+        let end = after_slash.find('?').unwrap_or(after_slash.len());
+        url.database = non_empty(decode(&after_slash[..end], Part::Database)?);
+        p = &after_slash[end..];
+    }
+    if let Some(query) = p.strip_prefix('?') {
+        url.query = parse_query(query)?;
+    }
+    Ok(url)
+}
+
+/// One `host[:port]` of libpq's host list; returns it and what follows it.
+fn parse_host_port(mut p: &str) -> std::result::Result<(HostPort, &str), Invalid> {
     let host_raw;
     if let Some(bracketed) = p.strip_prefix('[') {
         let Some(end) = bracketed.find(']') else {
@@ -822,7 +895,7 @@ fn parse_postgres(scheme: &str, rest: &str) -> std::result::Result<DbUrl, Invali
         if !(p.is_empty() || p.starts_with([':', '/', '?', ','])) {
             return Err(Invalid::new(
                 Part::Host,
-                "the IPv6 host's `]` must be followed by `:`, `/`, `?` or the end",
+                "the IPv6 host's `]` must be followed by `:`, `/`, `?`, `,` or the end",
             ));
         }
     } else {
@@ -830,7 +903,10 @@ fn parse_postgres(scheme: &str, rest: &str) -> std::result::Result<DbUrl, Invali
         host_raw = &p[..end];
         p = &p[end..];
     }
-    url.host = non_empty(decode(host_raw, Part::Host)?);
+    let mut entry = HostPort {
+        host: non_empty(decode(host_raw, Part::Host)?),
+        port: None,
+    };
     if let Some(after_colon) = p.strip_prefix(':') {
         let end = after_colon
             .find(['/', '?', ','])
@@ -844,7 +920,7 @@ fn parse_postgres(scheme: &str, rest: &str) -> std::result::Result<DbUrl, Invali
                 .then(|| port.parse::<u16>().ok())
                 .flatten();
             match parsed {
-                Some(number) => url.port = Some(number),
+                Some(number) => entry.port = Some(number),
                 None => {
                     return Err(Invalid::new(
                         Part::Port,
@@ -857,21 +933,7 @@ fn parse_postgres(scheme: &str, rest: &str) -> std::result::Result<DbUrl, Invali
             }
         }
     }
-    if p.starts_with(',') {
-        return Err(Invalid::new(
-            Part::Host,
-            "multi-host URLs (`h1:5432,h2:5433`) are not supported",
-        ));
-    }
-    if let Some(after_slash) = p.strip_prefix('/') {
-        let end = after_slash.find('?').unwrap_or(after_slash.len());
-        url.database = non_empty(decode(&after_slash[..end], Part::Database)?);
-        p = &after_slash[end..];
-    }
-    if let Some(query) = p.strip_prefix('?') {
-        url.query = parse_query(query)?;
-    }
-    Ok(url)
+    Ok((entry, p))
 }
 
 /// `key=value` pairs split on `&` (one trailing `&` allowed, as libpq does); `+` stays `+`.
