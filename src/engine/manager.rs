@@ -15,7 +15,7 @@
 //! background while the waiting checkout sleeps until `pool_timeout`. The placeholder wakes that
 //! checkout, which turns it into [`Error::Connect`] with the server's message.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -26,21 +26,6 @@ use super::watch::{ConnFlags, Watch};
 use crate::config::{Backend, DbUrl, PoolConfig};
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
-
-/// libpq settings added to PostgreSQL URLs that do not set them, so that a dropped network cannot
-/// hang a checkout or a query forever: connect within 10 s, TCP keepalives after 30 s idle every
-/// 10 s (3 probes), and give up on unacknowledged data after 30 s.
-pub const LIBPQ_SAFETY_DEFAULTS: [(&str, &str); 6] = [
-    ("connect_timeout", "10"),
-    ("keepalives", "1"),
-    ("keepalives_idle", "30"),
-    ("keepalives_interval", "10"),
-    ("keepalives_count", "3"),
-    ("tcp_user_timeout", "30000"),
-];
-
-/// Names the in-memory databases of this process apart.
-static MEMORY_DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// Pool-wide state shared by the manager and the [`Database`](super::Database).
 #[derive(Debug)]
@@ -186,29 +171,6 @@ pub(crate) fn connect_error(url: &DbUrl, message: String) -> Error {
     }
 }
 
-/// The string the driver opens for `url`.
-fn driver_target(url: &DbUrl) -> String {
-    match url.backend() {
-        Backend::Postgres => {
-            let mut with_defaults = url.clone();
-            for (key, value) in LIBPQ_SAFETY_DEFAULTS {
-                if with_defaults.query_value(key).is_none() {
-                    with_defaults = with_defaults.with_query_param(key, value);
-                }
-            }
-            with_defaults.render(false)
-        }
-        // `memdb` with a name starting with `/` is one database shared by every connection of
-        // the process (unlike plain `:memory:`, one per connection), with normal locking.
-        Backend::Sqlite if url.is_memory() => format!(
-            "file:/userbase-{}-{}?vfs=memdb",
-            std::process::id(),
-            MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed)
-        ),
-        Backend::Sqlite => url.database().unwrap_or_default().to_owned(),
-    }
-}
-
 impl Manager {
     pub(crate) fn new(
         url: DbUrl,
@@ -217,7 +179,7 @@ impl Manager {
         last_error: LastConnectError,
     ) -> Self {
         Manager {
-            target: driver_target(&url),
+            target: url.driver_target(),
             url,
             config,
             shared,
@@ -383,33 +345,5 @@ impl r2d2::ManageConnection for Manager {
         }
         pooled.last_used = Instant::now();
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn libpq_safety_defaults_are_added_unless_the_url_sets_them() {
-        let url = DbUrl::parse("postgres://bot:pw@db:5432/app?connect_timeout=3").unwrap();
-        assert_eq!(
-            driver_target(&url),
-            "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000"
-        );
-    }
-
-    #[test]
-    fn sqlite_targets_are_the_path_or_a_shared_memdb() {
-        assert_eq!(driver_target(&DbUrl::sqlite("data/app.db")), "data/app.db");
-        let memory = driver_target(&DbUrl::sqlite(":memory:"));
-        assert!(memory.starts_with("file:/userbase-"), "{memory}");
-        assert!(memory.ends_with("?vfs=memdb"), "{memory}");
-        assert_ne!(
-            memory,
-            driver_target(&DbUrl::sqlite(":memory:")),
-            "one database per engine"
-        );
     }
 }

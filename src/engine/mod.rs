@@ -24,9 +24,9 @@ use std::time::Instant;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 
 pub(crate) use self::manager::Manager;
-pub use self::manager::LIBPQ_SAFETY_DEFAULTS;
 use self::manager::{connect_error, LastConnectError, Shared};
 pub(crate) use self::watch::Watch;
+pub use crate::config::url::LIBPQ_SAFETY_DEFAULTS;
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
 use crate::error::{Error, Result};

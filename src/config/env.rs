@@ -1,0 +1,173 @@
+//! Reading [`Settings`] from `.env` and the environment.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::pool::{
+    Knob, Source, LEAK_DETECTION, MAX_OVERFLOW, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
+    POOL_TIMEOUT, PRE_PING_BYPASS,
+};
+use super::url::Invalid;
+use super::MAX_DURATION;
+use super::{DbUrl, PoolConfig, Settings};
+use crate::error::{Error, Result};
+
+/// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
+pub const DEFAULT_SQLITE_PATH: &str = "userbase.sqlite3";
+/// Default PostgreSQL host for the `DB_*` parts.
+pub const DEFAULT_HOST: &str = "localhost";
+/// Default PostgreSQL port for the `DB_*` parts.
+pub const DEFAULT_PORT: u16 = 5432;
+/// Default PostgreSQL user for the `DB_*` parts.
+pub const DEFAULT_USER: &str = "postgres";
+
+/// The variables that build a PostgreSQL URL from parts.
+const DB_PARTS: [&str; 5] = ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"];
+
+impl Settings {
+    /// Reads the settings from `.env` and the environment (see the [module docs](crate::config)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable when a value is malformed, or when `.env` exists but
+    /// cannot be parsed.
+    pub fn from_env() -> Result<Self> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(Error::config(".env", e.to_string())),
+        }
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (a variable name → its value), without touching the
+    /// process environment: what [`from_env`](Settings::from_env) does after loading `.env`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable when a value is malformed.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let url = match lookup("DATABASE_URL") {
+            Some(raw) if raw.trim().is_empty() => {
+                return Err(Error::config(
+                    "DATABASE_URL",
+                    "is set but empty: unset it to use the DB_* parts or the SQLite file",
+                ))
+            }
+            Some(raw) => DbUrl::parse(&raw)?,
+            None if DB_PARTS.iter().any(|name| var(name).is_some()) => {
+                let user = var("DB_USER").unwrap_or_else(|| DEFAULT_USER.to_owned());
+                let mut url = DbUrl::postgres()
+                    .with_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
+                    .with_port(parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT))
+                    .with_database(var("DB_NAME").unwrap_or_else(|| user.clone()))
+                    .with_username(user);
+                if let Some(password) = lookup("DB_PASS").filter(|p| !p.is_empty()) {
+                    url = url.with_password(password);
+                }
+                url.check().map_err(Invalid::in_env_variable)?;
+                url
+            }
+            None => DbUrl::sqlite(DEFAULT_SQLITE_PATH),
+        };
+
+        let defaults = PoolConfig::default();
+        let pool = PoolConfig {
+            pool_size: count(&var, POOL_SIZE)?.unwrap_or(defaults.pool_size),
+            max_overflow: count(&var, MAX_OVERFLOW)?.unwrap_or(defaults.max_overflow),
+            pool_timeout: seconds(&var, POOL_TIMEOUT)?.unwrap_or(defaults.pool_timeout),
+            pool_recycle: match var(POOL_RECYCLE.env) {
+                Some(raw) if raw.trim().parse::<f64>() == Ok(-1.0) => None,
+                Some(_) => seconds(&var, POOL_RECYCLE)?,
+                None => defaults.pool_recycle,
+            },
+            pre_ping: parse_bool(&var, "DB_PRE_PING")?.unwrap_or(defaults.pre_ping),
+            pre_ping_bypass: millis(&var, PRE_PING_BYPASS)?.unwrap_or(defaults.pre_ping_bypass),
+            echo: parse_bool(&var, "DB_ECHO")?.unwrap_or(defaults.echo),
+            hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
+                .unwrap_or(defaults.hide_parameters),
+            echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
+            overflow_idle_timeout: millis(&var, OVERFLOW_IDLE_TIMEOUT)?
+                .unwrap_or(defaults.overflow_idle_timeout),
+            leak_detection_threshold: match millis(&var, LEAK_DETECTION)? {
+                Some(threshold) if threshold.is_zero() => None,
+                Some(threshold) => Some(threshold),
+                None => defaults.leak_detection_threshold,
+            },
+        };
+        pool.check(Source::Env)?;
+        Ok(Settings { url, pool })
+    }
+}
+
+fn parse_var<T: FromStr>(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>>
+where
+    T::Err: fmt::Display,
+{
+    var(name)
+        .map(|raw| {
+            raw.trim().parse::<T>().map_err(|e| {
+                Error::config(name, format!("`{}` is not a valid value: {e}", raw.trim()))
+            })
+        })
+        .transpose()
+}
+
+/// The value of `knob`'s variable read by `parse`; what `parse` refuses (`None`) is an error
+/// stating the knob's range.
+fn read<T>(
+    var: &impl Fn(&str) -> Option<String>,
+    knob: Knob,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>> {
+    var(knob.env)
+        .map(|raw| {
+            let raw = raw.trim();
+            parse(raw).ok_or_else(|| knob.error(Source::Env, raw))
+        })
+        .transpose()
+}
+
+/// A whole number of connections (negative, fractional or above `u32` is out of range).
+fn count(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<u32>> {
+    read(var, knob, |raw| raw.parse().ok())
+}
+
+/// Seconds, fractions allowed: finite, not negative, at most [`MAX_DURATION`] (zero is left to
+/// [`PoolConfig::check`]).
+fn seconds(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
+    read(var, knob, |raw| {
+        raw.parse::<f64>()
+            .ok()
+            .filter(|secs| (0.0..=MAX_DURATION.as_secs_f64()).contains(secs))
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+    })
+}
+
+/// Whole milliseconds from 0 to [`MAX_DURATION`].
+fn millis(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
+    read(var, knob, |raw| {
+        raw.parse::<u64>()
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|d| *d <= MAX_DURATION)
+    })
+}
+
+fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
+    var(name)
+        .map(|raw| match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(Error::config(
+                name,
+                format!(
+                    "`{}` is not a boolean (true/false, 1/0, yes/no, on/off)",
+                    raw.trim()
+                ),
+            )),
+        })
+        .transpose()
+}
