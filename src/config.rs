@@ -19,6 +19,8 @@
 //! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds | `500` ([`DEFAULT_PRE_PING_BYPASS`]) |
 //! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` |
 //! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` |
+//! | `DB_OVERFLOW_IDLE_TIMEOUT_MS` | close connections above `DB_POOL_SIZE` once more than `DB_POOL_SIZE` have stayed idle this many milliseconds; `0` closes them as they come back (SQLAlchemy) | `1000` ([`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]) |
+//! | `DB_LEAK_DETECTION_MS` | warn (through `tracing`, naming where it was checked out) about a session held longer than this many milliseconds; unset or `0`: off | off |
 //! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` |
 //!
 //! The `DB_HOST` … `DB_NAME` parts are used as soon as any of them is set; with none of them and no
@@ -45,6 +47,9 @@ pub const DEFAULT_PRE_PING: bool = true;
 /// Default `pre_ping_bypass`: a connection used this recently is handed out without a ping
 /// (HikariCP's "alive bypass window").
 pub const DEFAULT_PRE_PING_BYPASS: Duration = Duration::from_millis(500);
+/// Default `overflow_idle_timeout`: connections above `pool_size` are closed once more than
+/// `pool_size` connections have stayed idle this long (see [`PoolConfig::overflow_idle_timeout`]).
+pub const DEFAULT_OVERFLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
 pub const DEFAULT_SQLITE_PATH: &str = "userbase.sqlite3";
 /// Default PostgreSQL host for the `DB_*` parts.
@@ -449,6 +454,17 @@ pub struct PoolConfig {
     /// check-ins, overflow discards, recycles, invalidations (SQLAlchemy's `echo_pool`).
     /// Default `false`.
     pub echo_pool: bool,
+    /// How long more than `pool_size` connections may stay idle before the ones above
+    /// `pool_size` are closed. Default [`DEFAULT_OVERFLOW_IDLE_TIMEOUT`] (1 s).
+    ///
+    /// SQLAlchemy closes an overflow connection the moment it comes back while `pool_size` are
+    /// idle (`Duration::ZERO` here); under a steady load just above `pool_size` that reconnects
+    /// many times a second. With `pool_size = 0` every idle connection is above `pool_size`.
+    pub overflow_idle_timeout: Duration,
+    /// Warn through `tracing` (target `userbase::pool`, level WARN, once per session) about a
+    /// session held longer than this, naming where it was checked out (HikariCP's
+    /// `leakDetectionThreshold`). Default `None`: off.
+    pub leak_detection_threshold: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -463,6 +479,8 @@ impl Default for PoolConfig {
             echo: false,
             hide_parameters: false,
             echo_pool: false,
+            overflow_idle_timeout: DEFAULT_OVERFLOW_IDLE_TIMEOUT,
+            leak_detection_threshold: None,
         }
     }
 }
@@ -577,6 +595,12 @@ impl Settings {
             hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
                 .unwrap_or(defaults.hide_parameters),
             echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
+            overflow_idle_timeout: parse_var(&var, "DB_OVERFLOW_IDLE_TIMEOUT_MS")?
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.overflow_idle_timeout),
+            leak_detection_threshold: parse_var::<u64>(&var, "DB_LEAK_DETECTION_MS")?
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         };
         pool.validate()?;
         Ok(Settings { url, pool })
