@@ -180,6 +180,8 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
             echo: false,
             hide_parameters: false,
             echo_pool: false,
+            overflow_idle_timeout: Duration::from_secs(1),
+            leak_detection_threshold: None,
         }
     );
     assert_eq!(s.pool.max_connections(), 15);
@@ -222,6 +224,8 @@ fn pool_variables_are_read() {
         ("DB_ECHO", "YES"),
         ("DB_HIDE_PARAMETERS", "1"),
         ("DB_ECHO_POOL", "true"),
+        ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "250"),
+        ("DB_LEAK_DETECTION_MS", "2000"),
     ])
     .unwrap();
     assert_eq!(
@@ -236,6 +240,8 @@ fn pool_variables_are_read() {
             echo: true,
             hide_parameters: true,
             echo_pool: true,
+            overflow_idle_timeout: Duration::from_millis(250),
+            leak_detection_threshold: Some(Duration::from_secs(2)),
         }
     );
     assert_eq!(

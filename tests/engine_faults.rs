@@ -213,18 +213,15 @@ both_backends! {
             let id = i64::try_from(i).unwrap() + 1;
             {
                 let mut session = db.session().unwrap();
-                let mut repo = session.repo();
-                let rows: Vec<NoRow> = if begin.contains(';') {
+                if begin.contains(';') {
                     // A batch through the raw connection.
                     use diesel::connection::SimpleConnection;
-                    drop(repo);
                     session.connection().batch_execute(begin).unwrap();
-                    repo = session.repo();
-                    Vec::new()
                 } else {
-                    repo.load_sql(begin).unwrap()
-                };
-                assert!(rows.is_empty());
+                    let rows: Vec<NoRow> = session.repo().load_sql(begin).unwrap();
+                    assert!(rows.is_empty());
+                }
+                let mut repo = session.repo();
                 repo.insert_user(&NewUser::new(id, "Uncommitted")).unwrap();
             }
             if backend == Backend::Postgres {

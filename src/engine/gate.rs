@@ -135,6 +135,15 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes the waiting checkouts, if any, after a change they may be waiting for.
+    fn wake_callers(&self, st: MutexGuard<'_, State>) {
+        let waiting = !st.waiters.is_empty();
+        drop(st);
+        if waiting {
+            self.callers.notify_all();
+        }
+    }
+
     /// Whether a keeper thread has work to do for this configuration.
     pub(crate) fn needs_keeper(&self) -> bool {
         self.max > self.pool_size || self.leak_threshold.is_some()
@@ -198,9 +207,8 @@ impl Gate {
             st.failures.remove(&t);
             st.queued.retain(|q| *q != t);
         }
-        drop(st);
         // Positions moved (and a withdrawn ticket freed room): let the others look again.
-        self.callers.notify_all();
+        self.wake_callers(st);
         outcome
     }
 
@@ -208,8 +216,7 @@ impl Gate {
     pub(crate) fn discarded(&self, count: u32) {
         let mut st = self.lock();
         st.out = st.out.saturating_sub(count);
-        drop(st);
-        self.callers.notify_all();
+        self.wake_callers(st);
     }
 
     /// A checked-out connection is back in r2d2's idle list.
@@ -218,8 +225,7 @@ impl Gate {
         st.out = st.out.saturating_sub(1);
         st.idle = st.idle.saturating_add(1);
         self.track_excess(&mut st);
-        drop(st);
-        self.callers.notify_all();
+        self.wake_callers(st);
     }
 
     /// Whether `pool_size` connections are idle (for the immediate overflow close).
@@ -263,8 +269,7 @@ impl Gate {
         st.connecting = st.connecting.saturating_sub(1);
         st.idle = st.idle.saturating_add(1);
         self.track_excess(&mut st);
-        drop(st);
-        self.callers.notify_all();
+        self.wake_callers(st);
     }
 
     /// The ticket's connect failed: its checkout (if still waiting) gets the message.
@@ -274,8 +279,7 @@ impl Gate {
         if st.owned.contains(&ticket) {
             st.failures.insert(ticket, message);
         }
-        drop(st);
-        self.callers.notify_all();
+        self.wake_callers(st);
     }
 
     /// Closes the gate: connectors and the keeper stop.
