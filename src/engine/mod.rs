@@ -234,28 +234,14 @@ impl Database {
                 pending,
             }) => {
                 tracing::warn!(target: "userbase::pool", open, checked_out, pending, "checkout timed out");
-                return Err(Error::PoolTimeout {
-                    pool_size: inner.config.pool_size,
-                    max_overflow: inner.config.max_overflow,
-                    timeout: inner.config.pool_timeout,
-                    open,
-                    checked_out,
-                    pending,
-                });
+                return Err(self.pool_timeout(open, checked_out, pending));
             }
         }
         let Some(conn) = keeper::pop_reserved(&inner.pool, inner.config.pool_timeout) else {
             // Unreachable by the gate's bookkeeping; give the reservation back as closed.
             inner.gate.discarded(1);
             let (open, _, checked_out) = inner.gate.figures();
-            return Err(Error::PoolTimeout {
-                pool_size: inner.config.pool_size,
-                max_overflow: inner.config.max_overflow,
-                timeout: inner.config.pool_timeout,
-                open,
-                checked_out,
-                pending: 0,
-            });
+            return Err(self.pool_timeout(open, checked_out, 0));
         };
         let lease = inner.gate.lease(location);
         Ok(Session::new(
@@ -265,6 +251,18 @@ impl Database {
             inner.config.clone(),
             lease,
         ))
+    }
+
+    fn pool_timeout(&self, open: u32, checked_out: u32, pending: u32) -> Error {
+        let config = &self.inner.config;
+        Error::PoolTimeout {
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            timeout: config.pool_timeout,
+            open,
+            checked_out,
+            pending,
+        }
     }
 
     /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
