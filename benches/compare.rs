@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -426,10 +426,11 @@ fn sessions_opened(url: &DbUrl) -> i64 {
 }
 
 fn threaded(bench: &Bench) {
-    let engine = |pool_size, max_overflow| {
+    let engine = |pool_size, max_overflow, overflow_idle_timeout| {
         let pool = PoolConfig {
             pool_size,
             max_overflow,
+            overflow_idle_timeout,
             ..PoolConfig::default()
         };
         Database::new(Settings {
@@ -442,23 +443,31 @@ fn threaded(bench: &Bench) {
     let script = pgbench_script(&statements, bench.users);
     let users = bench.users;
     let point = |db: Database| move |rng: &mut Rng| point_query(&db, rng.below(users));
-    // The case the issue names, then diagnostics: 15 threads (nobody waits for the pool); a
-    // 15 + 0 pool (same limit, no overflow discard); 16 threads each holding one session of a
+    // The case the issue names on the default pool with SQLAlchemy's immediate overflow close
+    // (before `overflow_idle_timeout`), with shorter timeouts and with the default; then a 15 + 0
+    // pool (same limit, nothing above pool_size) and 16 threads each holding one session of a
     // 16-connection pool (no pool traffic at all).
-    let (overflow, no_overflow, held_db) = (engine(5, 10), engine(15, 0), engine(16, 0));
-    let mut samples: Vec<(Vec<f64>, i64)> = vec![(Vec::new(), 0); 4];
+    let default_timeout = PoolConfig::default().overflow_idle_timeout;
+    let ms = |ms| Duration::from_millis(ms);
+    let pools = [
+        engine(5, 10, Duration::ZERO),
+        engine(5, 10, ms(10)),
+        engine(5, 10, ms(100)),
+        engine(5, 10, default_timeout),
+        engine(15, 0, default_timeout),
+    ];
+    let held_db = engine(16, 0, default_timeout);
+    let mut samples: Vec<(Vec<f64>, i64)> = vec![(Vec::new(), 0); pools.len() + 1];
     let mut theirs = Vec::new();
     for _ in 0..bench.runs {
-        let cases: [(u64, Database); 3] = [
-            (16, overflow.clone()),
-            (15, overflow.clone()),
-            (16, no_overflow.clone()),
-        ];
-        for (i, (threads, db)) in cases.into_iter().enumerate() {
+        for (i, db) in pools.iter().enumerate() {
+            // Warm up: the connections a pool opens for the first burst (and after its
+            // overflow idle timeout closed them while the other cases ran) are not churn.
+            threads_rate(16, 0.3, point(db.clone()));
             let before = sessions_opened(&bench.url);
             samples[i]
                 .0
-                .push(threads_rate(threads, bench.seconds, point(db)));
+                .push(threads_rate(16, bench.seconds, point(db.clone())));
             samples[i].1 += sessions_opened(&bench.url) - before - 1;
         }
         let held_sessions = Arc::new(Mutex::new(
@@ -467,7 +476,7 @@ fn threaded(bench: &Bench) {
                 .collect::<Vec<_>>(),
         ));
         let before = sessions_opened(&bench.url);
-        samples[3].0.push(threads_rate(16, bench.seconds, {
+        samples[pools.len()].0.push(threads_rate(16, bench.seconds, {
             let sessions = held_sessions.clone();
             move |rng: &mut Rng| {
                 thread_local!(static SESSION: std::cell::RefCell<Option<userbase::Session>> = const { std::cell::RefCell::new(None) });
@@ -478,26 +487,38 @@ fn threaded(bench: &Bench) {
                 })
             }
         }));
-        samples[3].1 += sessions_opened(&bench.url) - before - 1;
+        samples[pools.len()].1 += sessions_opened(&bench.url) - before - 1;
         theirs.push(pgbench(&bench.url, &script, 15, 2, bench.seconds));
     }
     let t = stats(theirs);
-    println!("## Concurrency: point queries vs pgbench -c 15 -j 2\n");
-    println!("| case | userbase ops/s | connections opened per second | pgbench ops/s | ratio |\n|---|---|---|---|---|");
+    let fifteen = stats(samples[4].0.clone());
+    println!("## Concurrency: point queries, 16 threads vs pgbench -c 15 -j 2\n");
+    println!("| case | userbase ops/s | connections opened per second | vs 15 + 0 pool | pgbench ops/s | vs pgbench |\n|---|---|---|---|---|---|");
+    let default_name = format!(
+        "5 + 10 pool (default), overflow_idle_timeout {} ms (default)",
+        default_timeout.as_millis()
+    );
     let names = [
-        "user by id, 16 threads, 5 + 10 pool",
-        "(diagnostic) 15 threads, 5 + 10 pool",
-        "(diagnostic) 16 threads, 15 + 0 pool (no overflow discard)",
-        "(diagnostic) 16 threads, each holding a session",
+        "5 + 10 pool, overflow_idle_timeout 0 (SQLAlchemy's immediate close; before)",
+        "5 + 10 pool, overflow_idle_timeout 10 ms",
+        "5 + 10 pool, overflow_idle_timeout 100 ms",
+        default_name.as_str(),
+        "15 + 0 pool",
+        "(diagnostic) each thread holding a session",
     ];
     for (name, (sample, opened)) in names.iter().zip(samples) {
         let o = stats(sample);
         let per_second = opened as f64 / (bench.runs as f64 * bench.seconds);
         println!(
-            "| {name} | {} | {per_second:.0} | {} | {:.2} |",
+            "| {name} | {} | {per_second:.1} | {:.2} ({:.2}-{:.2}) | {} | {:.2} ({:.2}-{:.2}) |",
             fmt_rate(o),
+            o.0 / fifteen.0,
+            o.1 / fifteen.2,
+            o.2 / fifteen.1,
             fmt_rate(t),
-            o.0 / t.0
+            o.0 / t.0,
+            o.1 / t.2,
+            o.2 / t.1,
         );
     }
     println!();

@@ -55,9 +55,12 @@ pub enum Error {
         message: String,
     },
 
-    /// No pooled connection became free within `pool_timeout`.
+    /// No connection became available within `pool_timeout`. The figures are those at the
+    /// moment the checkout gave up: `open` (connections to the server), how many of them were
+    /// `checked_out` by sessions, and `pending` connects still under way.
     #[error(
-        "pool limit of size {pool_size} overflow {max_overflow} reached, timed out after {} s",
+        "timed out after {} s waiting for a connection (pool size {pool_size}, overflow {max_overflow}: \
+         {open} open, {checked_out} checked out, {pending} being opened)",
         timeout.as_secs_f64()
     )]
     PoolTimeout {
@@ -67,6 +70,12 @@ pub enum Error {
         max_overflow: u32,
         /// How long the checkout waited.
         timeout: Duration,
+        /// Connections open to the server (checked out or idle).
+        open: u32,
+        /// Connections checked out by sessions.
+        checked_out: u32,
+        /// Connects under way or asked for.
+        pending: u32,
     },
 
     /// A connection could not be opened: refused, bad password, unknown database, bad file.

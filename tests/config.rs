@@ -183,7 +183,7 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
             echo: false,
             hide_parameters: false,
             echo_pool: false,
-            overflow_idle_timeout: Duration::from_secs(10),
+            overflow_idle_timeout: Duration::from_secs(1),
             leak_detection_threshold: None,
         }
     );

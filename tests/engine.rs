@@ -70,6 +70,9 @@ fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
             pool_size: 2,
             max_overflow: 1,
             timeout,
+            open: 3,
+            checked_out: 3,
+            pending: 0,
         } => {
             assert_eq!(*timeout, Duration::from_millis(300))
         }
@@ -77,7 +80,8 @@ fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
     }
     assert_eq!(
         err.to_string(),
-        "pool limit of size 2 overflow 1 reached, timed out after 0.3 s"
+        "timed out after 0.3 s waiting for a connection (pool size 2, overflow 1: \
+         3 open, 3 checked out, 0 being opened)"
     );
     drop(held);
     assert!(db.session().is_ok());

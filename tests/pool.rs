@@ -89,6 +89,7 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
         &test,
         PoolConfig {
             pool_timeout: Duration::from_millis(400),
+            overflow_idle_timeout: Duration::from_millis(500),
             ..PoolConfig::default()
         },
     );
@@ -117,6 +118,9 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
             pool_size: 5,
             max_overflow: 10,
             timeout,
+            open: 15,
+            checked_out: 15,
+            pending: 0,
         }) => {
             assert_eq!(timeout, Duration::from_millis(400))
         }
@@ -126,18 +130,46 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
     for worker in workers {
         worker.join().unwrap();
     }
-    // Overflow connections are closed as they come back: pool_size stay, at once.
+    // Overflow connections stay until more than pool_size have been idle for the overflow idle
+    // timeout, then pool_size stay.
+    let released = Instant::now();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(server_pids(&app).len(), 15, "no close before the timeout");
     assert!(
-        eventually(Duration::from_millis(100), || server_pids(&app).len() == 5),
+        eventually(Duration::from_secs(3), || server_pids(&app).len() == 5),
         "{} connections after release",
         server_pids(&app).len()
     );
+    assert!(released.elapsed() >= Duration::from_millis(500));
     let status = db.status();
     assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
     assert_eq!(
         status.to_string(),
         "Pool size: 5  Connections in pool: 5 Current Overflow: 0 Current Checked out connections: 0"
     );
+}
+
+#[test]
+fn a_zero_overflow_idle_timeout_closes_overflow_at_once() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(
+        &test,
+        PoolConfig {
+            overflow_idle_timeout: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+    );
+    let sessions: Vec<_> = (0..15).map(|_| db.session().unwrap()).collect();
+    assert_eq!(server_pids(&app).len(), 15);
+    drop(sessions);
+    // SQLAlchemy's overflow discard: closed as they come back, pool_size stay.
+    assert!(
+        eventually(Duration::from_millis(200), || server_pids(&app).len() == 5),
+        "{} connections after release",
+        server_pids(&app).len()
+    );
+    let status = db.status();
+    assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
 }
 
 #[test]

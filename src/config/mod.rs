@@ -17,7 +17,7 @@
 //! | `DB_POOL_RECYCLE_SECS` | replace connections older than this many seconds | `-1`: never | `-1`, or above 0 and at most 86 400 |
 //! | `DB_PRE_PING` | test a connection before handing it out (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`) | `true` | |
 //! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds | `500` ([`DEFAULT_PRE_PING_BYPASS`]) | 0 to 86 400 000 |
-//! | `DB_OVERFLOW_IDLE_TIMEOUT_MS` | close a connection above `DB_POOL_SIZE` once idle this many milliseconds; `0`: at once | `10000` ([`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]) | 0 to 86 400 000 |
+//! | `DB_OVERFLOW_IDLE_TIMEOUT_MS` | close connections above `DB_POOL_SIZE` once more than `DB_POOL_SIZE` have stayed idle this many milliseconds; `0`: as they come back (SQLAlchemy) | `1000` ([`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]) | 0 to 86 400 000 |
 //! | `DB_LEAK_DETECTION_MS` | warn when a session is held longer than this many milliseconds | unset or `0`: off | 0 to 86 400 000 |
 //! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` | |
 //! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | |

@@ -17,8 +17,9 @@ pub const DEFAULT_PRE_PING: bool = true;
 pub const DEFAULT_PRE_PING_BYPASS: Duration = Duration::from_millis(500);
 /// Default `overflow_idle_timeout`: an overflow connection idle this long is closed.
 ///
-/// A placeholder (10 s) until the engine's measurement picks the value.
-pub const DEFAULT_OVERFLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// 1 s: ten times the shortest value that showed no reconnects under a steady load just above
+/// `pool_size` (16 threads on 5 + 10, see BENCHMARKS.md).
+pub const DEFAULT_OVERFLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most connections one pool may allow: `pool_size + max_overflow` is at most 10 000.
 ///
 /// r2d2 allocates room for `max_size` connections up front, so an absurd size aborts the

@@ -1,30 +1,48 @@
 //! The engine: an r2d2 pool of [`AnyConnection`](crate::AnyConnection)s with SQLAlchemy's QueuePool semantics, the
 //! seed's `create_engine`.
 //!
-//! - **Lazy**: creating a [`Database`] opens nothing; [`Database::check`] opens one connection.
-//! - **`pool_size` / `max_overflow`**: at most `pool_size + max_overflow` connections are open; a
-//!   connection returned while `pool_size` are idle is closed at once, and idle connections are
-//!   never closed by a timer.
-//! - **`pool_timeout`**: a checkout that waits longer fails with [`Error::PoolTimeout`]; a
-//!   failure to connect is [`Error::Connect`] with the server's message as soon as it happens.
+//! - **Lazy**: creating a [`Database`] opens nothing; a connection is opened only for a checkout
+//!   that finds none idle.
+//! - **`pool_size` / `max_overflow`**: at most `pool_size + max_overflow` connections are open
+//!   (or being opened) at any moment. Connections above `pool_size` are closed once more than
+//!   `pool_size` have stayed idle for `overflow_idle_timeout` (zero: at once as they come back,
+//!   as SQLAlchemy does); `pool_size` idle connections are never closed by a timer.
+//! - **`pool_timeout`**: a waiting checkout is woken as soon as a connection comes back (kept or
+//!   closed), a connect lands or fails; it fails with [`Error::PoolTimeout`] only when the limit
+//!   stayed in use for the whole timeout, and with [`Error::Connect`] (the server's message) as
+//!   soon as the connect made for it fails.
 //! - **`pool_recycle`**: older connections are replaced at checkout.
 //! - **`pre_ping`**: idle connections are pinged at checkout unless used within
 //!   `pre_ping_bypass`; a failed ping or a query on a dead connection invalidates every older
-//!   connection, each then replaced at its next checkout.
-//! - **reset on return**: an open transaction is rolled back and the connection reused.
+//!   connection, each then replaced at its next checkout. [`Database::check`] always pings.
+//! - **reset on return**: any open transaction (begun through Diesel or by raw SQL such as
+//!   `BEGIN`) is rolled back before the connection is reused.
+//! - **leak detection**: with `leak_detection_threshold`, a session held longer is reported once
+//!   through `tracing`, naming where it was checked out.
 //! - **`echo` / `echo_pool`**: statements and pool events through `tracing`, never the password.
+//!
+//! How the pieces fit: `gate` keeps the exact figures and is where checkouts wait; `manager`
+//! opens connections for the gate's tickets on r2d2's worker threads; r2d2 keeps the idle
+//! connections; `keeper` is the thread that closes overflow connections and reports leaks.
 
+mod gate;
+mod keeper;
 mod manager;
+mod pooled;
 mod watch;
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 
+pub(crate) use self::gate::Gate;
+use self::gate::Refusal;
+use self::manager::connect_error;
 pub(crate) use self::manager::Manager;
-use self::manager::{connect_error, LastConnectError, Shared};
+pub(crate) use self::pooled::{Invalidation, Pooled};
 pub(crate) use self::watch::Watch;
 pub use crate::config::url::LIBPQ_SAFETY_DEFAULTS;
 
@@ -56,11 +74,22 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// ```
 #[derive(Clone)]
 pub struct Database {
+    inner: Arc<Inner>,
+}
+
+/// What the clones of a [`Database`] share; dropping the last one stops the pool's threads.
+pub(crate) struct Inner {
     pool: r2d2::Pool<Manager>,
     url: DbUrl,
     config: PoolConfig,
-    shared: Arc<Shared>,
-    last_error: LastConnectError,
+    gate: Arc<Gate>,
+    invalidation: Arc<Invalidation>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.gate.close();
+    }
 }
 
 /// The pool's figures: the seed's `engine.pool.status()`.
@@ -95,8 +124,8 @@ impl fmt::Display for PoolStatus {
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("url", &self.url)
-            .field("config", &self.config)
+            .field("url", &self.inner.url)
+            .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
@@ -106,39 +135,40 @@ impl Database {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the pool knobs are unusable (see [`PoolConfig::validate`]).
+    /// [`Error::Config`] when the URL or the pool knobs are unusable (see [`DbUrl::validate`] and
+    /// [`PoolConfig::validate`]).
     pub fn new(settings: Settings) -> Result<Self> {
         let Settings { url, pool: config } = settings;
+        url.validate()?;
         config.validate()?;
-        let last_error = LastConnectError::default();
-        let shared = Arc::new(Shared::new(config.pool_size));
-        let manager = Manager::new(
-            url.clone(),
-            config.clone(),
-            shared.clone(),
-            last_error.clone(),
-        );
-        // r2d2 gives the hooks; `Manager` gives the semantics (see the module docs). No reaper:
-        // idle connections are only closed by overflow discard, recycle and invalidation.
+        let gate = Arc::new(Gate::new(&config));
+        let manager = Manager::new(url.clone(), config.clone(), gate.clone());
+        // r2d2 keeps the idle connections; `min_idle` at the maximum keeps a connect call
+        // outstanding for every connection not yet open, each waiting for a checkout's ticket
+        // (see `manager`). No reaper: `keeper` closes overflow connections.
         let pool = r2d2::Pool::builder()
             .max_size(config.max_connections())
-            .min_idle(Some(0))
+            .min_idle(None)
             .idle_timeout(None)
             .max_lifetime(None)
             .connection_timeout(config.pool_timeout)
-            .test_on_check_out(true)
+            .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .event_handler(Box::new(watch::PoolEvents {
                 echo_pool: config.echo_pool,
             }))
             .build_unchecked(manager);
-        Ok(Database {
+        let inner = Arc::new(Inner {
             pool,
             url,
             config,
-            shared,
-            last_error,
-        })
+            gate,
+            invalidation: Arc::new(Invalidation::new()),
+        });
+        if inner.gate.needs_keeper() {
+            keeper::spawn(&inner);
+        }
+        Ok(Database { inner })
     }
 
     /// Creates the engine from `.env` and the environment ([`Settings::from_env`]).
@@ -152,79 +182,166 @@ impl Database {
 
     /// The URL this engine connects to (its `Display` hides the password).
     pub fn url(&self) -> &DbUrl {
-        &self.url
+        &self.inner.url
     }
 
     /// The backend this engine connects to.
     pub fn backend(&self) -> Backend {
-        self.url.backend()
+        self.inner.url.backend()
     }
 
     /// The pool knobs in force.
     pub fn config(&self) -> &PoolConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// Checks a connection out for a scope: the seed's `with session_pool() as session`.
     ///
-    /// The connection goes back to the pool when the [`Session`] is dropped.
+    /// The connection goes back to the pool when the [`Session`] is dropped. With
+    /// `leak_detection_threshold` set, the caller's location is what a leak warning names.
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] with the server's message as soon as a connect attempt fails;
-    /// [`Error::PoolTimeout`] when every connection stays busy for `pool_timeout`.
+    /// [`Error::Connect`] with the server's message as soon as the connect made for this
+    /// checkout fails; [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay
+    /// checked out for `pool_timeout`.
+    #[track_caller]
     pub fn session(&self) -> Result<Session> {
-        let started = Instant::now();
-        // One blocking wait: a failed connect wakes it with a placeholder (see `manager`).
-        match self.pool.get_timeout(self.config.pool_timeout) {
-            Ok(conn) => match conn.failure() {
-                // Dropping the placeholder discards it.
-                Some(message) => Err(connect_error(&self.url, message.to_owned())),
-                None => Ok(Session::new(conn)),
-            },
-            Err(_) => match self.last_error.since(started) {
-                Some(message) => Err(connect_error(&self.url, message)),
-                None => Err(Error::PoolTimeout {
-                    pool_size: self.config.pool_size,
-                    max_overflow: self.config.max_overflow,
-                    timeout: self.config.pool_timeout,
-                }),
-            },
+        let location = Location::caller();
+        let deadline = Instant::now()
+            .checked_add(self.inner.config.pool_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        loop {
+            let mut session = self.checkout(deadline, location)?;
+            if self.usable(&mut session) {
+                return Ok(session);
+            }
+            session.discard();
         }
     }
 
-    /// Opens (or checks out and pings) one connection, to fail fast on bad configuration.
+    /// Waits in the gate, then pops the reserved idle connection from r2d2.
+    fn checkout(&self, deadline: Instant, location: &'static Location<'static>) -> Result<Session> {
+        let inner = &self.inner;
+        match inner.gate.acquire(deadline) {
+            Ok(gate::Grant::Idle) => {}
+            Err(Refusal::Connect(message)) => return Err(connect_error(&inner.url, message)),
+            Err(Refusal::Timeout {
+                open,
+                checked_out,
+                pending,
+            }) => {
+                tracing::warn!(target: "userbase::pool", open, checked_out, pending, "checkout timed out");
+                return Err(self.pool_timeout(open, checked_out, pending));
+            }
+        }
+        let Some(conn) = keeper::pop_reserved(&inner.pool, inner.config.pool_timeout) else {
+            // Unreachable by the gate's bookkeeping; give the reservation back as closed.
+            inner.gate.discarded(1);
+            let (open, _, checked_out) = inner.gate.figures();
+            return Err(self.pool_timeout(open, checked_out, 0));
+        };
+        let lease = inner.gate.lease(location);
+        Ok(Session::new(
+            conn,
+            inner.gate.clone(),
+            inner.invalidation.clone(),
+            inner.config.clone(),
+            lease,
+        ))
+    }
+
+    fn pool_timeout(&self, open: u32, checked_out: u32, pending: u32) -> Error {
+        let config = &self.inner.config;
+        Error::PoolTimeout {
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            timeout: config.pool_timeout,
+            open,
+            checked_out,
+            pending,
+        }
+    }
+
+    /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
+    fn usable(&self, session: &mut Session) -> bool {
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let pooled = session.pooled();
+        if self.inner.invalidation.is_invalidated(pooled.created) {
+            self.pool_event("replacing a connection invalidated earlier");
+            return false;
+        }
+        if let Some(recycle) = config.pool_recycle {
+            if now.duration_since(pooled.created) >= recycle {
+                self.pool_event("recycle: replacing a connection older than pool_recycle");
+                return false;
+            }
+        }
+        if config.pre_ping && now.duration_since(pooled.last_used) >= config.pre_ping_bypass {
+            if let Err(error) = pooled.ping() {
+                self.inner.invalidation.invalidate();
+                tracing::warn!(target: "userbase::pool", %error, "pre-ping failed: invalidating the pool's older connections");
+                return false;
+            }
+        }
+        pooled.last_used = now;
+        true
+    }
+
+    fn pool_event(&self, event: &'static str) {
+        if self.inner.config.echo_pool {
+            tracing::debug!(target: "userbase::pool", "{event}");
+        }
+    }
+
+    /// Checks the server answers: checks a connection out and pings it, always (no bypass
+    /// window). When the ping fails, the pool's older connections are invalidated and a fresh
+    /// connection is tried, so a server that is down gives its connect error.
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] with the server's message (refused, bad password, unknown database).
+    /// [`Error::Connect`] with the server's message (refused, bad password, unknown database);
+    /// [`Error::Query`] when a fresh connection fails its ping too.
+    #[track_caller]
     pub fn check(&self) -> Result<()> {
-        self.session().map(drop)
+        let mut session = self.session()?;
+        if session.pooled().ping().is_ok() {
+            return Ok(());
+        }
+        session.discard();
+        self.inner.invalidation.invalidate();
+        let mut fresh = self.session()?;
+        match fresh.pooled().ping() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                fresh.discard();
+                Err(Error::from(error))
+            }
+        }
     }
 
     /// The pool's figures: the seed's `engine.pool.status()`.
     pub fn status(&self) -> PoolStatus {
-        let state = self.pool.state();
+        let (open, idle, checked_out) = self.inner.gate.figures();
+        let config = &self.inner.config;
         PoolStatus {
-            pool_size: self.config.pool_size,
-            max_overflow: self.config.max_overflow,
-            open: state.connections,
-            idle: state.idle_connections,
-            checked_out: state.connections.saturating_sub(state.idle_connections),
-            overflow: i64::from(state.connections) - i64::from(self.config.pool_size),
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            open,
+            idle,
+            checked_out,
+            overflow: i64::from(open) - i64::from(config.pool_size),
         }
     }
 
     /// Closes every idle connection now, and every checked-out one when it is returned; later
     /// checkouts open fresh connections (the seed's `engine.dispose()`).
     pub fn dispose(&self) {
-        self.shared.invalidate();
-        // Checking out runs the manager's validity test, which drops every invalidated idle
-        // connection; it hands back only a connection made after the invalidation, if any.
-        drop(self.pool.try_get());
-        if self.config.echo_pool {
-            tracing::debug!(target: "userbase::pool", "dispose: idle connections closed");
-        }
+        self.inner.invalidation.invalidate();
+        let count = self.inner.gate.reserve_all_idle();
+        keeper::close_reserved(&self.inner.pool, &self.inner.gate, count);
+        self.pool_event("dispose: idle connections closed");
     }
 
     /// Runs `f` in a transaction on a fresh session: commits when it returns `Ok`, rolls back
@@ -233,6 +350,7 @@ impl Database {
     /// # Errors
     ///
     /// `f`'s own error, or a checkout/commit failure converted into `E`.
+    #[track_caller]
     pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
@@ -249,6 +367,7 @@ impl Database {
     /// # Errors
     ///
     /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error.
+    #[track_caller]
     pub fn run_pending_migrations(&self) -> Result<Vec<String>> {
         let mut session = self.session()?;
         crate::migrate::run(session.repo_connection())

@@ -13,6 +13,67 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 pub(crate) struct ConnFlags {
     /// A statement failed because the server connection is gone.
     pub(crate) dead: AtomicBool,
+    /// The last transaction-control statement seen began a transaction (`BEGIN`, `START
+    /// TRANSACTION`, `SAVEPOINT`), so one may be open that Diesel's transaction manager does not
+    /// know about.
+    raw_transaction: AtomicBool,
+}
+
+impl ConnFlags {
+    /// Whether a transaction may have been left open by raw SQL; clears the flag.
+    pub(crate) fn take_raw_transaction(&self) -> bool {
+        self.raw_transaction.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Keeps the first bytes written to it and refuses the rest (ends the formatting early).
+struct Prefix {
+    text: [u8; 64],
+    len: usize,
+}
+
+impl std::fmt::Write for Prefix {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.text.len() - self.len;
+        let take = s.len().min(room);
+        self.text[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        if take < s.len() {
+            Err(std::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a statement does to the transaction state, from its text: `Some(true)` when it begins a
+/// transaction, `Some(false)` when it ends one, `None` when it is not transaction control. In a
+/// batch (`BEGIN; INSERT …`) the last transaction-control statement decides. Only an exact
+/// `COMMIT` / `END` / `ROLLBACK` / `ABORT` (with an optional `WORK` or `TRANSACTION`) counts as an
+/// end, so a doubtful text errs on the side of a rollback at check-in.
+pub(crate) fn transaction_effect(sql: &str) -> Option<bool> {
+    let mut effect = None;
+    for statement in sql.split(';') {
+        let mut words = statement.split_whitespace();
+        let is = |word: Option<&str>, any: &[&str]| {
+            word.is_some_and(|w| any.iter().any(|a| w.eq_ignore_ascii_case(a)))
+        };
+        let first = words.next();
+        if is(first, &["BEGIN", "SAVEPOINT"]) {
+            effect = Some(true);
+        } else if is(first, &["START"]) {
+            if is(words.next(), &["TRANSACTION"]) {
+                effect = Some(true);
+            }
+        } else if is(first, &["COMMIT", "END", "ROLLBACK", "ABORT"]) {
+            let second = words.next();
+            if (second.is_none() || is(second, &["WORK", "TRANSACTION"])) && words.next().is_none()
+            {
+                effect = Some(false);
+            }
+        }
+    }
+    effect
 }
 
 /// Installed on every pooled connection: flags dead connections, and with `echo` logs each
@@ -62,8 +123,26 @@ impl Instrumentation for Watch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         self.failures.observe(&event);
         match event {
-            InstrumentationEvent::StartQuery { .. } if self.echo => {
-                self.started = Some(Instant::now());
+            InstrumentationEvent::StartQuery { query, .. } => {
+                // Transaction control is short and comes first: 64 bytes tell.
+                let mut prefix = Prefix {
+                    text: [0; 64],
+                    len: 0,
+                };
+                let _ = std::fmt::Write::write_fmt(&mut prefix, format_args!("{query}"));
+                let text = String::from_utf8_lossy(&prefix.text[..prefix.len]);
+                let truncated = prefix.len == prefix.text.len();
+                // A batch longer than the prefix may begin a transaction past it.
+                let effect = match transaction_effect(&text) {
+                    _ if truncated && text.contains(';') => Some(true),
+                    effect => effect,
+                };
+                if let Some(open) = effect {
+                    self.flags.raw_transaction.store(open, Ordering::Relaxed);
+                }
+                if self.echo {
+                    self.started = Some(Instant::now());
+                }
             }
             InstrumentationEvent::FinishQuery { query, error, .. } => {
                 if let Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) =

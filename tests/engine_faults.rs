@@ -1,0 +1,523 @@
+//! The engine under load and faults (issue 9): bursts of threads, discarded returns, refused
+//! ports, raw transactions, a server that stops, leaked sessions. Connections are counted from
+//! the server (`pg_stat_activity`, by a per-test `application_name`).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use userbase::models::NewUser;
+use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
+
+use common::{admin, unique_name, Captured, TestDb};
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// What `load_sql` gives back for statements without rows.
+#[derive(QueryableByName, Debug)]
+struct NoRow {
+    #[diesel(sql_type = BigInt)]
+    #[allow(dead_code)]
+    n: i64,
+}
+
+/// Server connections named `app` (optionally only those in `state`).
+fn server_count(app: &str, state: Option<&str>) -> i64 {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE application_name = $1 AND ($2 = '' OR state = $2)",
+    )
+    .bind::<Text, _>(app)
+    .bind::<Text, _>(state.unwrap_or(""))
+    .get_result::<Count>(&mut admin())
+    .unwrap()
+    .n
+}
+
+fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
+    let app = unique_name("faults");
+    let url = match test.backend {
+        Backend::Postgres => test.url.clone().with_query_param("application_name", &app),
+        Backend::Sqlite => test.url.clone(),
+    };
+    (Database::new(Settings { url, pool }).unwrap(), app)
+}
+
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls the server's count of `app` connections until stopped; returns the highest seen.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    highest: Arc<AtomicI64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(app: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let highest = Arc::new(AtomicI64::new(0));
+        let (app, s, h) = (app.to_owned(), stop.clone(), highest.clone());
+        let thread = thread::spawn(move || {
+            let mut admin = admin();
+            while !s.load(Ordering::Relaxed) {
+                let n = diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind::<Text, _>(&app)
+                .get_result::<Count>(&mut admin)
+                .unwrap()
+                .n;
+                h.fetch_max(n, Ordering::Relaxed);
+            }
+        });
+        Watcher {
+            stop,
+            highest,
+            thread: Some(thread),
+        }
+    }
+
+    fn highest(mut self) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.highest.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn bursts_of_64_threads_stay_within_the_limit_and_settle_at_pool_size() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, app) = engine(
+        &test,
+        PoolConfig {
+            overflow_idle_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        },
+    );
+    for round in 0..10 {
+        let watcher = Watcher::start(&app);
+        let start = Arc::new(Barrier::new(64));
+        let workers: Vec<_> = (0..64)
+            .map(|_| {
+                let (db, start) = (db.clone(), start.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    for _ in 0..20 {
+                        let mut session = db.session().unwrap();
+                        session.repo().count_user_locations(1).unwrap();
+                        thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        // Let the overflow idle timeout pass while still watching.
+        let settled = eventually(Duration::from_secs(5), || {
+            server_count(&app, None) == 5 && db.status().open == 5
+        });
+        let highest = watcher.highest();
+        assert!(highest <= 15, "round {round}: {highest} connections seen");
+        assert!(
+            settled,
+            "round {round}: {} connections, {:?}",
+            server_count(&app, None),
+            db.status()
+        );
+        let status = db.status();
+        assert_eq!((status.idle, status.checked_out), (5, 0), "round {round}");
+    }
+    // Exactly pool_size stay (no timer closes them).
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(server_count(&app, None), 5);
+}
+
+both_backends! {
+    fn a_discarded_return_wakes_the_waiter_at_once(backend: Backend) {
+        let test = TestDb::new(backend);
+        let (db, _app) = engine(
+            &test,
+            PoolConfig {
+                pool_size: 1,
+                max_overflow: 0,
+                pool_timeout: Duration::from_secs(30),
+                ..PoolConfig::default()
+            },
+        );
+        for round in 0..15 {
+            let held = db.session().unwrap();
+            let waiter = {
+                let db = db.clone();
+                thread::spawn(move || {
+                    let asked = Instant::now();
+                    let mut session = db.session().unwrap();
+                    session.repo().users().unwrap();
+                    asked.elapsed()
+                })
+            };
+            thread::sleep(Duration::from_millis(50));
+            // The held connection is invalidated: it is closed when it comes back, not kept.
+            db.dispose();
+            let returned = Instant::now();
+            drop(held);
+            let waited = waiter.join().unwrap();
+            let after_return = returned.elapsed();
+            assert!(waited >= Duration::from_millis(40), "round {round}: the waiter waited");
+            assert!(
+                after_return < Duration::from_secs(2),
+                "round {round}: served {after_return:?} after the return (pool_timeout 30 s)"
+            );
+        }
+    }
+
+    fn a_raw_begin_is_rolled_back_at_check_in(backend: Backend) {
+        let test = TestDb::new(backend);
+        let (db, app) = engine(
+            &test,
+            PoolConfig {
+                pool_size: 1,
+                max_overflow: 0,
+                pool_timeout: Duration::from_secs(10),
+                ..PoolConfig::default()
+            },
+        );
+        let begins: &[&str] = match backend {
+            Backend::Postgres => &["BEGIN", "START TRANSACTION", "begin; select 1"],
+            Backend::Sqlite => &["BEGIN", "BEGIN IMMEDIATE", "begin deferred"],
+        };
+        for (i, begin) in begins.iter().enumerate() {
+            let id = i64::try_from(i).unwrap() + 1;
+            {
+                let mut session = db.session().unwrap();
+                if begin.contains(';') {
+                    // A batch through the raw connection.
+                    use diesel::connection::SimpleConnection;
+                    session.connection().batch_execute(begin).unwrap();
+                } else {
+                    let rows: Vec<NoRow> = session.repo().load_sql(begin).unwrap();
+                    assert!(rows.is_empty());
+                }
+                let mut repo = session.repo();
+                repo.insert_user(&NewUser::new(id, "Uncommitted")).unwrap();
+            }
+            if backend == Backend::Postgres {
+                assert_eq!(server_count(&app, Some("idle in transaction")), 0, "{begin}");
+            }
+            // The same (only) connection: an open transaction would show its own row.
+            assert_eq!(db.session().unwrap().repo().users().unwrap(), vec![], "{begin}");
+            if backend == Backend::Sqlite {
+                // Another writer is not blocked by a lock left behind.
+                let other = Database::new(Settings {
+                    url: test.url.clone(),
+                    pool: PoolConfig {
+                        pool_timeout: Duration::from_secs(10),
+                        ..PoolConfig::default()
+                    },
+                })
+                .unwrap();
+                let started = Instant::now();
+                other.session().unwrap().repo().insert_user(&NewUser::new(100 + id, "Other")).unwrap();
+                assert!(started.elapsed() < Duration::from_secs(2), "{begin}: {:?}", started.elapsed());
+                other.session().unwrap().repo().delete_user(100 + id).unwrap();
+            }
+        }
+    }
+
+    fn a_session_held_too_long_is_reported_once_with_its_checkout_site(backend: Backend) {
+        let test = TestDb::new(backend);
+        let mut line = 0;
+        let log = Captured::run(tracing::Level::WARN, || {
+            let (db, _app) = engine(
+                &test,
+                PoolConfig {
+                    leak_detection_threshold: Some(Duration::from_millis(150)),
+                    ..PoolConfig::default()
+                },
+            );
+            let quick = db.session().unwrap();
+            drop(quick);
+            line = line!() + 1;
+            let held = db.session().unwrap();
+            thread::sleep(Duration::from_millis(600));
+            drop(held);
+            thread::sleep(Duration::from_millis(50));
+        });
+        let site = format!("tests/engine_faults.rs:{line}:");
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("possible session leak")).collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(warnings[0].contains(&site), "{site} not in {log}");
+        assert!(warnings[0].contains("WARN"), "{log}");
+    }
+}
+
+#[test]
+fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = DbUrl::postgres()
+        .with_username("postgres")
+        .with_host("127.0.0.1")
+        .with_port(port)
+        .with_database("x");
+    let db = Database::new(Settings {
+        url,
+        pool: PoolConfig {
+            pool_timeout: Duration::from_secs(30),
+            ..PoolConfig::default()
+        },
+    })
+    .unwrap();
+    let start = Arc::new(Barrier::new(32));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                let mut slowest = Duration::ZERO;
+                for _ in 0..5 {
+                    let asked = Instant::now();
+                    match db.session() {
+                        Err(Error::Connect { message, .. }) => {
+                            assert!(message.contains("refused"), "{message}")
+                        }
+                        other => panic!("expected Connect, got {other:?}"),
+                    }
+                    slowest = slowest.max(asked.elapsed());
+                }
+                slowest
+            })
+        })
+        .collect();
+    for worker in workers {
+        let slowest = worker.join().unwrap();
+        assert!(
+            slowest < Duration::from_secs(3),
+            "a checkout took {slowest:?} (pool_timeout 30 s)"
+        );
+    }
+    let status = db.status();
+    assert_eq!((status.open, status.checked_out), (0, 0));
+}
+
+#[test]
+fn pool_timeout_states_what_was_open_checked_out_and_pending() {
+    let test = TestDb::new(Backend::Postgres);
+    let (db, _app) = engine(
+        &test,
+        PoolConfig {
+            pool_size: 1,
+            max_overflow: 1,
+            pool_timeout: Duration::from_millis(200),
+            ..PoolConfig::default()
+        },
+    );
+    let held = (db.session().unwrap(), db.session().unwrap());
+    let err = db.session().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PoolTimeout {
+                open: 2,
+                checked_out: 2,
+                pending: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("2 open, 2 checked out, 0 being opened"),
+        "{err}"
+    );
+    drop(held);
+}
+
+/// A private PostgreSQL cluster for tests that stop the server; removed on `Drop`.
+struct PrivateServer {
+    dir: PathBuf,
+    port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a PostgreSQL tool as the `postgres` user when we are root (initdb refuses root).
+fn pg_tool(tool: &str, args: &[&str]) -> std::process::Output {
+    let path = Path::new(PG_BIN).join(tool);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let mut command = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&path);
+        c
+    } else {
+        Command::new(&path)
+    };
+    command.args(args).output().unwrap()
+}
+
+impl PrivateServer {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Command::new("chmod")
+            .args(["755", tmp.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        Command::new("chown")
+            .args(["postgres", tmp.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        let init = pg_tool(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "-D", dir.to_str().unwrap()],
+        );
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = PrivateServer {
+            dir,
+            port,
+            _tmp: tmp,
+        };
+        server.run();
+        server
+    }
+
+    fn run(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.to_str().unwrap()
+        );
+        let log = self.dir.join("log");
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&self) {
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> DbUrl {
+        DbUrl::postgres()
+            .with_username("postgres")
+            .with_host("127.0.0.1")
+            .with_port(self.port)
+            .with_database("postgres")
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = pg_tool(
+            "pg_ctl",
+            &["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+#[test]
+fn check_reaches_the_server_every_time() {
+    let server = PrivateServer::start();
+    let db = Database::new(Settings {
+        url: server.url(),
+        pool: PoolConfig {
+            pool_timeout: Duration::from_secs(30),
+            ..PoolConfig::default()
+        },
+    })
+    .unwrap();
+    for round in 0..3 {
+        db.check().unwrap();
+        // Used just now: within the pre-ping bypass window.
+        diesel::sql_query("SELECT 1::bigint AS n")
+            .get_result::<NoRow>(db.session().unwrap().connection())
+            .unwrap();
+        server.stop();
+        let asked = Instant::now();
+        let err = db.check().unwrap_err();
+        assert!(
+            matches!(err, Error::Connect { .. }),
+            "round {round}: {err:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "round {round}: {:?}",
+            asked.elapsed()
+        );
+        server.run();
+        assert!(
+            eventually(Duration::from_secs(5), || db.check().is_ok()),
+            "round {round}"
+        );
+    }
+}
