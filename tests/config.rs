@@ -333,11 +333,11 @@ fn a_host_that_tries_to_pick_port_database_and_sslmode_is_refused() {
     assert_eq!(variable, "URL host");
 }
 
-/// The string the engine hands to libpq, read by libpq itself: the URL below is built without
-/// validation (`Database::new` does not call `DbUrl::validate`) and carries `hostaddr`, so libpq
-/// connects to 127.0.0.1 without resolving the host name. Had the host injected its port,
-/// database and `sslmode`, libpq would have gone to port 6000 and database `otherdb`; it reaches
-/// the test's own database on the server's port.
+/// `Database::new` refuses the injecting host (it validates URLs built in code too); and even the
+/// rendered string, handed to libpq directly, cannot move the connection: it carries `hostaddr`,
+/// so libpq connects to 127.0.0.1 without resolving the host name. Had the host injected its
+/// port, database and `sslmode`, libpq would have gone to port 6000 and database `otherdb`; it
+/// reaches the test's own database on the server's port.
 #[test]
 fn libpq_reads_an_injecting_host_as_one_host_name() {
     #[derive(diesel::QueryableByName)]
@@ -358,11 +358,14 @@ fn libpq_reads_an_injecting_host_as_one_host_name() {
         url = url.with_username(user);
     }
     assert!(url.validate().is_err());
-    let db = Database::new(Settings::new(url)).unwrap();
-    let mut session = db.session().unwrap();
+    let (variable, _) = config_error(Database::new(Settings::new(url.clone())));
+    assert_eq!(variable, "URL host");
+    let mut conn =
+        <diesel::PgConnection as diesel::Connection>::establish(&url.render(Secrets::Shown))
+            .unwrap();
     let found: Vec<Where> = diesel::RunQueryDsl::load(
         diesel::sql_query("SELECT current_database()::text AS db, inet_server_port() AS port"),
-        session.connection(),
+        &mut conn,
     )
     .unwrap();
     assert_eq!(found[0].db, test.url.database().unwrap());

@@ -58,7 +58,7 @@ struct State {
     /// Connect tickets nobody has taken yet.
     queued: VecDeque<u64>,
     /// Connect tickets a connector is working on.
-    connecting: u32,
+    connecting: HashSet<u64>,
     /// Tickets whose checkout is still waiting for them.
     owned: HashSet<u64>,
     /// Connect failures for waiting checkouts, by ticket.
@@ -74,9 +74,8 @@ struct State {
 
 impl State {
     fn pending(&self) -> u32 {
-        u32::try_from(self.queued.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(self.connecting)
+        let pending = self.queued.len().saturating_add(self.connecting.len());
+        u32::try_from(pending).unwrap_or(u32::MAX)
     }
 
     /// Connections open or on their way: what counts against `pool_size + max_overflow`.
@@ -178,6 +177,13 @@ impl Gate {
                 self.track_excess(&mut st);
                 break Ok(Grant::Idle);
             }
+            if let Some(t) = ticket {
+                // Its connection landed and went to an earlier waiter: room for another ticket.
+                if !st.queued.contains(&t) && !st.connecting.contains(&t) {
+                    st.owned.remove(&t);
+                    ticket = None;
+                }
+            }
             if ticket.is_none() && st.committed() < self.max {
                 let t = st.id();
                 st.queued.push_back(t);
@@ -187,6 +193,17 @@ impl Gate {
                 continue;
             }
             let now = Instant::now();
+            // A connect opened for this checkout is waited for, like SQLAlchemy's overflow
+            // connect: `pool_timeout` bounds the wait for room, the driver's `connect_timeout`
+            // bounds the connect. So `PoolTimeout` means the limit was in use all along.
+            let connecting_for_me = ticket.is_some();
+            if now >= deadline && connecting_for_me {
+                st = self
+                    .callers
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
             if now >= deadline {
                 break Err(Refusal::Timeout {
                     open: st.out.saturating_add(st.idle),
@@ -253,7 +270,7 @@ impl Gate {
                 return None;
             }
             if let Some(t) = st.queued.pop_front() {
-                st.connecting = st.connecting.saturating_add(1);
+                st.connecting.insert(t);
                 return Some(t);
             }
             st = self
@@ -264,9 +281,9 @@ impl Gate {
     }
 
     /// The ticket's connection is made; r2d2 pushes it into its idle list right after.
-    pub(crate) fn landed(&self, _ticket: u64) {
+    pub(crate) fn landed(&self, ticket: u64) {
         let mut st = self.lock();
-        st.connecting = st.connecting.saturating_sub(1);
+        st.connecting.remove(&ticket);
         st.idle = st.idle.saturating_add(1);
         self.track_excess(&mut st);
         self.wake_callers(st);
@@ -275,7 +292,7 @@ impl Gate {
     /// The ticket's connect failed: its checkout (if still waiting) gets the message.
     pub(crate) fn failed(&self, ticket: u64, message: String) {
         let mut st = self.lock();
-        st.connecting = st.connecting.saturating_sub(1);
+        st.connecting.remove(&ticket);
         if st.owned.contains(&ticket) {
             st.failures.insert(ticket, message);
         }
