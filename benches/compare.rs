@@ -146,6 +146,7 @@ fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>
         let db = Database::new(Settings {
             url: url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine");
         op(&db, CAPTURE_ID);
@@ -435,6 +436,7 @@ fn threaded(bench: &Bench) {
         Database::new(Settings {
             url: bench.url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine")
     };
@@ -512,6 +514,7 @@ fn engine_variants(bench: &Bench) {
         Database::new(Settings {
             url: bench.url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine")
     };

@@ -61,6 +61,10 @@ pub struct Database {
     config: PoolConfig,
     shared: Arc<Shared>,
     last_error: LastConnectError,
+    /// Read replicas and read-your-writes state (see [`crate::replica`]); `None`: none.
+    pub(crate) replicas: Option<Arc<crate::replica::Router>>,
+    /// Where migrations run, when not `url`.
+    migration_url: Option<Arc<DbUrl>>,
 }
 
 /// The pool's figures: the seed's `engine.pool.status()`.
@@ -108,8 +112,14 @@ impl Database {
     ///
     /// [`Error::Config`] when the pool knobs are unusable (see [`PoolConfig::validate`]).
     pub fn new(settings: Settings) -> Result<Self> {
-        let Settings { url, pool: config } = settings;
+        let Settings {
+            url,
+            pool: config,
+            replicas,
+            migration_url,
+        } = settings;
         config.validate()?;
+        let replicas = crate::replica::Router::start(&replicas, &config)?;
         let last_error = LastConnectError::default();
         let shared = Arc::new(Shared::new(config.pool_size));
         let manager = Manager::new(
@@ -138,6 +148,8 @@ impl Database {
             config,
             shared,
             last_error,
+            replicas,
+            migration_url: migration_url.map(Arc::new),
         })
     }
 
@@ -238,19 +250,24 @@ impl Database {
         F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        self.session()?.transaction(f)
+        let mut session = self.session()?;
+        let outcome = session.transaction(f);
+        crate::replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
+        outcome
     }
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.
     ///
     /// Concurrent callers, in this process or others, wait for each other: on PostgreSQL
-    /// through an advisory lock, on SQLite through an exclusive transaction.
+    /// through an advisory lock, on SQLite through an exclusive transaction. They run through
+    /// [`Settings::migration_url`] when set (a connection of their own), else on the primary.
     ///
     /// # Errors
     ///
-    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error.
+    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error;
+    /// [`Error::Config`] when the connection goes through a pooler such as pgbouncer (its
+    /// session advisory lock would not hold): set [`Settings::migration_url`].
     pub fn run_pending_migrations(&self) -> Result<Vec<String>> {
-        let mut session = self.session()?;
-        crate::migrate::run(session.repo_connection())
+        crate::replica::run_migrations(self, self.migration_url.as_deref())
     }
 }
