@@ -146,6 +146,7 @@ fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>
         let db = Database::new(Settings {
             url: url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine");
         op(&db, CAPTURE_ID);
@@ -436,6 +437,7 @@ fn threaded(bench: &Bench) {
         Database::new(Settings {
             url: bench.url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine")
     };
@@ -533,6 +535,7 @@ fn engine_variants(bench: &Bench) {
         Database::new(Settings {
             url: bench.url.clone(),
             pool,
+            ..Settings::default()
         })
         .expect("engine")
     };

@@ -33,6 +33,7 @@ fn engine(url: &DbUrl, pre_ping: bool, bypass: Duration) -> Database {
     Database::new(Settings {
         url: url.clone(),
         pool,
+        ..Settings::default()
     })
     .expect("engine")
 }

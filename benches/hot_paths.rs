@@ -20,6 +20,7 @@ fn database(pre_ping_bypass: Duration) -> Database {
     let db = Database::new(Settings {
         url: DbUrl::sqlite(":memory:"),
         pool,
+        ..Settings::default()
     })
     .expect("engine");
     db.run_pending_migrations().expect("migrate");

@@ -151,6 +151,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A write was refused because the transaction is read-only (PostgreSQL's `25006`, "cannot
+    /// execute … in a read-only transaction"): a write through
+    /// [`Database::read`](crate::Database::read) or on a replica session, or on a primary that has
+    /// been demoted (see [`crate::replica`]).
+    #[error("read-only transaction: {message}")]
+    ReadOnly {
+        /// The server's message.
+        message: String,
+    },
+
     /// Any other error reported by Diesel or the database.
     #[error("database error: {0}")]
     Query(#[source] diesel::result::Error),
@@ -247,10 +257,14 @@ impl From<diesel::result::Error> for Error {
                     DatabaseErrorKind::SerializationFailure => {
                         Error::SerializationFailure { message }
                     }
+                    DatabaseErrorKind::ReadOnlyTransaction => Error::ReadOnly { message },
                     // Diesel gives no kind for 40P01 and hides the SQLSTATE: the server's
                     // message names it (in English unless `lc_messages` says otherwise).
                     DatabaseErrorKind::Unknown if info.message().starts_with(DEADLOCK) => {
                         Error::Deadlock { message }
+                    }
+                    DatabaseErrorKind::Unknown if info.message() == SQLITE_READONLY => {
+                        Error::ReadOnly { message }
                     }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_BUSY => {
                         Error::SerializationFailure { message }
@@ -265,6 +279,8 @@ impl From<diesel::result::Error> for Error {
 
 /// The start of PostgreSQL's message for `40P01`.
 const DEADLOCK: &str = "deadlock detected";
+/// SQLite's message for `SQLITE_READONLY` (a write under `PRAGMA query_only`).
+const SQLITE_READONLY: &str = "attempt to write a readonly database";
 /// SQLite's message for `SQLITE_BUSY` (SQLite's messages are not translated).
 const SQLITE_BUSY: &str = "database is locked";
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 mod migrate;
 pub mod models;
+pub mod replica;
 pub mod repo;
 #[rustfmt::skip]
 #[allow(missing_docs)]
@@ -25,6 +26,7 @@ pub use config::{Backend, DbUrl, PoolConfig, Settings};
 pub use connection::{AnyConnection, MultiBackend};
 pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};
+pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};
 pub use session::Session;
 pub use transaction::RetryPolicy;

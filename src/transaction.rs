@@ -179,6 +179,8 @@ pub(crate) enum Isolation {
     Default,
     /// `SERIALIZABLE` on PostgreSQL.
     Serializable,
+    /// `READ ONLY` on PostgreSQL; a deferred `BEGIN` on SQLite (see [`read_only`]).
+    ReadOnly,
 }
 
 /// Begins a transaction (a savepoint when one is open); returns its depth.
@@ -190,6 +192,12 @@ pub(crate) enum Isolation {
 /// [`Isolation::Serializable`] changes nothing there.
 fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
     match (depth(conn)?, &mut *conn, isolation) {
+        (0, AnyConnection::Sqlite(sqlite), Isolation::ReadOnly) => {
+            AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN")?;
+        }
+        (0, AnyConnection::Pg(pg), Isolation::ReadOnly) => {
+            AnsiTransactionManager::begin_transaction_sql(pg, "BEGIN READ ONLY")?;
+        }
         (0, AnyConnection::Sqlite(sqlite), _) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
         }
@@ -233,6 +241,23 @@ where
     E: From<Error>,
 {
     run(conn, Isolation::Default, f)
+}
+
+/// Runs the read `f` in a read-only transaction on `conn`: `BEGIN READ ONLY` on PostgreSQL; on
+/// SQLite a deferred `BEGIN` (no write lock) under `PRAGMA query_only`, switched off again after.
+/// A write in `f` is [`Error::ReadOnly`] on both.
+pub(crate) fn read_only<T, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T>
+where
+    F: FnMut(&mut Repo<'_>) -> Result<T>,
+{
+    use diesel::connection::SimpleConnection;
+    if conn.backend() == crate::config::Backend::Sqlite {
+        conn.batch_execute("PRAGMA query_only = ON")?;
+        let outcome = run(conn, Isolation::ReadOnly, |repo| f(repo));
+        conn.batch_execute("PRAGMA query_only = OFF")?;
+        return outcome;
+    }
+    run(conn, Isolation::ReadOnly, |repo| f(repo))
 }
 
 fn run<T, E, F>(conn: &mut AnyConnection, isolation: Isolation, f: F) -> Result<T, E>
@@ -419,7 +444,9 @@ impl Database {
         loop {
             let outcome = {
                 let mut session = self.session()?;
-                run(session.repo_connection(), Isolation::Serializable, &mut f)
+                let outcome = run(session.repo_connection(), Isolation::Serializable, &mut f);
+                crate::replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
+                outcome
             };
             match outcome {
                 Err(error) if error.is_retryable() && attempt < policy.max_attempts => {

@@ -185,6 +185,7 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
             echo_pool: false,
             overflow_idle_timeout: Duration::from_secs(1),
             leak_detection_threshold: None,
+            statement_cache: true,
         }
     );
     assert_eq!(s.pool, PoolConfig::default());
@@ -230,6 +231,7 @@ fn pool_variables_are_read() {
         ("DB_ECHO_POOL", "true"),
         ("DB_OVERFLOW_IDLE_TIMEOUT_MS", "2500"),
         ("DB_LEAK_DETECTION_MS", "60000"),
+        ("DB_STATEMENT_CACHE", "off"),
     ])
     .unwrap();
     assert_eq!(
@@ -246,6 +248,7 @@ fn pool_variables_are_read() {
             echo_pool: true,
             overflow_idle_timeout: Duration::from_millis(2500),
             leak_detection_threshold: Some(Duration::from_secs(60)),
+            statement_cache: false,
         }
     );
     // The same through the setters.
@@ -263,6 +266,7 @@ fn pool_variables_are_read() {
             .with_echo_pool(true)
             .with_overflow_idle_timeout(Duration::from_millis(2500))
             .with_leak_detection_threshold(Some(Duration::from_secs(60)))
+            .with_statement_cache(false)
     );
     assert_eq!(
         settings(&[("DB_POOL_RECYCLE_SECS", "-1")])
@@ -638,6 +642,7 @@ fn secret_query_parameters_are_hidden_in_connect_errors_and_pool_warnings() {
             pool_timeout: Duration::from_secs(5),
             ..PoolConfig::default()
         },
+        ..Settings::default()
     })
     .unwrap();
     let error = db.session().map(drop).unwrap_err();
@@ -808,6 +813,7 @@ fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
         let (variable, _) = config_error(Database::new(Settings {
             url: DbUrl::sqlite(":memory:"),
             pool,
+            ..Settings::default()
         }));
         assert_eq!(variable, field);
     }

@@ -60,6 +60,7 @@ fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
     let db = Database::new(Settings {
         url: test.url.clone().with_query_param("application_name", &app),
         pool: short_pool(2, 1),
+        ..Settings::default()
     })
     .unwrap();
     let held: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
@@ -110,6 +111,7 @@ fn first_checkout_error(url: DbUrl) -> (Error, String) {
     let db = Database::new(Settings {
         url,
         pool: short_pool(1, 0),
+        ..Settings::default()
     })
     .unwrap();
     let err = db.session().unwrap_err();
@@ -176,6 +178,7 @@ fn invalid_pool_config_is_rejected() {
     let err = Database::new(Settings {
         url: DbUrl::sqlite(":memory:"),
         pool,
+        ..Settings::default()
     })
     .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
@@ -267,6 +270,7 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
                 echo: true,
                 ..PoolConfig::default()
             },
+            ..Settings::default()
         })
         .unwrap();
         db.session()
@@ -278,6 +282,7 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
         let _ = Database::new(Settings {
             url: refused,
             pool: short_pool(1, 0),
+            ..Settings::default()
         })
         .unwrap()
         .session();

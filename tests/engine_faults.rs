@@ -52,7 +52,10 @@ fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
         Backend::Postgres => test.url.clone().with_query_param("application_name", &app),
         Backend::Sqlite => test.url.clone(),
     };
-    (Database::new(Settings { url, pool }).unwrap(), app)
+    (
+        Database::new(Settings::new(url).with_pool(pool)).unwrap(),
+        app,
+    )
 }
 
 fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -237,6 +240,7 @@ both_backends! {
                         pool_timeout: Duration::from_secs(10),
                         ..PoolConfig::default()
                     },
+                    ..Settings::default()
                 })
                 .unwrap();
                 let started = Instant::now();
@@ -291,6 +295,7 @@ fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
             pool_timeout: Duration::from_secs(30),
             ..PoolConfig::default()
         },
+        ..Settings::default()
     })
     .unwrap();
     let start = Arc::new(Barrier::new(32));
@@ -494,6 +499,7 @@ fn check_reaches_the_server_every_time() {
             pool_timeout: Duration::from_secs(30),
             ..PoolConfig::default()
         },
+        ..Settings::default()
     })
     .unwrap();
     for round in 0..3 {

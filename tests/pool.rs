@@ -54,7 +54,15 @@ fn backend_pid(db: &Database) -> i32 {
 fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
     let app = unique_name("pool");
     let url = test.url.clone().with_query_param("application_name", &app);
-    (Database::new(Settings { url, pool }).unwrap(), app)
+    (
+        Database::new(Settings {
+            url,
+            pool,
+            ..Settings::default()
+        })
+        .unwrap(),
+        app,
+    )
 }
 
 /// Polls until `check` holds or `limit` passes; returns whether it held.

@@ -8,9 +8,10 @@ use super::pool::{
     Knob, Source, LEAK_DETECTION, MAX_OVERFLOW, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
     POOL_TIMEOUT, PRE_PING_BYPASS,
 };
+use super::replica::split_replica_urls;
 use super::url::Invalid;
 use super::MAX_DURATION;
-use super::{DbUrl, PoolConfig, Settings};
+use super::{DbUrl, PoolConfig, ReplicaConfig, Settings};
 use crate::error::{Error, Result};
 
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
@@ -21,6 +22,22 @@ pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 5432;
 /// Default PostgreSQL user for the `DB_*` parts.
 pub const DEFAULT_USER: &str = "postgres";
+
+const REPLICA_WAIT: Knob = Knob::millis_knob(
+    "ReplicaConfig::wait",
+    "DB_REPLICA_WAIT_MS",
+    "whole milliseconds from 0 to 86400000",
+);
+const MAX_REPLICA_LAG: Knob = Knob::millis_knob(
+    "ReplicaConfig::max_lag",
+    "DB_MAX_REPLICA_LAG_MS",
+    "whole milliseconds from 1 to 86400000",
+);
+const REPLICA_CHECK: Knob = Knob::millis_knob(
+    "ReplicaConfig::check_interval",
+    "DB_REPLICA_CHECK_MS",
+    "whole milliseconds from 10 to 86400000",
+);
 
 /// The variables that build a PostgreSQL URL from parts.
 const DB_PARTS: [&str; 5] = ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"];
@@ -96,9 +113,37 @@ impl Settings {
                 Some(threshold) => Some(threshold),
                 None => defaults.leak_detection_threshold,
             },
+            statement_cache: parse_bool(&var, "DB_STATEMENT_CACHE")?
+                .unwrap_or(defaults.statement_cache),
         };
         pool.check(Source::Env)?;
-        Ok(Settings { url, pool })
+
+        let replica_defaults = ReplicaConfig::default();
+        let replicas = ReplicaConfig {
+            urls: match var("DATABASE_REPLICA_URLS") {
+                Some(raw) => split_replica_urls(&raw)?,
+                None => Vec::new(),
+            },
+            wait: millis(&var, REPLICA_WAIT)?.unwrap_or(replica_defaults.wait),
+            max_lag: match millis(&var, MAX_REPLICA_LAG)? {
+                Some(lag) if lag.is_zero() => return Err(MAX_REPLICA_LAG.error(Source::Env, 0)),
+                Some(lag) => lag,
+                None => replica_defaults.max_lag,
+            },
+            check_interval: millis(&var, REPLICA_CHECK)?.unwrap_or(replica_defaults.check_interval),
+        };
+        if replicas.check_interval < super::MIN_REPLICA_CHECK_INTERVAL {
+            return Err(REPLICA_CHECK.error(Source::Env, replicas.check_interval.as_millis()));
+        }
+        let migration_url = var("DATABASE_MIGRATION_URL")
+            .map(|raw| DbUrl::parse_in(&raw, "DATABASE_MIGRATION_URL"))
+            .transpose()?;
+        Ok(Settings {
+            url,
+            pool,
+            replicas,
+            migration_url,
+        })
     }
 }
 

@@ -22,6 +22,12 @@
 //! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` | |
 //! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | |
 //! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` | |
+//! | `DB_STATEMENT_CACHE` | diesel's prepared-statement cache on PostgreSQL connections; `off` behind pgbouncer in transaction mode ([`PoolConfig::statement_cache`]) | `on` | same boolean forms |
+//! | `DATABASE_REPLICA_URLS` | read replicas, comma-separated PostgreSQL URLs ([`ReplicaConfig::urls`]) | none | each starts with `postgres://` or `postgresql://` |
+//! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary | `50` | 0 to 86 400 000 |
+//! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped | `5000` | 1 to 86 400 000 |
+//! | `DB_REPLICA_CHECK_MS` | how often replicas' lag and health are measured in the background | `500` | 10 to 86 400 000 |
+//! | `DATABASE_MIGRATION_URL` | where [`Database::run_pending_migrations`](crate::Database::run_pending_migrations) connects (a direct connection, not pgbouncer) | `DATABASE_URL` | a PostgreSQL URL |
 //!
 //! The `DB_HOST` … `DB_NAME` parts are used as soon as any of them is set; with none of them and no
 //! `DATABASE_URL`, the embedded SQLite file [`DEFAULT_SQLITE_PATH`] is used. A variable set to an
@@ -32,6 +38,7 @@
 
 mod env;
 mod pool;
+mod replica;
 pub(crate) mod url;
 
 pub use self::env::{DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER};
@@ -39,23 +46,64 @@ pub use self::pool::{
     PoolConfig, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS, MAX_CONNECTIONS, MAX_DURATION,
 };
+pub use self::replica::{
+    ReplicaConfig, DEFAULT_MAX_REPLICA_LAG, DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT,
+    MIN_REPLICA_CHECK_INTERVAL,
+};
 pub use self::url::{Backend, DbUrl, Secrets, SECRET_QUERY_PARAMS};
 
-/// Everything needed to open a [`Database`](crate::Database): the URL and the pool knobs.
+/// Everything needed to open a [`Database`](crate::Database): the URL, the pool knobs, the read
+/// replicas and the migration URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Where the database is.
+    /// Where the database is (the primary).
     pub url: DbUrl,
-    /// How the pool behaves.
+    /// How the pool behaves (the replicas' pools too).
     pub pool: PoolConfig,
+    /// Read replicas and how reads are routed to them; default none.
+    pub replicas: ReplicaConfig,
+    /// Where migrations run when set (env `DATABASE_MIGRATION_URL`): a direct connection to the
+    /// primary when `url` goes through pgbouncer. Default `None`: `url`.
+    pub migration_url: Option<DbUrl>,
+}
+
+impl Default for Settings {
+    /// What [`Settings::from_env`] gives with nothing set: the embedded SQLite file
+    /// [`DEFAULT_SQLITE_PATH`], the default pool, no replica.
+    fn default() -> Self {
+        Settings::new(DbUrl::sqlite(DEFAULT_SQLITE_PATH))
+    }
 }
 
 impl Settings {
-    /// Settings for a URL with the default pool.
+    /// Settings for a URL with the default pool, no replica, migrations on `url`.
     pub fn new(url: DbUrl) -> Self {
         Settings {
             url,
             pool: PoolConfig::default(),
+            replicas: ReplicaConfig::default(),
+            migration_url: None,
         }
+    }
+
+    /// These settings with `pool`.
+    #[must_use]
+    pub fn with_pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// These settings with `replicas`.
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: ReplicaConfig) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// These settings with migrations run through `url`.
+    #[must_use]
+    pub fn with_migration_url(mut self, url: DbUrl) -> Self {
+        self.migration_url = Some(url);
+        self
     }
 }

@@ -99,6 +99,13 @@ pub struct PoolConfig {
     /// longer than this: HikariCP's `leakDetectionThreshold`. Default `None`: off; `Some` above
     /// 0, at most [`MAX_DURATION`] (env `DB_LEAK_DETECTION_MS`, milliseconds; unset or 0: off).
     pub leak_detection_threshold: Option<Duration>,
+    /// Keep diesel's prepared-statement cache on PostgreSQL connections (statements named
+    /// `__diesel_stmt_N`, prepared once per connection). Turn it off behind pgbouncer in
+    /// transaction mode (before 1.21), where two clients sharing a server connection collide on
+    /// those names ("prepared statement … already exists"): statements are then sent unnamed,
+    /// parse, bind and execute in one round trip. No effect on SQLite. Default `true` (env
+    /// `DB_STATEMENT_CACHE`).
+    pub statement_cache: bool,
 }
 
 impl Default for PoolConfig {
@@ -115,6 +122,7 @@ impl Default for PoolConfig {
             echo_pool: false,
             overflow_idle_timeout: DEFAULT_OVERFLOW_IDLE_TIMEOUT,
             leak_detection_threshold: None,
+            statement_cache: true,
         }
     }
 }
@@ -138,6 +146,20 @@ pub(crate) struct Knob {
 }
 
 impl Knob {
+    /// A knob set in milliseconds, whose range reads the same in code and in the environment.
+    pub(crate) const fn millis_knob(
+        field: &'static str,
+        env: &'static str,
+        range: &'static str,
+    ) -> Knob {
+        Knob {
+            field,
+            env,
+            code_range: range,
+            env_range: range,
+        }
+    }
+
     pub(crate) fn error(&self, source: Source, shown: impl std::fmt::Display) -> Error {
         match source {
             Source::Code => Error::config(
@@ -260,6 +282,12 @@ impl PoolConfig {
     /// Sets `leak_detection_threshold` (default `None`: off; `Some` above 0, at most 1 day).
     pub fn with_leak_detection_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.leak_detection_threshold = threshold;
+        self
+    }
+
+    /// Sets `statement_cache` (default `true`; `false` behind pgbouncer in transaction mode).
+    pub fn with_statement_cache(mut self, statement_cache: bool) -> Self {
+        self.statement_cache = statement_cache;
         self
     }
 

@@ -410,6 +410,20 @@ impl DbUrl {
         Ok(url)
     }
 
+    /// [`parse`](DbUrl::parse), with errors naming `variable` (`DATABASE_REPLICA_URLS`, …).
+    pub(crate) fn parse_in(input: &str, variable: &str) -> Result<Self> {
+        let url = parse_unchecked(input.trim()).map_err(|e| e.in_variable(variable))?;
+        url.check().map_err(|e| e.in_variable(variable))?;
+        Ok(url)
+    }
+
+    /// This URL with query parameter `key` set to `value`, replacing any value it had.
+    pub(crate) fn with_query_param_replaced(mut self, key: &str, value: String) -> Self {
+        self.query.retain(|(k, _)| k != key);
+        self.query.push((key.to_owned(), value));
+        self
+    }
+
     /// Checks that the parts make a URL that means exactly what they say.
     ///
     /// PostgreSQL: a user name, password or database name is not empty (libpq would ignore it)

@@ -85,8 +85,12 @@ impl Manager {
 
     fn open(&self) -> std::result::Result<AnyConnection, String> {
         self.keep_memory_alive()?;
-        AnyConnection::open(self.url.backend(), &self.target)
-            .map_err(|e| e.to_string().trim().to_owned())
+        let mut conn = AnyConnection::open(self.url.backend(), &self.target)
+            .map_err(|e| e.to_string().trim().to_owned())?;
+        if !self.config.statement_cache {
+            conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        }
+        Ok(conn)
     }
 }
 

@@ -84,6 +84,10 @@ pub(crate) struct Inner {
     config: PoolConfig,
     gate: Arc<Gate>,
     invalidation: Arc<Invalidation>,
+    /// Read replicas and read-your-writes state (see [`crate::replica`]); `None`: none.
+    replicas: Option<Arc<crate::replica::Router>>,
+    /// Where migrations run, when not `url`.
+    migration_url: Option<Arc<DbUrl>>,
 }
 
 impl Drop for Inner {
@@ -131,6 +135,11 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
+    /// The read replicas' router, when replicas are configured.
+    pub(crate) fn router(&self) -> Option<&crate::replica::Router> {
+        self.inner.replicas.as_deref()
+    }
+
     /// Creates the engine for `settings` without opening any connection.
     ///
     /// # Errors
@@ -138,9 +147,18 @@ impl Database {
     /// [`Error::Config`] when the URL or the pool knobs are unusable (see [`DbUrl::validate`] and
     /// [`PoolConfig::validate`]).
     pub fn new(settings: Settings) -> Result<Self> {
-        let Settings { url, pool: config } = settings;
+        let Settings {
+            url,
+            pool: config,
+            replicas,
+            migration_url,
+        } = settings;
         url.validate()?;
         config.validate()?;
+        if let Some(migration_url) = &migration_url {
+            migration_url.validate()?;
+        }
+        let replicas = crate::replica::Router::start(&replicas, &config)?;
         let gate = Arc::new(Gate::new(&config));
         let manager = Manager::new(url.clone(), config.clone(), gate.clone());
         // r2d2 keeps the idle connections; `min_idle` at the maximum keeps a connect call
@@ -164,6 +182,8 @@ impl Database {
             config,
             gate,
             invalidation: Arc::new(Invalidation::new()),
+            replicas,
+            migration_url: migration_url.map(Arc::new),
         });
         if inner.gate.needs_keeper() {
             keeper::spawn(&inner);
@@ -356,20 +376,25 @@ impl Database {
         F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        self.session()?.transaction(f)
+        let mut session = self.session()?;
+        let outcome = session.transaction(f);
+        crate::replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
+        outcome
     }
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.
     ///
     /// Concurrent callers, in this process or others, wait for each other: on PostgreSQL
-    /// through an advisory lock, on SQLite through an exclusive transaction.
+    /// through an advisory lock, on SQLite through an exclusive transaction. They run through
+    /// [`Settings::migration_url`] when set (a connection of their own), else on the primary.
     ///
     /// # Errors
     ///
-    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error.
+    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error;
+    /// [`Error::Config`] when the connection goes through a pooler such as pgbouncer (its
+    /// session advisory lock would not hold): set [`Settings::migration_url`].
     #[track_caller]
     pub fn run_pending_migrations(&self) -> Result<Vec<String>> {
-        let mut session = self.session()?;
-        crate::migrate::run(session.repo_connection())
+        crate::replica::run_migrations(self, self.inner.migration_url.as_deref())
     }
 }

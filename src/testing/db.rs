@@ -309,6 +309,7 @@ fn engine(url: &DbUrl, pool: PoolConfig) -> Result<Database, SetupError> {
     Database::new(Settings {
         url: url.clone(),
         pool,
+        ..Settings::default()
     })
     .map_err(|source| SetupError::Database {
         action: format!("create an engine for {url}"),

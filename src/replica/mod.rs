@@ -1,0 +1,278 @@
+//! Read replicas with exact read-your-writes, failover on libpq multi-host URLs, and running
+//! behind pgbouncer.
+//!
+//! # Reads on replicas
+//!
+//! With [`ReplicaConfig::urls`](crate::config::ReplicaConfig::urls) set (env
+//! `DATABASE_REPLICA_URLS`), each replica gets its own pool (the primary's
+//! [`PoolConfig`](crate::PoolConfig)), whose connections are read-only
+//! (`default_transaction_read_only=on`: a write there is [`Error::ReadOnly`]).
+//! [`Database::read`] and [`Database::read_session`] use a replica; [`Database::session`],
+//! [`Database::transaction`] and migrations stay on the primary, so code that does not ask for a
+//! replica is unaffected.
+//!
+//! A read goes to a replica that is up, lags at most
+//! [`max_lag`](crate::config::ReplicaConfig::max_lag) and has replayed the position it needs
+//! (replicas taken in turn); otherwise to the primary. Every decision is a `tracing` event
+//! (target `userbase::pool`, level DEBUG) with `echo_pool`.
+//!
+//! # Read-your-writes, exact
+//!
+//! After a transaction commits through [`Database::transaction`] or
+//! [`Database::transaction_with_retry`], the primary's WAL insert position
+//! (`pg_current_wal_insert_lsn()`, one extra round trip on the same connection) is recorded in the
+//! `Database` (shared by its clones). A later read needs a replica whose
+//! `pg_last_wal_replay_lsn()` has reached it (or one no longer in recovery): the replica's last
+//! seen replay position is cached (it only grows), so a read that the cache already covers costs
+//! no extra query; otherwise the replica is asked, and asked again for up to
+//! [`wait`](crate::config::ReplicaConfig::wait); after that the read goes to the primary.
+//!
+//! Writes made on a [`Session`] of the primary (not through `transaction`) are not recorded:
+//! call [`Database::record_write`] after them. The position is also a token
+//! ([`WalPosition`], text `X/Y`): [`Database::last_write`] gives it, and another process passes
+//! it to [`Database::read_after`] / [`Database::read_session_after`] for the same guarantee.
+//!
+//! # Lag and health
+//!
+//! A background thread measures each replica every
+//! [`check_interval`](crate::config::ReplicaConfig::check_interval) in one query: lag is
+//! `now() - pg_last_xact_replay_timestamp()`, and 0 when the replica has replayed all the WAL it
+//! received (`pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()`: on an idle primary the
+//! timestamp keeps ageing though nothing is missing). A replica that fails to connect or answer
+//! is taken out (its idle connections closed) and re-checked after a backoff doubling from the
+//! check interval up to 30 s. With no usable replica, reads go to the primary.
+//!
+//! # Failover
+//!
+//! The primary's URL may be a libpq multi-host URL with `target_session_attrs=read-write`: new
+//! connections go to whichever host accepts writes. After a promotion, the dead connections to
+//! the old primary are invalidated by the pool (a failed ping or query), and new ones reach the
+//! promoted server. A connection to a server that still answers but was demoted (or set
+//! read-only) fails writes with [`Error::ReadOnly`]: when a transaction through
+//! [`Database::transaction`] or [`Database::transaction_with_retry`] fails and
+//! `SHOW transaction_read_only` answers `on`, the pool's connections are invalidated
+//! ([`Database::dispose`]), so the next ones are made through `target_session_attrs`.
+//!
+//! # pgbouncer
+//!
+//! [`PoolConfig::statement_cache`](crate::PoolConfig::statement_cache) `= false` (env
+//! `DB_STATEMENT_CACHE=off`) for transaction pooling; migrations run through
+//! [`Settings::migration_url`](crate::Settings::migration_url) (env `DATABASE_MIGRATION_URL`)
+//! when set, and are refused with [`Error::Config`] when the migration connection goes through a
+//! pooler (the server's `inet_server_port()` differs from the URL's port, and the same host and
+//! port answer for a database named `pgbouncer`).
+
+mod lsn;
+mod pooler;
+mod router;
+mod status;
+
+use std::time::Duration;
+
+pub use self::lsn::WalPosition;
+pub(crate) use self::pooler::run_migrations;
+pub(crate) use self::router::Router;
+use self::router::{Health, Route};
+use crate::connection::AnyConnection;
+use crate::engine::Database;
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+use crate::session::Session;
+
+/// A replica as the router sees it: [`Database::replicas`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReplicaStatus {
+    /// The replica's URL, password hidden.
+    pub url: String,
+    /// Whether reads may go there now (up, within the lag bound; `false` before it is measured).
+    pub usable: bool,
+    /// Its last measured lag, when known.
+    pub lag: Option<Duration>,
+    /// Whether it is taken out because it did not answer.
+    pub down: bool,
+}
+
+/// Whether `error` means the connection or server is gone (not the query's fault): a read that
+/// fails so on a replica is run again on the primary.
+fn is_connection_failure(error: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    matches!(
+        error,
+        Error::Connect { .. }
+            | Error::PoolTimeout { .. }
+            | Error::Query(D::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+    )
+}
+
+/// Runs `f` on the primary in a read-only transaction, so a write fails as it would on a replica:
+/// `BEGIN READ ONLY` on PostgreSQL, `PRAGMA query_only` on SQLite.
+fn read_on_primary<T, F>(db: &Database, f: &mut F) -> Result<T>
+where
+    F: FnMut(&mut Repo<'_>) -> Result<T>,
+{
+    let mut session = db.session()?;
+    crate::transaction::read_only(session.repo_connection(), f)
+}
+
+impl Database {
+    /// Runs the read `f` on a replica (see [`crate::replica`]): one that has replayed this
+    /// `Database`'s last recorded write, within the lag bound, else the primary. Without
+    /// replicas (and on SQLite) it runs on the primary.
+    ///
+    /// `f` runs in read-only mode everywhere: a write in it is [`Error::ReadOnly`]. When the
+    /// replica's connection turns out to be gone, the replica is taken out and `f` runs again on
+    /// the primary, so a replica that stops costs no failed read.
+    ///
+    /// ```no_run
+    /// use userbase::Database;
+    ///
+    /// let db = Database::from_env()?;
+    /// db.transaction(|repo| repo.rename_location(1, "Lisboa").map(drop))?;
+    /// let name = db.read(|repo| Ok(repo.location(1)?.location_name))?; // sees "Lisboa"
+    /// # Ok::<(), userbase::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error; [`Error::ReadOnly`] when `f` writes; a checkout error of the primary.
+    pub fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnMut(&mut Repo<'_>) -> Result<T>,
+    {
+        self.read_routed(None, f)
+    }
+
+    /// [`read`](Database::read) that also sees every write up to `token` (a
+    /// [`last_write`](Database::last_write) of another `Database`, possibly in another process).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Database::read).
+    pub fn read_after<T, F>(&self, token: WalPosition, f: F) -> Result<T>
+    where
+        F: FnMut(&mut Repo<'_>) -> Result<T>,
+    {
+        self.read_routed(Some(token.as_u64()), f)
+    }
+
+    fn read_routed<T, F>(&self, token: Option<u64>, mut f: F) -> Result<T>
+    where
+        F: FnMut(&mut Repo<'_>) -> Result<T>,
+    {
+        let Some(router) = self.router() else {
+            return read_on_primary(self, &mut f);
+        };
+        match router.route(token) {
+            Route::Replica(index, mut session) => match f(&mut session.repo()) {
+                Err(error) if is_connection_failure(&error) => {
+                    drop(session);
+                    let replica = &router.replicas[index];
+                    router.mark_down(replica, &error);
+                    router.event(
+                        Some(replica),
+                        format_args!("read failed on the replica: running it again on the primary"),
+                    );
+                    read_on_primary(self, &mut f)
+                }
+                outcome => outcome,
+            },
+            Route::Primary => read_on_primary(self, &mut f),
+        }
+    }
+
+    /// A session for reads, on a replica chosen as for [`read`](Database::read), else on the
+    /// primary. On a replica its transactions are read-only; on the primary it is an ordinary
+    /// session (use [`read`](Database::read) for read-only everywhere, and for the retry on the
+    /// primary when a replica's connection is gone).
+    ///
+    /// # Errors
+    ///
+    /// A checkout error of the primary.
+    pub fn read_session(&self) -> Result<Session> {
+        self.read_session_routed(None)
+    }
+
+    /// [`read_session`](Database::read_session) that also sees every write up to `token`.
+    ///
+    /// # Errors
+    ///
+    /// A checkout error of the primary.
+    pub fn read_session_after(&self, token: WalPosition) -> Result<Session> {
+        self.read_session_routed(Some(token.as_u64()))
+    }
+
+    fn read_session_routed(&self, token: Option<u64>) -> Result<Session> {
+        match self.router().map(|router| router.route(token)) {
+            Some(Route::Replica(_, session)) => Ok(*session),
+            Some(Route::Primary) | None => self.session(),
+        }
+    }
+
+    /// The WAL position of the last write recorded through this `Database` (and its clones):
+    /// the token another process gives [`read_after`](Database::read_after). `None` before the
+    /// first recorded write, without replicas, and on SQLite.
+    pub fn last_write(&self) -> Option<WalPosition> {
+        self.router()
+            .and_then(Router::last_write)
+            .map(WalPosition::from_u64)
+    }
+
+    /// Records the primary's current WAL insert position as a write of this `Database`, after
+    /// writes made on a [`Session`] outside [`transaction`](Database::transaction); returns it.
+    /// `None` on SQLite.
+    ///
+    /// # Errors
+    ///
+    /// A checkout error, or the query's (on a server in recovery: "recovery is in progress").
+    pub fn record_write(&self) -> Result<Option<WalPosition>> {
+        let mut session = self.session()?;
+        let conn = session.repo_connection();
+        let lsn = match self.router() {
+            Some(router) => router.record_write(conn),
+            None => status::insert_position(conn)?,
+        };
+        Ok(lsn.map(WalPosition::from_u64))
+    }
+
+    /// What the router knows of each replica, in configuration order (empty without replicas).
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let Some(router) = self.router() else {
+            return Vec::new();
+        };
+        router
+            .replicas
+            .iter()
+            .map(|replica| {
+                let health = replica.health();
+                ReplicaStatus {
+                    url: replica.label.clone(),
+                    usable: matches!(health, Health::Usable { .. }),
+                    lag: match health {
+                        Health::Usable { lag } => Some(lag),
+                        Health::Lagging { lag } => lag,
+                        _ => None,
+                    },
+                    down: matches!(health, Health::Down { .. }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What runs on the primary's connection after a top-level transaction of
+/// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit, record
+/// the WAL position (with replicas); after a failure, evict the pool's connections when the
+/// server has turned read-only (a demoted primary).
+pub(crate) fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool) {
+    if committed {
+        if let Some(router) = db.router() {
+            router.record_write(conn);
+        }
+    } else if status::is_read_only(conn) {
+        if db.config().echo_pool {
+            tracing::debug!(target: "userbase::pool", url = %db.url(), "the primary refuses writes (transaction_read_only = on): closing its connections, new ones follow target_session_attrs");
+        }
+        db.dispose();
+    }
+}

@@ -1,0 +1,117 @@
+//! What the router asks a server: its replay position and lag (on a replica), its insert
+//! position (on the primary), whether it is read-only.
+
+use std::time::Duration;
+
+use diesel::pg::data_types::PgLsn;
+use diesel::sql_types::{Bool, Double, Nullable, Text};
+use diesel::{QueryableByName, RunQueryDsl};
+
+use crate::connection::AnyConnection;
+use crate::error::{Error, Result};
+
+/// One round trip on a replica: everything the router needs to know about it.
+const STATUS_SQL: &str = "SELECT pg_is_in_recovery() AS in_recovery, \
+     pg_last_wal_replay_lsn() AS replay, \
+     pg_last_wal_receive_lsn() AS receive, \
+     (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8 AS lag_ms";
+
+/// A replica's state, as [`STATUS_SQL`] reports it.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub(crate) struct Status {
+    #[diesel(sql_type = Bool)]
+    pub(crate) in_recovery: bool,
+    #[diesel(sql_type = Nullable<diesel::sql_types::PgLsn>)]
+    replay: Option<PgLsn>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::PgLsn>)]
+    receive: Option<PgLsn>,
+    #[diesel(sql_type = Nullable<Double>)]
+    lag_ms: Option<f64>,
+}
+
+impl Status {
+    /// The replay position; `None` on a server not in recovery (it has every write it has) or one
+    /// that has replayed nothing yet.
+    pub(crate) fn replay(&self) -> Option<u64> {
+        self.replay.map(|lsn| lsn.0)
+    }
+
+    /// The replica's lag: 0 on a server not in recovery, 0 when it has replayed all the WAL it
+    /// received (an idle primary sends nothing, and `pg_last_xact_replay_timestamp()` would keep
+    /// ageing), else `now() - pg_last_xact_replay_timestamp()`. `None` when unknown (nothing
+    /// replayed yet).
+    pub(crate) fn lag(&self) -> Option<Duration> {
+        if !self.in_recovery {
+            return Some(Duration::ZERO);
+        }
+        let replay = self.replay?;
+        if self.receive.is_some_and(|receive| receive.0 <= replay.0) {
+            return Some(Duration::ZERO);
+        }
+        let ms = self.lag_ms?;
+        Some(Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).unwrap_or(Duration::MAX))
+    }
+
+    /// Whether a read on this server sees every write up to `need`: GitLab's
+    /// `NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= need`.
+    pub(crate) fn has_replayed(&self, need: u64) -> bool {
+        !self.in_recovery || self.replay().is_some_and(|replay| replay >= need)
+    }
+}
+
+/// Asks a replica for its [`Status`].
+///
+/// # Errors
+///
+/// The query's error (the connection is gone, …); [`Error::Config`] on SQLite.
+pub(crate) fn status(conn: &mut AnyConnection) -> Result<Status> {
+    match conn {
+        AnyConnection::Pg(pg) => Ok(diesel::sql_query(STATUS_SQL).get_result(pg)?),
+        AnyConnection::Sqlite(_) => Err(Error::config(
+            "DATABASE_REPLICA_URLS",
+            "replicas are PostgreSQL only",
+        )),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Insert {
+    #[diesel(sql_type = diesel::sql_types::PgLsn)]
+    lsn: PgLsn,
+}
+
+/// The primary's WAL insert position (`pg_current_wal_insert_lsn()`): at or beyond the commit
+/// record of every transaction committed before it, also with `synchronous_commit = off`.
+/// `None` on SQLite.
+///
+/// # Errors
+///
+/// The query's error; on a server in recovery, "recovery is in progress".
+pub(crate) fn insert_position(conn: &mut AnyConnection) -> Result<Option<u64>> {
+    match conn {
+        AnyConnection::Pg(pg) => {
+            let row: Insert =
+                diesel::sql_query("SELECT pg_current_wal_insert_lsn() AS lsn").get_result(pg)?;
+            Ok(Some(row.lsn.0))
+        }
+        AnyConnection::Sqlite(_) => Ok(None),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    transaction_read_only: String,
+}
+
+/// Whether the server of `conn` now refuses writes (`SHOW transaction_read_only`): a primary
+/// demoted to a standby, or set `default_transaction_read_only`. `false` on SQLite or when the
+/// question itself fails (a dead connection is the pool's business).
+pub(crate) fn is_read_only(conn: &mut AnyConnection) -> bool {
+    match conn {
+        AnyConnection::Pg(pg) => diesel::sql_query("SHOW transaction_read_only")
+            .get_result::<Setting>(pg)
+            .is_ok_and(|s| s.transaction_read_only == "on"),
+        AnyConnection::Sqlite(_) => false,
+    }
+}
