@@ -239,6 +239,7 @@ impl<'c> Repo<'c> {
         T: QueryableByName<MultiBackend> + 'static,
     {
         validate::sql(sql)?;
+        crate::engine::expect_raw_sql(self.conn);
         self.run(|c| diesel::sql_query(sql).load(c))
     }
 

@@ -139,7 +139,7 @@ impl Session {
     /// A transaction opened here with raw SQL (`BEGIN`) and left open is rolled back when the
     /// session ends, like one opened through Diesel's API.
     pub fn connection(&mut self) -> &mut AnyConnection {
-        self.conn.connection()
+        self.conn.raw_connection()
     }
 
     /// The connection for the crate's own queries.

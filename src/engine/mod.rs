@@ -398,3 +398,12 @@ impl Database {
         crate::replica::run_migrations(self, self.inner.migration_url.as_deref())
     }
 }
+
+/// Caller SQL is about to run on `conn` (`Repo::load_sql`): the pool watches its statements for
+/// transaction control, so a transaction it opens is rolled back at check-in.
+pub(crate) fn expect_raw_sql(conn: &mut crate::connection::AnyConnection) {
+    use diesel::Connection;
+    if let Some(watch) = conn.instrumentation().downcast_mut::<Watch>() {
+        watch.expect_raw_sql();
+    }
+}

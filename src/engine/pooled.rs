@@ -65,8 +65,14 @@ impl Pooled {
         }
     }
 
-    /// The connection.
+    /// The connection, for the Repo's statements.
     pub(crate) fn connection(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    /// The connection, for caller SQL: its statements are watched for transaction control.
+    pub(crate) fn raw_connection(&mut self) -> &mut AnyConnection {
+        self.flags.expect_raw_sql();
         &mut self.conn
     }
 
@@ -110,6 +116,7 @@ impl Pooled {
                 Ok(Some(_)) | Err(_) => return Err(()),
             }
         }
+        self.flags.clear_raw_sql();
         if self.flags.take_raw_transaction() && !rolled_back {
             match self.conn.batch_execute("ROLLBACK") {
                 Ok(()) => rolled_back = true,

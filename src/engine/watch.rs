@@ -17,12 +17,26 @@ pub(crate) struct ConnFlags {
     /// TRANSACTION`, `SAVEPOINT`), so one may be open that Diesel's transaction manager does not
     /// know about.
     raw_transaction: AtomicBool,
+    /// Caller SQL may run on this connection (`Repo::load_sql`, `Session::connection`): only then
+    /// are statements read for transaction control. The Repo's own statements never open a
+    /// transaction by text, and reading them would render their SQL on every execution.
+    raw_sql: AtomicBool,
 }
 
 impl ConnFlags {
     /// Whether a transaction may have been left open by raw SQL; clears the flag.
     pub(crate) fn take_raw_transaction(&self) -> bool {
         self.raw_transaction.swap(false, Ordering::Relaxed)
+    }
+
+    /// Caller SQL may run from now on: watch statements for transaction control.
+    pub(crate) fn expect_raw_sql(&self) {
+        self.raw_sql.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection goes back to the pool: its next session starts unwatched.
+    pub(crate) fn clear_raw_sql(&self) {
+        self.raw_sql.store(false, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +112,11 @@ impl Watch {
         }
     }
 
+    /// Caller SQL is about to run on this connection (see [`ConnFlags::expect_raw_sql`]).
+    pub(crate) fn expect_raw_sql(&self) {
+        self.flags.expect_raw_sql();
+    }
+
     /// The failed statements of the connection's open transactions (see `crate::transaction`).
     pub(crate) fn failures(&mut self) -> &mut crate::transaction::Failures {
         &mut self.failures
@@ -123,7 +142,9 @@ impl Instrumentation for Watch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         self.failures.observe(&event);
         match event {
-            InstrumentationEvent::StartQuery { query, .. } => {
+            InstrumentationEvent::StartQuery { query, .. }
+                if self.flags.raw_sql.load(Ordering::Relaxed) =>
+            {
                 // Transaction control is short and comes first: 64 bytes tell.
                 let mut prefix = Prefix {
                     text: [0; 64],
@@ -143,6 +164,9 @@ impl Instrumentation for Watch {
                 if self.echo {
                     self.started = Some(Instant::now());
                 }
+            }
+            InstrumentationEvent::StartQuery { .. } if self.echo => {
+                self.started = Some(Instant::now());
             }
             InstrumentationEvent::FinishQuery { query, error, .. } => {
                 if let Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) =
