@@ -407,3 +407,11 @@ pub(crate) fn expect_raw_sql(conn: &mut crate::connection::AnyConnection) {
         watch.expect_raw_sql();
     }
 }
+
+/// Whether a statement on `conn` was refused as read-only (SQLSTATE 25006) since the last call.
+pub(crate) fn took_read_only_refusal(conn: &mut crate::connection::AnyConnection) -> bool {
+    use diesel::Connection;
+    conn.instrumentation()
+        .downcast_mut::<Watch>()
+        .is_some_and(|watch| watch.take_read_only_refusal())
+}

@@ -21,12 +21,20 @@ pub(crate) struct ConnFlags {
     /// are statements read for transaction control. The Repo's own statements never open a
     /// transaction by text, and reading them would render their SQL on every execution.
     raw_sql: AtomicBool,
+    /// A statement was refused because the transaction or the server is read-only (SQLSTATE
+    /// 25006): after a failover the primary may have been demoted.
+    read_only_refusal: AtomicBool,
 }
 
 impl ConnFlags {
     /// Whether a transaction may have been left open by raw SQL; clears the flag.
     pub(crate) fn take_raw_transaction(&self) -> bool {
         self.raw_transaction.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a statement was refused as read-only since the last call; clears the flag.
+    pub(crate) fn take_read_only_refusal(&self) -> bool {
+        self.read_only_refusal.swap(false, Ordering::Relaxed)
     }
 
     /// Caller SQL may run from now on: watch statements for transaction control.
@@ -117,6 +125,11 @@ impl Watch {
         self.flags.expect_raw_sql();
     }
 
+    /// Whether a statement was refused as read-only since the last call.
+    pub(crate) fn take_read_only_refusal(&self) -> bool {
+        self.flags.take_read_only_refusal()
+    }
+
     /// The failed statements of the connection's open transactions (see `crate::transaction`).
     pub(crate) fn failures(&mut self) -> &mut crate::transaction::Failures {
         &mut self.failures
@@ -173,6 +186,11 @@ impl Instrumentation for Watch {
                     error
                 {
                     self.flags.dead.store(true, Ordering::Relaxed);
+                }
+                if let Some(DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)) =
+                    error
+                {
+                    self.flags.read_only_refusal.store(true, Ordering::Relaxed);
                 }
                 if self.echo {
                     self.log(query, error);

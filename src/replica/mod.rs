@@ -262,14 +262,15 @@ impl Database {
 
 /// What runs on the primary's connection after a top-level transaction of
 /// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit, record
-/// the WAL position (with replicas); after a failure, evict the pool's connections when the
-/// server has turned read-only (a demoted primary).
+/// the WAL position (with replicas); after a failure in which a statement was refused as
+/// read-only (SQLSTATE 25006), evict the pool's connections when the server itself has turned
+/// read-only (a demoted primary). An ordinary failure costs no extra round trip.
 pub(crate) fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool) {
     if committed {
         if let Some(router) = db.router() {
             router.record_write(conn);
         }
-    } else if status::is_read_only(conn) {
+    } else if crate::engine::took_read_only_refusal(conn) && status::is_read_only(conn) {
         if db.config().echo_pool {
             tracing::debug!(target: "userbase::pool", url = %db.url(), "the primary refuses writes (transaction_read_only = on): closing its connections, new ones follow target_session_attrs");
         }
