@@ -23,7 +23,7 @@ mod common;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use userbase::models::NewUser;
-use userbase::{Database, DbUrl, PoolConfig, Settings};
+use userbase::{Database, DbUrl, PoolConfig, Secrets, Settings};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -225,7 +225,7 @@ fn main() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/dataset.sql").to_owned()
     });
     let name = format!("userbase_bench_{}", std::process::id());
-    let mut admin = PgConnection::establish(&server.render(false)).expect("connect");
+    let mut admin = PgConnection::establish(&server.render(Secrets::Shown)).expect("connect");
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
@@ -417,7 +417,7 @@ fn sessions_opened(url: &DbUrl) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let mut conn = PgConnection::establish(&url.render(false)).expect("connect");
+    let mut conn = PgConnection::establish(&url.render(Secrets::Shown)).expect("connect");
     diesel::sql_query(
         "SELECT sessions AS n FROM pg_stat_database WHERE datname = current_database()",
     )
@@ -587,7 +587,7 @@ fn bulk(bench: &Bench, server: &DbUrl) {
         .collect();
     let runs: usize = env_or("BENCH_BULK_RUNS", 3);
     let name = format!("{}_bulk", bench.url.database().unwrap_or("userbase_bench"));
-    let mut admin = PgConnection::establish(&server.render(false)).expect("connect");
+    let mut admin = PgConnection::establish(&server.render(Secrets::Shown)).expect("connect");
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");

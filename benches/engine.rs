@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
-use userbase::{demo, Database, DbUrl, PoolConfig, Settings};
+use userbase::{demo, Database, DbUrl, PoolConfig, Secrets, Settings};
 
 const ROUNDS: usize = 31;
 const OPS_PER_ROUND: usize = 2_000;
@@ -55,7 +55,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let server = server();
     let name = format!("userbase_bench_engine_{}", std::process::id());
-    let mut admin = PgConnection::establish(&server.render(false)).expect("connect to the server");
+    let mut admin =
+        PgConnection::establish(&server.render(Secrets::Shown)).expect("connect to the server");
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");

@@ -22,7 +22,7 @@ pub mod testing;
 pub mod transaction;
 pub mod validate;
 
-pub use config::{Backend, DbUrl, PoolConfig, Settings};
+pub use config::{Backend, DbUrl, PoolConfig, Secrets, Settings};
 pub use connection::{AnyConnection, MultiBackend};
 pub use engine::{Database, PoolStatus};
 pub use error::{Error, Result};

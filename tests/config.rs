@@ -22,11 +22,11 @@ fn seed_url() -> DbUrl {
 fn renders_like_the_seed_with_and_without_password() {
     let url = seed_url();
     assert_eq!(
-        url.render(false),
+        url.render(Secrets::Shown),
         "postgres://testuser:testpassword@localhost:5432/testuser"
     );
     assert_eq!(
-        url.render(true),
+        url.render(Secrets::Hidden),
         "postgres://testuser:***@localhost:5432/testuser"
     );
 }
@@ -55,7 +55,7 @@ fn percent_encodes_every_part() {
         .with_database("my db")
         .with_query_param("application_name", "chat bot")
         .with_query_param("sslmode", "require");
-    let rendered = url.render(false);
+    let rendered = url.render(Secrets::Shown);
     assert_eq!(
         rendered,
         "postgres://bot%20user:p%40ss%3Aw%2Frd%3F%23%25%C3%A9@db.internal:6432/my%20db\
@@ -76,11 +76,11 @@ fn parses_postgres_urls_into_parts() {
     assert_eq!(url.database(), Some("db name"));
     assert_eq!(url.query_value("sslmode"), Some("disable"));
     assert_eq!(
-        url.render(false),
+        url.render(Secrets::Shown),
         "postgresql://u%40x:p%2Fw@127.0.0.1:5433/db%20name?sslmode=disable"
     );
     assert_eq!(
-        url.render(true),
+        url.render(Secrets::Hidden),
         "postgresql://u%40x:***@127.0.0.1:5433/db%20name?sslmode=disable"
     );
 }
@@ -89,13 +89,13 @@ fn parses_postgres_urls_into_parts() {
 fn parses_ipv6_hosts_and_urls_without_parts() {
     let url = DbUrl::parse("postgres://[::1]:5432/app").unwrap();
     assert_eq!(url.host(), Some("::1"));
-    assert_eq!(url.render(false), "postgres://[::1]:5432/app");
+    assert_eq!(url.render(Secrets::Shown), "postgres://[::1]:5432/app");
     let bare = DbUrl::parse("postgres://").unwrap();
     assert_eq!(
         (bare.username(), bare.host(), bare.port(), bare.database()),
         (None, None, None, None)
     );
-    assert_eq!(bare.render(false), "postgres://");
+    assert_eq!(bare.render(Secrets::Shown), "postgres://");
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn parses_sqlite_urls_and_paths() {
         let url = DbUrl::parse(input).unwrap();
         assert_eq!(url.backend(), Backend::Sqlite, "{input}");
         assert_eq!(url.database(), Some(path), "{input}");
-        assert_eq!(url.render(false), rendered, "{input}");
+        assert_eq!(url.render(Secrets::Shown), rendered, "{input}");
         assert_eq!(DbUrl::parse(rendered).unwrap(), url, "{input}");
     }
     assert!(DbUrl::parse("sqlite::memory:").unwrap().is_memory());
@@ -170,7 +170,7 @@ fn settings(vars: &[(&str, &str)]) -> Result<Settings, Error> {
 fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
     let s = settings(&[]).unwrap();
     assert_eq!(s.url, DbUrl::sqlite(DEFAULT_SQLITE_PATH));
-    assert_eq!(s.url.render(false), "sqlite://userbase.sqlite3");
+    assert_eq!(s.url.render(Secrets::Shown), "sqlite://userbase.sqlite3");
     assert_eq!(
         s.pool,
         PoolConfig {
@@ -195,7 +195,7 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
 #[test]
 fn database_url_wins_over_parts() {
     let s = settings(&[("DATABASE_URL", "postgres://a@h/d"), ("DB_HOST", "ignored")]).unwrap();
-    assert_eq!(s.url.render(false), "postgres://a@h/d");
+    assert_eq!(s.url.render(Secrets::Shown), "postgres://a@h/d");
 }
 
 #[test]
@@ -207,14 +207,20 @@ fn parts_build_a_postgres_url() {
         ("DB_NAME", "chat"),
     ])
     .unwrap();
-    assert_eq!(s.url.render(false), "postgres://bot:p%20w@db:5432/chat");
+    assert_eq!(
+        s.url.render(Secrets::Shown),
+        "postgres://bot:p%20w@db:5432/chat"
+    );
     let s = settings(&[("DB_PASS", "x")]).unwrap();
     assert_eq!(
-        s.url.render(true),
+        s.url.render(Secrets::Hidden),
         "postgres://postgres:***@localhost:5432/postgres"
     );
     let s = settings(&[("DB_PORT", "6000"), ("DB_USER", "u")]).unwrap();
-    assert_eq!(s.url.render(false), "postgres://u@localhost:6000/u");
+    assert_eq!(
+        s.url.render(Secrets::Shown),
+        "postgres://u@localhost:6000/u"
+    );
 }
 
 #[test]
@@ -599,7 +605,7 @@ fn secret_query_parameters_are_hidden_in_every_rendering_of_a_url() {
     );
     for text in [
         hidden,
-        url.render(true),
+        url.render(Secrets::Hidden),
         url.to_string(),
         format!("{url:?}"),
         format!("{url:#?}"),

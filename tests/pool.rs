@@ -11,7 +11,7 @@ use diesel::connection::{Connection, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text};
 use userbase::models::NewUser;
-use userbase::{AnyConnection, Backend, Database, DbUrl, Error, PoolConfig, Settings};
+use userbase::{AnyConnection, Backend, Database, DbUrl, Error, PoolConfig, Secrets, Settings};
 
 use common::{admin, unique_name, Captured, TestDb};
 
@@ -342,7 +342,7 @@ fn a_leaked_transaction_is_rolled_back_and_the_connection_reused() {
 }
 
 fn admin_for(url: &DbUrl) -> diesel::PgConnection {
-    diesel::PgConnection::establish(&url.render(false)).unwrap()
+    diesel::PgConnection::establish(&url.render(Secrets::Shown)).unwrap()
 }
 
 #[test]

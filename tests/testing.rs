@@ -11,7 +11,7 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use userbase::testing::{
     self, fixtures, Cluster, PgBouncer, PrimaryStandby, StandbyOptions, StopMode, TestDb,
 };
-use userbase::{Backend, Database, Error};
+use userbase::{Backend, Database, Error, Secrets};
 
 #[derive(QueryableByName)]
 struct Flag {
@@ -38,7 +38,7 @@ struct Count {
 }
 
 fn pg(url: &userbase::DbUrl) -> PgConnection {
-    PgConnection::establish(&url.render(false)).unwrap()
+    PgConnection::establish(&url.render(Secrets::Shown)).unwrap()
 }
 
 fn flag(conn: &mut PgConnection, sql: &str) -> bool {
@@ -258,7 +258,7 @@ fn cluster_stops_starts_again_and_is_removed_on_drop() {
     drop(cluster);
     assert!(!data.exists(), "{} survived its Cluster", data.display());
     assert!(
-        PgConnection::establish(&url.render(false)).is_err(),
+        PgConnection::establish(&url.render(Secrets::Shown)).is_err(),
         "the dropped cluster still answers"
     );
 }

@@ -95,24 +95,13 @@ impl fmt::Display for Backend {
 /// Whether [`DbUrl::render`] writes the URL's secrets (the password and the
 /// [`SECRET_QUERY_PARAMS`]) or `***` in their place.
 ///
-/// `From<bool>` follows SQLAlchemy's `render_as_string(hide_password=…)`: `true` is
-/// [`Secrets::Hidden`], `false` is [`Secrets::Shown`].
+/// SQLAlchemy's `render_as_string(hide_password=True)` is `render(Secrets::Hidden)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Secrets {
     /// The password and secret query parameters as they are: the string a driver needs.
     Shown,
     /// `***` in place of the password and of every secret query parameter's value.
     Hidden,
-}
-
-impl From<bool> for Secrets {
-    fn from(hide: bool) -> Self {
-        if hide {
-            Secrets::Hidden
-        } else {
-            Secrets::Shown
-        }
-    }
 }
 
 /// A database URL built from parts or parsed from a string: SQLAlchemy's `URL`.
@@ -321,11 +310,10 @@ impl DbUrl {
     /// Renders the URL as a string, with its secrets or with `***` in their place.
     ///
     /// SQLAlchemy's `url.render_as_string(hide_password=…)`. Every part is percent-encoded, so
-    /// that none can be read as another; an IPv6 host is written in brackets. Passing a `bool`
-    /// still works (`true` hides), but [`Secrets`] says what it means.
+    /// that none can be read as another; an IPv6 host is written in brackets.
     #[doc(alias = "render_as_string")]
-    pub fn render(&self, secrets: impl Into<Secrets>) -> String {
-        let hide = secrets.into() == Secrets::Hidden;
+    pub fn render(&self, secrets: Secrets) -> String {
+        let hide = secrets == Secrets::Hidden;
         let mut out = String::new();
         match self.backend {
             Backend::Sqlite => match self.database.as_deref() {

@@ -12,7 +12,7 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 
 use super::process::{self, PgBin, RunAs};
 use super::SetupError;
-use crate::DbUrl;
+use crate::{DbUrl, Secrets};
 
 /// How long `pg_ctl` waits for a server to start or stop.
 const PG_CTL_WAIT_SECS: &str = "60";
@@ -439,7 +439,7 @@ pub(crate) fn connect(url: &DbUrl) -> Result<PgConnection, SetupError> {
     } else {
         url.clone().with_query_param("connect_timeout", "10")
     };
-    PgConnection::establish(&target.render(false)).map_err(|error| SetupError::Database {
+    PgConnection::establish(&target.render(Secrets::Shown)).map_err(|error| SetupError::Database {
         action: "open a connection for the test support".into(),
         source: crate::Error::Connect {
             url: url.to_string(),

@@ -19,7 +19,7 @@ use diesel::PgConnection;
 
 use super::cluster::{connect, execute};
 use super::{report, server, SetupError};
-use crate::{Backend, Database, DbUrl, PoolConfig, Settings};
+use crate::{Backend, Database, DbUrl, PoolConfig, Secrets, Settings};
 
 /// The advisory lock key that serializes template builds ("ubtest").
 const TEMPLATE_LOCK: i64 = 0x7562_7465_7374;
@@ -331,7 +331,7 @@ fn migrate(url: &DbUrl) -> Result<(), SetupError> {
 /// server; across processes the advisory lock and the hash in the name decide).
 fn template(server: &DbUrl) -> Result<String, SetupError> {
     static BUILT: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let key = server.clone().with_database("").render(false);
+    let key = server.clone().with_database("").render(Secrets::Shown);
     let built = BUILT.get_or_init(Mutex::default);
     let mut built = built
         .lock()

@@ -10,7 +10,7 @@
 
 use diesel::{Connection, PgConnection};
 use userbase::testing;
-use userbase::{Backend, Database, DbUrl, PoolConfig};
+use userbase::{Backend, Database, DbUrl, PoolConfig, Secrets};
 
 #[allow(unused_imports)]
 pub use userbase::testing::{unique_name, DEFAULT_SERVER};
@@ -30,7 +30,8 @@ pub fn database_url(name: &str) -> DbUrl {
 /// An admin connection to the server's maintenance database.
 #[track_caller]
 pub fn admin() -> PgConnection {
-    PgConnection::establish(&server_url().render(false)).expect("connect to the test server")
+    PgConnection::establish(&server_url().render(Secrets::Shown))
+        .expect("connect to the test server")
 }
 
 /// Whether database `name` exists on the server `admin` is connected to.
