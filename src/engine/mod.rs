@@ -61,15 +61,24 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// Like SQLAlchemy's `create_engine`, creating it opens no connection: connections are made as
 /// sessions need them, up to `pool_size + max_overflow`. Cloning is cheap and shares the pool.
 ///
-/// ```no_run
-/// use userbase::{Database, Settings};
+/// ```
+/// use userbase::models::{NewLocation, NewUser};
+/// use userbase::{Database, DbUrl, Error, Settings};
 ///
-/// let db = Database::new(Settings::from_env()?)?;
+/// // `Settings::from_env()?` in an application; an in-memory SQLite database here.
+/// let db = Database::new(Settings::new(DbUrl::parse("sqlite::memory:")?))?;
 /// db.run_pending_migrations()?;
+/// db.transaction(|repo| {
+///     repo.insert_user(&NewUser::new(1, "Ada Lovelace").username("ada"))?;
+///     let location = repo.insert_location(&NewLocation::new("Analytical Engine", "12 Dorset St"))?;
+///     repo.link(1, location.location_id)?;
+///     Ok::<_, Error>(())
+/// })?;
 /// let mut session = db.session()?;
-/// for row in session.repo().users_with_locations()? {
-///     println!("{} has {} locations", row.user.full_name, row.locations.len());
-/// }
+/// let rows = session.repo().users_with_locations()?;
+/// assert_eq!(rows.len(), 1);
+/// assert_eq!(rows[0].user.full_name, "Ada Lovelace");
+/// assert_eq!(rows[0].locations[0].location_name, "Analytical Engine");
 /// # Ok::<(), userbase::Error>(())
 /// ```
 #[derive(Clone)]
