@@ -11,7 +11,7 @@
 //!
 //! Knobs (environment): `BENCH_USERS` (10000), `BENCH_LOCATIONS` (500), `BENCH_SECONDS` per
 //! measurement (1), `BENCH_RUNS` (5), `BENCH_IMPORT_ROWS` (1000), `BENCH_ANALYZE` (1; 0 skips the
-//! dataset's `ANALYZE`). Prints a Markdown table: medians with (min-max) over the runs, and the
+//! dataset's `ANALYZE`), `BENCH_ONLY` (run only the operations whose name contains it). Prints a Markdown table: medians with (min-max) over the runs, and the
 //! ratio userbase / rusqlite per run as median (min-max).
 
 use std::sync::{Arc, Mutex};
@@ -408,8 +408,9 @@ fn main() {
             fmt(stats(theirs))
         );
     };
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let mut session = db.session().expect("session");
-    for (name, range, op) in &ops {
+    for (name, range, op) in ops.iter().filter(|(name, ..)| name.contains(only.as_str())) {
         let statements = capture(&path, op.as_ref());
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
@@ -429,6 +430,9 @@ fn main() {
     }
 
     // import_users: each operation adds `import_rows` new users (fresh ids every time).
+    if !"import_users".contains(only.as_str()) {
+        return;
+    }
     let names: Vec<String> = (0..import_rows).map(|i| format!("imported {i}")).collect();
     let statements = capture(&path, &|repo, _| {
         let batch = import_batch(&names, IMPORT_BASE - import_rows as i64);
