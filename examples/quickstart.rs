@@ -1,4 +1,4 @@
-//! The seed's workload end to end: connect, migrate, load the demo rows, print every report.
+//! The SQLAlchemy tutorial's workload end to end: connect, migrate, load the demo rows, print every report.
 //!
 //! `cargo run --example quickstart` uses `DATABASE_URL` (or the `DB_*` parts) and, with neither
 //! set, the embedded SQLite file `userbase.sqlite3`. Set `RUST_LOG=userbase=info` and
@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("quickstart failed: {error}");
+            // The error, then each cause in its chain.
+            eprint!("quickstart failed: {error}");
+            let mut cause = std::error::Error::source(&error);
+            while let Some(inner) = cause {
+                eprint!(": {inner}");
+                cause = inner.source();
+            }
+            eprintln!();
             ExitCode::FAILURE
         }
     }
@@ -29,7 +36,7 @@ fn run() -> Result<(), Error> {
     db.run_pending_migrations()?;
     db.transaction(demo::load)?;
 
-    // The seed's `with session_pool() as session: repo = Repo(session)`.
+    // The tutorial's `with session_pool() as session: repo = Repo(session)`.
     let mut session = db.session()?;
     let mut repo = session.repo();
 
@@ -76,7 +83,7 @@ fn run() -> Result<(), Error> {
     Ok(())
 }
 
-/// A user row as the seed prints it (a Python tuple).
+/// A user row as the tutorial prints it (a Python tuple).
 fn python_tuple(user: &User) -> String {
     let text = |s: &Option<String>| match s {
         Some(s) => format!("{s:?}").replace('"', "'"),

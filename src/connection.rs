@@ -1,7 +1,7 @@
 //! The crate's one connection type: PostgreSQL or SQLite behind one enum.
 //!
-//! Repo code is written once against [`AnyConnection`]; where Diesel needs a backend-specific form
-//! (upsert, batch forms, `COPY`) the Repo matches on the variant in one small place.
+//! The pool, migrations and raw SQL use [`AnyConnection`] as it is; the Repo runs its queries on
+//! the concrete connection inside it (see `repo::dispatch`).
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -9,17 +9,18 @@ use diesel::{ConnectionError, PgConnection, SqliteConnection};
 
 use crate::config::Backend;
 
-pub use self::multi::{AnyConnection, MultiBackend, MultiField, MultiRawValue, MultiRow};
+pub use self::multi::{AnyConnection, MultiBackend};
 
 /// The derive generates undocumented public helper items; this module keeps the lint local.
 #[allow(missing_docs)]
 mod multi {
     use diesel::{PgConnection, SqliteConnection};
 
-    /// A connection to PostgreSQL or SQLite (Diesel's `MultiConnection`).
+    /// A connection to PostgreSQL or SQLite (Diesel's `MultiConnection`), as the pool holds it
+    /// and [`Session::connection`](crate::Session::connection) hands it out for raw queries.
     ///
     /// The derive also defines [`MultiBackend`], the backend that queries written against this
-    /// connection are built for.
+    /// connection are built for (the rows of [`Repo::load_sql`](crate::Repo::load_sql)).
     #[derive(diesel::MultiConnection)]
     pub enum AnyConnection {
         /// A PostgreSQL connection (libpq).
@@ -32,14 +33,15 @@ mod multi {
 /// Pragmas every SQLite connection gets: without `foreign_keys` SQLite enforces none of the
 /// schema's `ON DELETE` rules; WAL lets readers run beside a writer; `busy_timeout` makes a
 /// writer wait for the lock instead of failing at once; `synchronous = NORMAL` is safe under WAL.
-pub const SQLITE_PRAGMAS: &str = "PRAGMA foreign_keys = ON; \
+pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA foreign_keys = ON; \
      PRAGMA busy_timeout = 5000; \
      PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = NORMAL;";
 
 impl AnyConnection {
     /// Opens a connection of the given backend; `target` is the string the driver takes
-    /// (a libpq URL, or an SQLite path or `file:` URI). SQLite connections get [`SQLITE_PRAGMAS`].
+    /// (a libpq URL, or an SQLite path or `file:` URI). SQLite connections get `foreign_keys = ON`,
+    /// `busy_timeout = 5000`, `journal_mode = WAL` and `synchronous = NORMAL`.
     ///
     /// # Errors
     ///

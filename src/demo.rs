@@ -1,4 +1,5 @@
-//! The seed's demo rows: seven users, four locations and the links its reports imply.
+//! The SQLAlchemy tutorial's demo rows: seven users, four locations and the links its reports
+//! imply. Behind the `demo` feature (which `testing` switches on).
 //!
 //! Used by `examples/quickstart.rs` and by the tests. [`load`] is idempotent: rows that exist
 //! are left alone, so running the quickstart twice prints the same reports.
@@ -9,7 +10,7 @@ use crate::error::Result;
 use crate::models::{NewLocation, NewUser};
 use crate::repo::Repo;
 
-/// A demo user: `(user_id, username, full_name, language, created_at)` as the seed's dump shows.
+/// A demo user: `(user_id, username, full_name, language, created_at)` as the tutorial's dump shows.
 pub type DemoUser = (
     i64,
     &'static str,
@@ -18,7 +19,7 @@ pub type DemoUser = (
     (u32, u32, u32, u32, u32),
 );
 
-/// The seed's users, in the order of its `SELECT * FROM users` dump (created_at as
+/// The tutorial's users, in the order of its `SELECT * FROM users` dump (created_at as
 /// `(day of June 2024, hour, minute, second, microsecond)`).
 pub const USERS: [DemoUser; 7] = [
     (1, "john_doe", "John Doe", "en", (20, 6, 38, 14, 853_833)),
@@ -60,7 +61,7 @@ pub const USERS: [DemoUser; 7] = [
     ),
 ];
 
-/// The seed's locations `(name, address)`, in id order on a fresh database.
+/// The tutorial's locations `(name, address)`, in id order on a fresh database.
 pub const LOCATIONS: [(&str, &str); 4] = [
     ("Ramirez Forge", "16155 Roman Stream Suite 816"),
     ("Galloway Walk", "64752 Kelly Skyway"),
@@ -68,7 +69,7 @@ pub const LOCATIONS: [(&str, &str); 4] = [
     ("Burgess Meadow", "870 Burgess Meadow"),
 ];
 
-/// The links the seed's reports imply: `(user_id, location name)`.
+/// The links the tutorial's reports imply: `(user_id, location name)`.
 pub const LINKS: [(i64, &str); 5] = [
     (6873, "Gabrielle Ville"),
     (6873, "Burgess Meadow"),
@@ -77,7 +78,7 @@ pub const LINKS: [(i64, &str); 5] = [
     (5155, "Ramirez Forge"),
 ];
 
-/// `created_at` of the demo locations: the seed's first one, then a second apart.
+/// `created_at` of the demo locations: the tutorial's first one, then a second apart.
 fn location_created_at(index: usize) -> NaiveDateTime {
     timestamp((19, 3, 0, 30 + index as u32, 755_164))
 }

@@ -87,9 +87,10 @@ pub enum Error {
         message: String,
     },
 
-    /// Applying or reverting a migration failed.
-    #[error("migration failed: {0}")]
-    Migration(String),
+    /// Applying or reverting a migration failed: names the migration; its `source()` is the
+    /// underlying error (the failed statement's, for one).
+    #[error(transparent)]
+    Migration(MigrationFailure),
 
     /// A setting or URL is malformed.
     #[error("invalid configuration{}: {message}", on_variable(.variable))]
@@ -126,7 +127,7 @@ pub enum Error {
     /// every later statement of that transaction. To go on after an expected failure, run the
     /// statement that may fail in a nested transaction (a savepoint): see
     /// [`Repo::transaction`](crate::Repo::transaction).
-    #[error("transaction aborted by an earlier failed statement, nothing was committed: {first}")]
+    #[error("transaction aborted by an earlier failed statement, nothing was committed")]
     TransactionAborted {
         /// The first statement failure of the transaction.
         #[source]
@@ -161,9 +162,61 @@ pub enum Error {
         message: String,
     },
 
-    /// Any other error reported by Diesel or the database.
-    #[error("database error: {0}")]
+    /// An upsert lost its race with concurrent writes at every attempt: between its `UPDATE`
+    /// (no row) and its `INSERT … ON CONFLICT DO NOTHING` (a row again), other sessions kept
+    /// inserting and deleting the user. Running it again may succeed.
+    #[error("upsert of user {user_id} lost its race with concurrent inserts and deletes {attempts} times")]
+    UpsertContended {
+        /// The user being upserted.
+        user_id: i64,
+        /// How many times the upsert tried.
+        attempts: u32,
+    },
+
+    /// Any other error reported by Diesel or the database (its `source()`).
+    #[error("database error")]
     Query(#[source] diesel::result::Error),
+}
+
+/// The cause of an [`Error::Migration`]: which migration failed, and why (as `source()`).
+#[derive(Debug)]
+pub struct MigrationFailure {
+    migration: Option<String>,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl MigrationFailure {
+    /// The failed migration's name (`2024-06-19-000001_create_users`): the first one still
+    /// pending after the failure.
+    pub fn migration(&self) -> Option<&str> {
+        self.migration.as_deref()
+    }
+}
+
+impl std::fmt::Display for MigrationFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.migration {
+            Some(name) => write!(f, "migration {name} failed"),
+            None => f.write_str("migration failed"),
+        }
+    }
+}
+
+impl std::error::Error for MigrationFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+impl Error {
+    /// An [`Error::Migration`] for migration `migration` (when known), keeping the error of
+    /// Diesel's migration harness as `source()`.
+    pub(crate) fn migration(
+        migration: Option<String>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        Error::Migration(MigrationFailure { migration, source })
+    }
 }
 
 impl Error {

@@ -1,32 +1,43 @@
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::missing_errors_doc)]
 // Library code returns typed errors; it never unwraps or panics (unit tests may).
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
-pub mod connection;
+mod connection;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod error;
 mod migrate;
 pub mod models;
 pub mod replica;
-pub mod repo;
+mod repo;
+mod retry;
 #[rustfmt::skip]
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod transaction;
+mod transaction;
 pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Secrets, Settings};
 pub use connection::{AnyConnection, MultiBackend};
 pub use engine::{Database, PoolStatus};
-pub use error::{Error, Result};
+pub use error::{Error, MigrationFailure, Result};
 pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};
+pub use retry::RetryPolicy;
 pub use session::Session;
-pub use transaction::RetryPolicy;
+
+// What applications rely on: an engine shared across threads, a session moved to a worker.
+const _: () = {
+    const fn send_sync_clone<T: Send + Sync + Clone>() {}
+    const fn send<T: Send>() {}
+    send_sync_clone::<Database>();
+    send::<Session>();
+};

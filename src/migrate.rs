@@ -2,7 +2,7 @@
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::SqliteConnection;
-use diesel_migrations::MigrationHarness;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 use crate::connection::AnyConnection;
 use crate::engine::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
@@ -12,8 +12,18 @@ use crate::error::{Error, Result};
 /// at once do not both apply them.
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6261_7365; // "userbase"
 
-fn migration_error(error: Box<dyn std::error::Error + Send + Sync>) -> Error {
-    Error::Migration(error.to_string())
+/// The harness's `error` as [`Error::Migration`], naming the migration that failed: the first
+/// one still pending (the harness applies them in order and stops at the failure).
+fn migration_error<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+    source: EmbeddedMigrations,
+    error: Box<dyn std::error::Error + Send + Sync>,
+) -> Error {
+    let failed = conn
+        .pending_migrations(source)
+        .ok()
+        .and_then(|pending| pending.first().map(|m| m.name().to_string()));
+    Error::migration(failed, error)
 }
 
 /// Applies the embedded migrations of `conn`'s backend that are not applied yet; returns their
@@ -24,9 +34,10 @@ pub(crate) fn run(conn: &mut AnyConnection) -> Result<Vec<String>> {
             pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
             let applied = pg
                 .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .map_err(|e| migration_error(pg, POSTGRES_MIGRATIONS, e));
             pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
-            applied.map_err(migration_error)
+            applied
         }
         AnyConnection::Sqlite(sqlite) => run_sqlite(sqlite),
     }
@@ -48,8 +59,9 @@ fn run_sqlite(conn: &mut SqliteConnection) -> Result<Vec<String>> {
             Ok(versions)
         }
         Err(error) => {
+            let error = migration_error(conn, SQLITE_MIGRATIONS, error);
             let _ = <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(conn);
-            Err(migration_error(error))
+            Err(error)
         }
     }
 }

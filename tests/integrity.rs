@@ -297,7 +297,7 @@ both_backends! {
         assert_eq!(repo.insert_user(&NewUser::new(1, "A").created_at(nanos)).unwrap().created_at, micros);
         assert_eq!(repo.user(1).unwrap().created_at, micros);
         let before_2000 = at(1999, 12, 31, 23, 59, 59, 999_999_999);
-        let stored = repo.upsert_user_with(&NewUser::new(1, "A").created_at(before_2000), UpsertOptions { created_at: true, ..UpsertOptions::default() }).unwrap();
+        let stored = repo.upsert_user_with(&NewUser::new(1, "A").created_at(before_2000), UpsertOptions::default().with_created_at(true)).unwrap();
         assert_eq!(stored.created_at, at(1999, 12, 31, 23, 59, 59, 999_999_000));
         assert_eq!(repo.user(1).unwrap().created_at, stored.created_at);
         let location = repo.insert_location(&NewLocation { created_at: Some(nanos), ..NewLocation::new("P", "x") }).unwrap();

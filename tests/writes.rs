@@ -46,7 +46,7 @@ both_backends! {
         let asked = repo
             .upsert_user_with(
                 &NewUser::new(7, "Ann C.").referrer(2).created_at(when),
-                UpsertOptions { referrer: true, created_at: true },
+                UpsertOptions::default().with_referrer(true).with_created_at(true),
             )
             .unwrap();
         assert_eq!((asked.referrer_id, asked.created_at, asked.full_name.as_str()), (Some(2), when, "Ann C."));

@@ -3,17 +3,18 @@
 use std::fmt;
 
 use chrono::NaiveDateTime;
+use diesel::backend::Backend;
 use diesel::dsl::AsSelect;
+use diesel::pg::Pg;
 use diesel::prelude::*;
 
 use crate::error::Result;
 use crate::schema::{locations, userlocations, users};
 use crate::validate::{self, NAME_MAX};
-use crate::MultiBackend;
 
-/// A location row: the seed's `Location`.
+/// A location row: the SQLAlchemy tutorial's `Location`.
 ///
-/// `Display` follows the seed's `__repr__`: `<Location 1 Ramirez Forge 16155 Roman Stream Suite 816>`.
+/// `Display` follows the tutorial's `__repr__`: `<Location 1 Ramirez Forge 16155 Roman Stream Suite 816>`.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = locations, primary_key(location_id))]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
@@ -114,51 +115,87 @@ pub(crate) struct LocationRow<'a> {
     pub(crate) created_at: NaiveDateTime,
 }
 
+/// The columns a [`Location`] query selects: one tuple, the same on every backend (see
+/// [`UserColumns`](crate::models::user::UserColumns)).
+pub type LocationColumns = <Location as Selectable<Pg>>::SelectExpression;
+
 /// All locations, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn all() -> _ {
-    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+pub fn all<DB: Backend>() -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
     locations::table
         .order(locations::location_id)
-        .select(as_select)
+        .select(columns)
 }
 
 /// The location with id `location_id`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn by_id(location_id: i32) -> _ {
-    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
-    locations::table.find(location_id).select(as_select)
+pub fn by_id<DB: Backend>(location_id: i32) -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
+    locations::table.find(location_id).select(columns)
 }
 
 /// The location named `name`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn by_name<'a>(name: &'a str) -> _ {
-    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+pub fn by_name<'a, DB: Backend>(name: &'a str) -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
     locations::table
         .filter(locations::location_name.eq(name))
-        .select(as_select)
+        .select(columns)
 }
 
 /// At most `limit` locations with an id of `from` or above, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn page(from: i32, limit: i64) -> _ {
-    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+pub fn page<DB: Backend>(from: i32, limit: i64) -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
     locations::table
         .filter(locations::location_id.ge(from))
         .order(locations::location_id)
         .limit(limit)
-        .select(as_select)
+        .select(columns)
 }
 
-/// The locations of user `user_id` with the user's username, ordered by location id: the seed's
-/// `get_all_user_locations_relationships`.
+/// The locations of user `user_id` with the user's username, ordered by location id: the
+/// tutorial's `get_all_user_locations_relationships`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn of_user_with_username(user_id: i64) -> _ {
-    let as_select: AsSelect<Location, MultiBackend> = Location::as_select();
+pub fn of_user_with_username<DB: Backend>(user_id: i64) -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
     userlocations::table
         .inner_join(locations::table)
         .inner_join(users::table)
         .filter(users::user_id.eq(user_id))
         .order(locations::location_id)
-        .select((as_select, users::username))
+        .select((columns, users::username))
+}
+
+/// `(user_id, location)` for every link of the users with ids from `first` to `last`, ordered
+/// by user id then location id: the second query of
+/// [`Repo::users_with_locations`](crate::Repo::users_with_locations) (a range, not a list of
+/// binds, so it works at any number of users).
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn of_user_range<DB: Backend>(first: i64, last: i64) -> _
+where
+    Location: Selectable<DB, SelectExpression = LocationColumns>,
+{
+    let columns: AsSelect<Location, DB> = Location::as_select();
+    userlocations::table
+        .inner_join(locations::table)
+        .filter(userlocations::user_id.between(first, last))
+        .order((userlocations::user_id, locations::location_id))
+        .select((userlocations::user_id, columns))
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use chrono::NaiveDateTime;
 use diesel::backend::Backend;
 use diesel::dsl::AsSelect;
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
@@ -13,12 +14,11 @@ use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text, Timestamp};
 use crate::error::{Error, Result};
 use crate::schema::{userlocations, users};
 use crate::validate::{self, LANGUAGE_MAX, NAME_MAX};
-use crate::MultiBackend;
 
-/// A user row: the seed's `User`.
+/// A user row: the SQLAlchemy tutorial's `User`.
 ///
 /// `referrer_id` points at the user who referred this one (a self-referential foreign key,
-/// `ON DELETE SET NULL`). `Display` follows the seed's `__repr__`: `<User 1169 amandasanchez Devin Schaefer>`.
+/// `ON DELETE SET NULL`). `Display` follows the tutorial's `__repr__`: `<User 1169 amandasanchez Devin Schaefer>`.
 #[derive(
     Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Identifiable, Associations,
 )]
@@ -250,7 +250,7 @@ impl UserChanges<'_> {
 /// `UPDATE users SET username = $1, full_name = $2, language = COALESCE($3, language)
 /// WHERE user_id = $4 RETURNING` every column, in [`User`]'s field order.
 #[derive(Debug, Clone, Copy)]
-pub struct SeenAgain<'a> {
+pub(crate) struct SeenAgain<'a> {
     user_id: i64,
     username: Option<&'a str>,
     full_name: &'a str,
@@ -259,7 +259,7 @@ pub struct SeenAgain<'a> {
 }
 
 /// The update half of [`Repo::upsert_user`](crate::Repo::upsert_user) for `new`.
-pub fn seen_again<'a>(new: &NewUser<'a>) -> SeenAgain<'a> {
+pub(crate) fn seen_again<'a>(new: &NewUser<'a>) -> SeenAgain<'a> {
     SeenAgain {
         user_id: new.user_id,
         username: new.username,
@@ -324,50 +324,71 @@ mod referrer_alias {
     }
 }
 
+/// The columns a [`User`] query selects: one tuple, the same on every backend. The fragments
+/// below pin [`User`]'s selection to it, so one fragment serves `PgConnection`,
+/// `SqliteConnection` and [`AnyConnection`](crate::AnyConnection) alike.
+pub type UserColumns = <User as Selectable<Pg>>::SelectExpression;
+
 /// All users, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn all() -> _ {
-    let as_select: AsSelect<User, MultiBackend> = User::as_select();
-    users::table.order(users::user_id).select(as_select)
+pub fn all<DB: Backend>() -> _
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
+    let columns: AsSelect<User, DB> = User::as_select();
+    users::table.order(users::user_id).select(columns)
 }
 
 /// The user with id `user_id`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn by_id(user_id: i64) -> _ {
-    let as_select: AsSelect<User, MultiBackend> = User::as_select();
-    users::table.find(user_id).select(as_select)
+pub fn by_id<DB: Backend>(user_id: i64) -> _
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
+    let columns: AsSelect<User, DB> = User::as_select();
+    users::table.find(user_id).select(columns)
 }
 
-/// Users linked to location `location_id`, ordered by id: the seed's `get_users_by_location`.
+/// Users linked to location `location_id`, ordered by id: the tutorial's
+/// `get_users_by_location`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn by_location(location_id: i32) -> _ {
-    let as_select: AsSelect<User, MultiBackend> = User::as_select();
+pub fn by_location<DB: Backend>(location_id: i32) -> _
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
+    let columns: AsSelect<User, DB> = User::as_select();
     users::table
         .inner_join(userlocations::table)
         .filter(userlocations::location_id.eq(location_id))
         .order(users::user_id)
-        .select(as_select)
+        .select(columns)
 }
 
 /// At most `limit` users with an id of `from` or above, ordered by id: keyset pagination.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn page(from: i64, limit: i64) -> _ {
-    let as_select: AsSelect<User, MultiBackend> = User::as_select();
+pub fn page<DB: Backend>(from: i64, limit: i64) -> _
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
+    let columns: AsSelect<User, DB> = User::as_select();
     users::table
         .filter(users::user_id.ge(from))
         .order(users::user_id)
         .limit(limit)
-        .select(as_select)
+        .select(columns)
 }
 
 /// The users `referrer_id` referred, ordered by id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn referred_by(referrer_id: i64) -> _ {
-    let as_select: AsSelect<User, MultiBackend> = User::as_select();
+pub fn referred_by<DB: Backend>(referrer_id: i64) -> _
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
+    let columns: AsSelect<User, DB> = User::as_select();
     users::table
         .filter(users::referrer_id.eq(referrer_id))
         .order(users::user_id)
-        .select(as_select)
+        .select(columns)
 }
 
 /// `(referrer_id, number of users referred)` per referrer, ordered by referrer id.
@@ -384,8 +405,8 @@ pub fn referral_counts() -> _ {
 /// `referrers.<column>`, nullable (the left-joined side).
 type ReferrerField<C> = diesel::dsl::Nullable<diesel::query_source::AliasedField<ReferrerAlias, C>>;
 
-/// The query [`with_referrer_names`] returns.
-pub type WithReferrerNames = diesel::dsl::Select<
+/// The query [`with_referrer_names`] returns, for backend `DB`.
+pub type WithReferrerNames<DB> = diesel::dsl::Select<
     diesel::dsl::Order<
         diesel::dsl::LeftJoinOn<
             users::table,
@@ -394,15 +415,15 @@ pub type WithReferrerNames = diesel::dsl::Select<
         >,
         users::user_id,
     >,
-    (
-        AsSelect<User, MultiBackend>,
-        ReferrerField<users::full_name>,
-    ),
+    (AsSelect<User, DB>, ReferrerField<users::full_name>),
 >;
 
 /// Every user with their referrer's full name (`None` without a referrer), ordered by id: one
 /// query, a self-join through an alias of `users`.
-pub fn with_referrer_names() -> WithReferrerNames {
+pub fn with_referrer_names<DB: Backend>() -> WithReferrerNames<DB>
+where
+    User: Selectable<DB, SelectExpression = UserColumns>,
+{
     users::table
         .left_join(REFERRERS.on(users::referrer_id.eq(REFERRERS.field(users::user_id).nullable())))
         .order(users::user_id)
@@ -412,5 +433,5 @@ pub fn with_referrer_names() -> WithReferrerNames {
         ))
 }
 
-/// The raw SQL of the seed's `SELECT * FROM users` (ordered, so the output is stable).
+/// The raw SQL of the tutorial's `SELECT * FROM users` (ordered, so the output is stable).
 pub const SELECT_ALL_SQL: &str = "SELECT * FROM users ORDER BY user_id";

@@ -2,15 +2,16 @@
 
 use std::fmt;
 
+use diesel::backend::Backend;
 use diesel::dsl::count;
 use diesel::dsl::AsSelect;
+use diesel::pg::Pg;
 use diesel::prelude::*;
 
 use crate::models::{Location, User};
 use crate::schema::{userlocations, users};
-use crate::MultiBackend;
 
-/// A link between a user and a location: the seed's `UserLocation` association object.
+/// A link between a user and a location: the SQLAlchemy tutorial's `UserLocation` association object.
 ///
 /// The same struct is inserted and read (the table has only its composite key).
 /// Deleting the location deletes the link (`CASCADE`); deleting a user that still has links is
@@ -60,7 +61,7 @@ pub struct UserWithLocations {
     pub locations: Vec<Location>,
 }
 
-/// A user's number of locations, labelled as in the seed (`quantity`, `name`).
+/// A user's number of locations, labelled as in the tutorial (`quantity`, `name`).
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
 pub struct LocationCount {
@@ -82,7 +83,7 @@ pub fn location_ids_of(user_id: i64) -> _ {
         .select(userlocations::location_id)
 }
 
-/// The number of locations of user `user_id`: the seed's `get_user_total_number_of_locations`.
+/// The number of locations of user `user_id`: the tutorial's `get_user_total_number_of_locations`.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn count_for_user(user_id: i64) -> _ {
     let location_count: count<userlocations::location_id> = count(userlocations::location_id);
@@ -91,7 +92,7 @@ pub fn count_for_user(user_id: i64) -> _ {
         .select(location_count)
 }
 
-/// `(count, user_id)` per user with locations, ordered by user id: the seed's
+/// `(count, user_id)` per user with locations, ordered by user id: the tutorial's
 /// `get_total_number_of_locations_by_user`.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn counts_by_user() -> _ {
@@ -103,14 +104,35 @@ pub fn counts_by_user() -> _ {
         .select((location_count, users::user_id))
 }
 
-/// [`LocationCount`] per user with locations, ordered by user id: the seed's
+/// The columns a [`LocationCount`] query selects, the same on every backend.
+pub type LocationCountColumns = <LocationCount as Selectable<Pg>>::SelectExpression;
+
+/// [`LocationCount`] per user with locations, ordered by user id: the tutorial's
 /// `get_total_number_of_locations_by_user_with_labels`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn counts_by_user_named() -> _ {
-    let as_select: AsSelect<LocationCount, MultiBackend> = LocationCount::as_select();
+pub fn counts_by_user_named<DB: Backend>() -> _
+where
+    LocationCount: Selectable<DB, SelectExpression = LocationCountColumns>,
+{
+    let columns: AsSelect<LocationCount, DB> = LocationCount::as_select();
     userlocations::table
         .inner_join(users::table)
         .group_by(users::user_id)
         .order(users::user_id)
-        .select(as_select)
+        .select(columns)
+}
+
+/// The columns a [`UserLocation`] query selects, the same on every backend.
+pub type UserLocationColumns = <UserLocation as Selectable<Pg>>::SelectExpression;
+
+/// Every link, ordered by user id then location id.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn all<DB: Backend>() -> _
+where
+    UserLocation: Selectable<DB, SelectExpression = UserLocationColumns>,
+{
+    let columns: AsSelect<UserLocation, DB> = UserLocation::as_select();
+    userlocations::table
+        .order((userlocations::user_id, userlocations::location_id))
+        .select(columns)
 }

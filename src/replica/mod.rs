@@ -78,6 +78,7 @@ use crate::engine::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;
+use crate::transaction::Isolation;
 
 /// A replica as the router sees it: [`Database::replicas`].
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +113,25 @@ where
     F: FnMut(&mut Repo<'_>) -> Result<T>,
 {
     let mut session = db.session()?;
-    crate::transaction::read_only(session.repo_connection(), f)
+    read_only(session.repo_connection(), f)
+}
+
+/// Runs the read `f` in a read-only transaction on `conn`: `BEGIN READ ONLY` on PostgreSQL; on
+/// SQLite a deferred `BEGIN` (no write lock) under `PRAGMA query_only`, switched off again after.
+/// A write in `f` is [`Error::ReadOnly`] on both.
+fn read_only<T, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T>
+where
+    F: FnMut(&mut Repo<'_>) -> Result<T>,
+{
+    use diesel::connection::SimpleConnection;
+    let mut read = |conn: &mut AnyConnection| f(&mut Repo::new(conn));
+    if conn.backend() == crate::config::Backend::Sqlite {
+        conn.batch_execute("PRAGMA query_only = ON")?;
+        let outcome = crate::transaction::run(conn, Isolation::ReadOnly, &mut read);
+        conn.batch_execute("PRAGMA query_only = OFF")?;
+        return outcome;
+    }
+    crate::transaction::run(conn, Isolation::ReadOnly, read)
 }
 
 impl Database {

@@ -1,0 +1,234 @@
+//! Locations, and the links between users and locations.
+
+use diesel::prelude::*;
+
+use super::dispatch::dispatch;
+use super::support::{
+    chunk_rows, delete_one, insert_chunks, missing_parent, References, LINK_USER_FKEY,
+};
+use super::Repo;
+use crate::connection::AnyConnection;
+use crate::error::{Error, Result};
+use crate::models::{location, user_location, Location, NewLocation, UserLocation};
+use crate::schema::{locations, userlocations, users};
+use crate::validate;
+
+/// Columns of a link row, for chunking under the bind limit.
+pub(super) const LINK_COLUMNS: usize = 2;
+
+impl Repo<'_> {
+    /// The location with id `location_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is none.
+    pub fn location(&mut self, location_id: i32) -> Result<Location> {
+        self.run(|c| dispatch!(c => location::by_id(location_id).first(c)))
+    }
+
+    /// The location named `name`, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a name no location can have (blank, a NUL byte, too long).
+    pub fn find_location_by_name(&mut self, name: &str) -> Result<Option<Location>> {
+        validate::text("location_name", name, validate::NAME_MAX)?;
+        self.run(|c| dispatch!(c => location::by_name(name).first(c).optional()))
+    }
+
+    /// Every location, ordered by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when the database fails.
+    pub fn locations(&mut self) -> Result<Vec<Location>> {
+        self.run(|c| dispatch!(c => location::all().load(c)))
+    }
+
+    /// Inserts a location and returns the stored row (with its generated id).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a bad value; [`Error::UniqueViolation`] when the name is taken.
+    pub fn insert_location(&mut self, new: &NewLocation<'_>) -> Result<Location> {
+        let new = new.checked()?;
+        self.run(|c| {
+            dispatch!(c => diesel::insert_into(locations::table)
+                .values(&new)
+                .returning(Location::as_returning())
+                .get_result(c))
+        })
+    }
+
+    /// Renames location `location_id`; returns the stored row.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a bad name; [`Error::UniqueViolation`] naming the constraint
+    /// when the name is taken; [`Error::NotFound`] when there is no such location.
+    pub fn rename_location(&mut self, location_id: i32, new_name: &str) -> Result<Location> {
+        validate::text("location_name", new_name, validate::NAME_MAX)?;
+        let renamed = self.run(|c| {
+            dispatch!(c => diesel::update(locations::table.find(location_id))
+                .set(locations::location_name.eq(new_name))
+                .returning(Location::as_returning())
+                .get_result(c)
+                .optional())
+        })?;
+        renamed.ok_or(Error::NotFound)
+    }
+
+    /// Deletes location `location_id` and, by `CASCADE`, its links.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such location.
+    pub fn delete_location(&mut self, location_id: i32) -> Result<()> {
+        delete_one(self.run(
+            |c| dispatch!(c => diesel::delete(locations::table.find(location_id)).execute(c)),
+        )?)
+    }
+
+    /// Every link, ordered by user id then location id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when the database fails.
+    pub fn user_locations(&mut self) -> Result<Vec<UserLocation>> {
+        self.run(|c| dispatch!(c => user_location::all().load(c)))
+    }
+
+    /// Links user `user_id` to location `location_id`. Linking twice is not an error: returns
+    /// whether a new link was made.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ForeignKeyViolation`] when the user or the location does not exist.
+    pub fn link(&mut self, user_id: i64, location_id: i32) -> Result<bool> {
+        let link = UserLocation {
+            location_id,
+            user_id,
+        };
+        let inserted = self.run(|c| {
+            dispatch!(c => diesel::insert_into(userlocations::table)
+                .values(&link)
+                .on_conflict_do_nothing()
+                .execute(c))
+        });
+        Ok(self.name_reference(inserted, References::links(&[link]))? == 1)
+    }
+
+    /// Inserts a link, failing if it exists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UniqueViolation`] when the link exists; [`Error::ForeignKeyViolation`] when the
+    /// user or the location does not.
+    pub fn insert_user_location(&mut self, link: &UserLocation) -> Result<UserLocation> {
+        let inserted = self.run(|c| {
+            dispatch!(c => diesel::insert_into(userlocations::table)
+                .values(link)
+                .execute(c))
+        });
+        self.name_reference(inserted, References::links(&[*link]))?;
+        Ok(*link)
+    }
+
+    /// Removes the link between user `user_id` and location `location_id`; returns whether
+    /// there was one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when the database fails.
+    pub fn unlink(&mut self, user_id: i64, location_id: i32) -> Result<bool> {
+        let link = UserLocation {
+            location_id,
+            user_id,
+        };
+        Ok(self.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))? == 1)
+    }
+
+    /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
+    /// (a savepoint inside an open one): links not in the set go, missing ones are made.
+    ///
+    /// Atomic and deadlock-free against concurrent calls: it first locks the user's row
+    /// (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's transactions hold the write lock), so calls
+    /// for one user run one after another, and it touches links in location-id order. Any
+    /// number of ids works: deletes and inserts are chunked under the bind limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ForeignKeyViolation`] when the user or a location does not exist; nothing
+    /// changes then.
+    pub fn replace_user_locations(&mut self, user_id: i64, location_ids: &[i32]) -> Result<()> {
+        let mut wanted = location_ids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let replaced = self.transaction(|repo| {
+            repo.lock_user(user_id)?;
+            let current: Vec<i32> =
+                repo.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
+            let gone: Vec<i32> = current
+                .iter()
+                .copied()
+                .filter(|id| wanted.binary_search(id).is_err())
+                .collect();
+            let made: Vec<UserLocation> = wanted
+                .iter()
+                .filter(|id| current.binary_search(id).is_err())
+                .map(|&location_id| UserLocation {
+                    location_id,
+                    user_id,
+                })
+                .collect();
+            let per_chunk = chunk_rows(repo.backend(), 1).saturating_sub(1).max(1);
+            for chunk in gone.chunks(per_chunk) {
+                repo.run(|c| {
+                    dispatch!(c => diesel::delete(
+                        userlocations::table
+                            .filter(userlocations::user_id.eq(user_id))
+                            .filter(userlocations::location_id.eq_any(chunk)),
+                    )
+                    .execute(c))
+                })?;
+            }
+            let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
+            repo.run(|c| {
+                dispatch!(c => insert_chunks(c, &made, per_chunk, |c, chunk| {
+                    diesel::insert_into(userlocations::table)
+                        .values(chunk)
+                        .execute(c)
+                }))
+            })?;
+            Ok(())
+        });
+        let links: Vec<UserLocation> = wanted
+            .iter()
+            .map(|&location_id| UserLocation {
+                location_id,
+                user_id,
+            })
+            .collect();
+        self.name_reference(replaced, References::links(&links))
+    }
+
+    /// Locks user `user_id`'s row until the transaction ends (`FOR UPDATE` on PostgreSQL; on
+    /// SQLite the transaction holds the database's write lock already).
+    fn lock_user(&mut self, user_id: i64) -> Result<()> {
+        let query = users::table.find(user_id).select(users::user_id);
+        let found: Option<i64> = self.run(|c| match c {
+            AnyConnection::Pg(c) => query.for_update().first(c).optional(),
+            AnyConnection::Sqlite(c) => query.first(c).optional(),
+        })?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(missing_parent(
+                "userlocations",
+                LINK_USER_FKEY,
+                "user_id",
+                user_id,
+                "users",
+            )),
+        }
+    }
+}
