@@ -399,7 +399,7 @@ fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> 
                         .and_then(|found| found.ok_or(Error::NotFound).map(drop))
                         .and_then(|()| db.session()?.repo().count_user_locations(id).map(drop));
                     if let Err(e) = outcome {
-                        errors.push(e.to_string());
+                        errors.push(userbase::testing::report(&e));
                     }
                 }
                 errors
