@@ -193,10 +193,11 @@ impl Gate {
                 continue;
             }
             let now = Instant::now();
-            // A connect opened for this checkout is waited for, like SQLAlchemy's overflow
-            // connect: `pool_timeout` bounds the wait for room, the driver's `connect_timeout`
-            // bounds the connect. So `PoolTimeout` means the limit was in use all along.
-            let connecting_for_me = ticket.is_some();
+            // A connect already opening for this checkout is waited for, like SQLAlchemy's
+            // overflow connect: `pool_timeout` bounds the wait for room, the driver's
+            // `connect_timeout` bounds the connect. So `PoolTimeout` means the limit was in use
+            // (or no connector was free to start a connect) for the whole timeout.
+            let connecting_for_me = ticket.is_some_and(|t| st.connecting.contains(&t));
             if now >= deadline && connecting_for_me {
                 st = self
                     .callers
