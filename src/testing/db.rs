@@ -401,7 +401,7 @@ fn migrations_hash() -> u64 {
         let mut hasher = DefaultHasher::new();
         use diesel::migration::MigrationSource;
         let names =
-            MigrationSource::<diesel::pg::Pg>::migrations(&crate::engine::POSTGRES_MIGRATIONS)
+            MigrationSource::<diesel::pg::Pg>::migrations(&crate::migrate::POSTGRES_MIGRATIONS)
                 .map(|migrations| {
                     migrations
                         .iter()
