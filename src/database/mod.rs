@@ -134,7 +134,8 @@ impl Database {
         &self.pool().config
     }
 
-    /// Checks a connection out for a scope: the seed's `with session_pool() as session`.
+    /// Checks a connection out for a scope: the tutorial's `with session_pool() as session`
+    /// (a SQLAlchemy `sessionmaker`).
     ///
     /// The connection goes back to the pool when the [`Session`] is dropped. With
     /// `leak_detection_threshold` set, the caller's location is what a leak warning names.
@@ -258,7 +259,7 @@ impl Database {
         }
     }
 
-    /// The pool's figures: the seed's `engine.pool.status()`.
+    /// The pool's figures: SQLAlchemy's `engine.pool.status()`.
     pub fn status(&self) -> PoolStatus {
         let (open, idle, checked_out) = self.pool().gate.figures();
         let config = &self.pool().config;
@@ -273,7 +274,7 @@ impl Database {
     }
 
     /// Closes every idle connection now, and every checked-out one when it is returned; later
-    /// checkouts open fresh connections (the seed's `engine.dispose()`).
+    /// checkouts open fresh connections (SQLAlchemy's `engine.dispose()`).
     pub fn dispose(&self) {
         self.pool().invalidation.invalidate();
         let count = self.pool().gate.reserve_all_idle();

@@ -109,8 +109,10 @@ impl Pool {
     }
 }
 
-/// The pool's figures: the seed's `engine.pool.status()`.
+/// The pool's figures: SQLAlchemy's `engine.pool.status()`, from
+/// [`Database::status`](crate::Database::status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// `pool_size`: connections kept open once made.
     pub pool_size: u32,
