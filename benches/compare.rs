@@ -139,16 +139,8 @@ fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
 /// The statements (SQL, binds) userbase sends for `op`, captured through `echo`.
 fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>)> {
     let log = common::Captured::run(tracing::Level::INFO, || {
-        let pool = PoolConfig {
-            echo: true,
-            ..PoolConfig::default()
-        };
-        let db = Database::new(Settings {
-            url: url.clone(),
-            pool,
-            ..Settings::default()
-        })
-        .expect("engine");
+        let pool = PoolConfig::default().with_echo(true);
+        let db = Database::new(Settings::new(url.clone()).with_pool(pool)).expect("engine");
         op(&db, CAPTURE_ID);
     });
     log.lines()
@@ -428,18 +420,11 @@ fn sessions_opened(url: &DbUrl) -> i64 {
 
 fn threaded(bench: &Bench) {
     let engine = |pool_size, max_overflow, overflow_idle_timeout| {
-        let pool = PoolConfig {
-            pool_size,
-            max_overflow,
-            overflow_idle_timeout,
-            ..PoolConfig::default()
-        };
-        Database::new(Settings {
-            url: bench.url.clone(),
-            pool,
-            ..Settings::default()
-        })
-        .expect("engine")
+        let pool = PoolConfig::default()
+            .with_pool_size(pool_size)
+            .with_max_overflow(max_overflow)
+            .with_overflow_idle_timeout(overflow_idle_timeout);
+        Database::new(Settings::new(bench.url.clone()).with_pool(pool)).expect("engine")
     };
     let statements = capture(&bench.url, &point_query);
     let script = pgbench_script(&statements, bench.users);
@@ -528,16 +513,8 @@ fn threaded(bench: &Bench) {
 
 fn engine_variants(bench: &Bench) {
     let engine = |pre_ping| {
-        let pool = PoolConfig {
-            pre_ping,
-            ..PoolConfig::default()
-        };
-        Database::new(Settings {
-            url: bench.url.clone(),
-            pool,
-            ..Settings::default()
-        })
-        .expect("engine")
+        let pool = PoolConfig::default().with_pre_ping(pre_ping);
+        Database::new(Settings::new(bench.url.clone()).with_pool(pool)).expect("engine")
     };
     let (on, off) = (engine(true), engine(false));
     let held_db = engine(false);

@@ -25,17 +25,10 @@ fn server() -> DbUrl {
 }
 
 fn engine(url: &DbUrl, pre_ping: bool, bypass: Duration) -> Database {
-    let pool = PoolConfig {
-        pre_ping,
-        pre_ping_bypass: bypass,
-        ..PoolConfig::default()
-    };
-    Database::new(Settings {
-        url: url.clone(),
-        pool,
-        ..Settings::default()
-    })
-    .expect("engine")
+    let pool = PoolConfig::default()
+        .with_pre_ping(pre_ping)
+        .with_pre_ping_bypass(bypass);
+    Database::new(Settings::new(url.clone()).with_pool(pool)).expect("engine")
 }
 
 /// Operations per second of `op` run `OPS_PER_ROUND` times.

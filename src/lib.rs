@@ -7,13 +7,14 @@
 
 pub mod config;
 mod connection;
+mod database;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod error;
+mod failures;
 mod migrate;
 pub mod models;
-pub mod replica;
 mod repo;
 mod retry;
 #[rustfmt::skip]
@@ -27,7 +28,9 @@ pub mod validate;
 
 pub use config::{Backend, DbUrl, PoolConfig, Secrets, Settings};
 pub use connection::{AnyConnection, MultiBackend};
-pub use engine::{Database, PoolStatus};
+pub use database::replica;
+pub use database::Database;
+pub use engine::PoolStatus;
 pub use error::{Error, MigrationFailure, Result};
 pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};

@@ -2,11 +2,15 @@
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::SqliteConnection;
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::connection::AnyConnection;
-use crate::engine::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 use crate::error::{Error, Result};
+
+/// The PostgreSQL migrations (`migrations/postgres`), compiled into the crate.
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+/// The SQLite migrations (`migrations/sqlite`), compiled into the crate.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Key of the PostgreSQL advisory lock held while migrations run, so that two processes starting
 /// at once do not both apply them.

@@ -7,7 +7,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use crate::engine::Database;
+use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::transaction::{self, Isolation};
@@ -163,7 +163,11 @@ impl Database {
                     transaction::run(session.repo_connection(), Isolation::Serializable, |conn| {
                         f(&mut Repo::new(conn))
                     });
-                crate::replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
+                crate::database::replica::after_transaction(
+                    self,
+                    session.repo_connection(),
+                    outcome.is_ok(),
+                );
                 outcome
             };
             match outcome {

@@ -8,7 +8,8 @@ use crate::engine::{Gate, Invalidation, Manager, Pooled};
 use crate::error::Error;
 use crate::repo::Repo;
 
-/// A connection checked out of the pool for a scope: the seed's `with session_pool() as session`.
+/// A connection checked out of the pool for a scope: the tutorial's `with
+/// session_pool() as session` (a SQLAlchemy `sessionmaker`).
 ///
 /// Dropping it returns the connection to the pool: any transaction left open (however it was
 /// begun) is rolled back first, and a connection that died, was invalidated or could not be
@@ -129,7 +130,7 @@ impl Session {
         self.conn.mark_discard();
     }
 
-    /// The typed queries over this session's connection: the seed's `Repo(session)`.
+    /// The typed queries over this session's connection: the tutorial's `Repo(session)`.
     pub fn repo(&mut self) -> Repo<'_> {
         Repo::new(self.conn.connection())
     }

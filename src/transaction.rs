@@ -1,5 +1,5 @@
-//! Transactions: the one helper behind every `transaction` of the crate, the record of failed
-//! statements that keeps a failed transaction from committing, and the retry loop.
+//! Transactions: the one helper behind every `transaction` of the crate, and how it uses the
+//! record of failed statements (`crate::failures`) to keep a failed transaction from committing.
 //!
 //! # A failed statement poisons its transaction
 //!
@@ -7,126 +7,19 @@
 //! and `COMMIT` is answered with `ROLLBACK`. SQLite only undoes the failed statement. So that both
 //! backends behave alike and a transaction never reports success for work the database
 //! discarded, every connection records the first failed statement of each open transaction level
-//! (from Diesel's [`Instrumentation`] events); a level with a failure refuses further statements
+//! (from Diesel's [`Instrumentation`](diesel::connection::Instrumentation) events); a level with a failure refuses further statements
 //! and cannot commit: it is rolled back and [`Error::TransactionAborted`] carries the failure.
 //! Rolling back a savepoint (a nested transaction that returned `Err`) clears its level.
 
-use diesel::connection::{
-    AnsiTransactionManager, Connection, Instrumentation, InstrumentationEvent, TransactionManager,
-};
-use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
+use diesel::result::Error as DieselError;
 
 use crate::connection::AnyConnection;
 use crate::engine::Watch;
 use crate::error::{Error, Result};
+use crate::failures::{Failure, Failures};
 
 type Tm = <AnyConnection as Connection>::TransactionManager;
-
-/// A copy of a failed statement's database error, kept to be reported when the transaction
-/// tries to go on or to commit.
-#[derive(Debug, Clone)]
-struct Failure {
-    kind: DatabaseErrorKind,
-    message: String,
-    details: Option<String>,
-    hint: Option<String>,
-    table_name: Option<String>,
-    column_name: Option<String>,
-    constraint_name: Option<String>,
-    statement_position: Option<i32>,
-}
-
-impl Failure {
-    fn copy(kind: DatabaseErrorKind, info: &dyn DatabaseErrorInformation) -> Self {
-        Failure {
-            kind,
-            message: info.message().to_owned(),
-            details: info.details().map(str::to_owned),
-            hint: info.hint().map(str::to_owned),
-            table_name: info.table_name().map(str::to_owned),
-            column_name: info.column_name().map(str::to_owned),
-            constraint_name: info.constraint_name().map(str::to_owned),
-            statement_position: info.statement_position(),
-        }
-    }
-
-    /// The failure as the crate's typed error (the same variant the statement returned).
-    fn to_error(&self) -> Error {
-        Error::from(DieselError::DatabaseError(
-            self.kind,
-            Box::new(self.clone()),
-        ))
-    }
-}
-
-impl DatabaseErrorInformation for Failure {
-    fn message(&self) -> &str {
-        &self.message
-    }
-    fn details(&self) -> Option<&str> {
-        self.details.as_deref()
-    }
-    fn hint(&self) -> Option<&str> {
-        self.hint.as_deref()
-    }
-    fn table_name(&self) -> Option<&str> {
-        self.table_name.as_deref()
-    }
-    fn column_name(&self) -> Option<&str> {
-        self.column_name.as_deref()
-    }
-    fn constraint_name(&self) -> Option<&str> {
-        self.constraint_name.as_deref()
-    }
-    fn statement_position(&self) -> Option<i32> {
-        self.statement_position
-    }
-}
-
-/// The first failed statement of each open transaction level of one connection (index 0: the
-/// top level). Levels are opened and closed by [`transaction`]; statements that fail outside
-/// any level (autocommit) are not kept.
-#[derive(Debug, Default)]
-pub(crate) struct Failures {
-    levels: Vec<Option<Failure>>,
-}
-
-impl Failures {
-    /// Records a failed statement in the innermost open level, unless that level already has
-    /// its first failure. Called for every event of the connection's instrumentation.
-    pub(crate) fn observe(&mut self, event: &InstrumentationEvent<'_>) {
-        if let InstrumentationEvent::FinishQuery {
-            error: Some(error), ..
-        } = event
-        {
-            self.record(error);
-        }
-    }
-
-    /// Records `error` in the innermost open level when it is the database's (not a client-side
-    /// error such as a missing row) and the level has no failure yet.
-    fn record(&mut self, error: &DieselError) {
-        if let (Some(level @ None), DieselError::DatabaseError(kind, info)) =
-            (self.levels.last_mut(), error)
-        {
-            *level = Some(Failure::copy(*kind, info.as_ref()));
-        }
-    }
-
-    /// Forgets levels deeper than `depth` (left behind by a closure that panicked, or closed by
-    /// raw SQL).
-    fn sync(&mut self, depth: usize) {
-        self.levels.truncate(depth);
-    }
-}
-
-/// For connections that do not come from a [`Database`](crate::Database) (which installs its own
-/// instrumentation, holding a [`Failures`]).
-impl Instrumentation for Failures {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        self.observe(&event);
-    }
-}
 
 /// The failure record of `conn`, if its instrumentation keeps one.
 fn failures(conn: &mut AnyConnection) -> Option<&mut Failures> {
@@ -160,11 +53,11 @@ pub(crate) fn check_usable(conn: &mut AnyConnection) -> Result<()> {
         return Ok(());
     };
     failures.sync(depth);
-    match failures.levels.last() {
-        Some(Some(first)) => Err(Error::TransactionAborted {
+    match failures.innermost() {
+        Some(first) => Err(Error::TransactionAborted {
             first: Box::new(first.to_error()),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -211,18 +104,14 @@ fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
         conn.set_instrumentation(Failures::default());
     }
     if let Some(failures) = failures(conn) {
-        failures.sync(depth.saturating_sub(1));
-        failures.levels.resize(depth, None);
+        failures.open(depth);
     }
     Ok(depth)
 }
 
 /// Closes the level `depth` of the failure record; returns its first failure.
 fn leave(conn: &mut AnyConnection, depth: usize) -> Option<Failure> {
-    let failures = failures(conn)?;
-    let first = failures.levels.get_mut(depth.checked_sub(1)?)?.take();
-    failures.sync(depth.saturating_sub(1));
-    first
+    failures(conn)?.close(depth)
 }
 
 /// Runs `f` in a transaction on `conn` (a savepoint when one is open): the helper behind

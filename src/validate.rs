@@ -1,7 +1,9 @@
-//! Checks run before anything reaches the database, the same on both backends (SQLite would
-//! otherwise store over-long strings silently, and PostgreSQL rejects NUL bytes with an
-//! encoding error). Every string argument of every public method of the
-//! [`Repo`](crate::Repo) goes through [`text`] (or, for raw SQL, [`sql`]).
+//! The bounds of what is stored, checked before anything reaches the database and the same on
+//! both backends (SQLite would otherwise store over-long strings silently, and PostgreSQL rejects
+//! NUL bytes with an encoding error): string lengths, the page limit and the timestamp range.
+//! Every string argument of every public method of the [`Repo`](crate::Repo) is checked (raw SQL
+//! too: not blank, no NUL byte); a value out of bounds is
+//! [`Error::Validation`] naming the field.
 
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
 
@@ -24,7 +26,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Error {
 /// Whether `c` shows nothing: white space, a control character, or a Unicode
 /// `Default_Ignorable_Code_Point` (zero-width space and joiners, word joiner, byte order mark,
 /// soft hyphen, bidirectional marks, variation selectors, Hangul fillers, tags).
-pub fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
         || matches!(
@@ -55,7 +57,7 @@ pub fn is_invisible(c: char) -> bool {
 /// # Errors
 ///
 /// [`Error::Validation`] naming `field`.
-pub fn text(field: &'static str, value: &str, max: usize) -> Result<()> {
+pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.contains('\0') {
         return Err(invalid(field, "must not contain NUL bytes"));
     }
@@ -80,7 +82,7 @@ pub fn text(field: &'static str, value: &str, max: usize) -> Result<()> {
 /// # Errors
 ///
 /// As [`text`].
-pub fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Result<()> {
+pub(crate) fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Result<()> {
     value.map_or(Ok(()), |v| text(field, v, max))
 }
 
@@ -91,7 +93,7 @@ pub fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Re
 /// # Errors
 ///
 /// [`Error::Validation`] naming the field `sql`.
-pub fn sql(value: &str) -> Result<()> {
+pub(crate) fn sql(value: &str) -> Result<()> {
     if value.contains('\0') {
         return Err(invalid("sql", "must not contain NUL bytes"));
     }
@@ -179,7 +181,7 @@ pub fn timestamp(field: &'static str, value: NaiveDateTime) -> Result<NaiveDateT
 /// # Errors
 ///
 /// [`Error::Validation`] naming the field `limit`.
-pub fn limit(limit: i64) -> Result<i64> {
+pub(crate) fn limit(limit: i64) -> Result<i64> {
     if (1..=PAGE_LIMIT_MAX).contains(&limit) {
         Ok(limit)
     } else {

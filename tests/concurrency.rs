@@ -110,6 +110,7 @@ both_backends! {
             }
             // SQLite's IMMEDIATE transactions run one after the other: no deadlock.
             Backend::Sqlite => assert_eq!(ok, 2, "{results:?}"),
+            other => unreachable!("no case for {other:?}"),
         }
         let (one, two) = names(&db);
         assert_eq!(one[..1], two[..1], "one transaction's writes only: {one} {two}");
@@ -161,6 +162,7 @@ both_backends! {
         match backend {
             Backend::Postgres => assert_eq!(failures, 1, "{once:?}"),
             Backend::Sqlite => assert_eq!(failures, 0, "{once:?}"),
+            other => unreachable!("no case for {other:?}"),
         }
         assert_eq!(active(&db), 1, "never both deactivated");
         for _ in 0..3 {

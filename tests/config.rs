@@ -173,20 +173,19 @@ fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
     assert_eq!(s.url.render(Secrets::Shown), "sqlite://userbase.sqlite3");
     assert_eq!(
         s.pool,
-        PoolConfig {
-            pool_size: 5,
-            max_overflow: 10,
-            pool_timeout: Duration::from_secs(30),
-            pool_recycle: None,
-            pre_ping: true,
-            pre_ping_bypass: Duration::from_millis(500),
-            echo: false,
-            hide_parameters: false,
-            echo_pool: false,
-            overflow_idle_timeout: Duration::from_secs(1),
-            leak_detection_threshold: None,
-            statement_cache: true,
-        }
+        PoolConfig::default()
+            .with_pool_size(5)
+            .with_max_overflow(10)
+            .with_pool_timeout(Duration::from_secs(30))
+            .with_pool_recycle(None)
+            .with_pre_ping(true)
+            .with_pre_ping_bypass(Duration::from_millis(500))
+            .with_echo(false)
+            .with_hide_parameters(false)
+            .with_echo_pool(false)
+            .with_overflow_idle_timeout(Duration::from_secs(1))
+            .with_leak_detection_threshold(None)
+            .with_statement_cache(true)
     );
     assert_eq!(s.pool, PoolConfig::default());
     assert_eq!(s.pool.max_connections(), 15);
@@ -240,24 +239,6 @@ fn pool_variables_are_read() {
         ("DB_STATEMENT_CACHE", "off"),
     ])
     .unwrap();
-    assert_eq!(
-        s.pool,
-        PoolConfig {
-            pool_size: 2,
-            max_overflow: 0,
-            pool_timeout: Duration::from_millis(1500),
-            pool_recycle: Some(Duration::from_secs(3600)),
-            pre_ping: false,
-            pre_ping_bypass: Duration::from_millis(250),
-            echo: true,
-            hide_parameters: true,
-            echo_pool: true,
-            overflow_idle_timeout: Duration::from_millis(2500),
-            leak_detection_threshold: Some(Duration::from_secs(60)),
-            statement_cache: false,
-        }
-    );
-    // The same through the setters.
     assert_eq!(
         s.pool,
         PoolConfig::default()
@@ -639,17 +620,15 @@ fn secret_query_parameters_are_hidden_in_connect_errors_and_pool_warnings() {
             .finish(),
     )
     .unwrap();
-    let db = Database::new(Settings {
-        url,
-        pool: PoolConfig {
-            echo_pool: true,
-            pool_size: 1,
-            max_overflow: 0,
-            pool_timeout: Duration::from_secs(5),
-            ..PoolConfig::default()
-        },
-        ..Settings::default()
-    })
+    let db = Database::new(
+        Settings::new(url).with_pool(
+            PoolConfig::default()
+                .with_echo_pool(true)
+                .with_pool_size(1)
+                .with_max_overflow(0)
+                .with_pool_timeout(Duration::from_secs(5)),
+        ),
+    )
     .unwrap();
     let error = db.session().map(drop).unwrap_err();
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -816,11 +795,9 @@ fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
         let (variable, message) = config_error(pool.validate());
         assert_eq!(variable, field, "{pool:?}: {message}");
         assert!(message.contains("allowed:"), "{message}");
-        let (variable, _) = config_error(Database::new(Settings {
-            url: DbUrl::sqlite(":memory:"),
-            pool,
-            ..Settings::default()
-        }));
+        let (variable, _) = config_error(Database::new(
+            Settings::new(DbUrl::sqlite(":memory:")).with_pool(pool),
+        ));
         assert_eq!(variable, field);
     }
     // Their limits pass.

@@ -27,12 +27,10 @@ fn server_connections(app: &str) -> i64 {
 }
 
 fn short_pool(pool_size: u32, max_overflow: u32) -> PoolConfig {
-    PoolConfig {
-        pool_size,
-        max_overflow,
-        pool_timeout: Duration::from_millis(300),
-        ..PoolConfig::default()
-    }
+    PoolConfig::default()
+        .with_pool_size(pool_size)
+        .with_max_overflow(max_overflow)
+        .with_pool_timeout(Duration::from_millis(300))
 }
 
 #[test]
@@ -57,11 +55,10 @@ fn creating_a_database_opens_no_connection() {
 fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
     let test = TestDb::new(Backend::Postgres);
     let app = unique_name("limit");
-    let db = Database::new(Settings {
-        url: test.url.clone().with_query_param("application_name", &app),
-        pool: short_pool(2, 1),
-        ..Settings::default()
-    })
+    let db = Database::new(
+        Settings::new(test.url.clone().with_query_param("application_name", &app))
+            .with_pool(short_pool(2, 1)),
+    )
     .unwrap();
     let held: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
     assert_eq!(server_connections(&app), 3);
@@ -108,12 +105,7 @@ fn pool_limits_hold_on_sqlite_too() {
 /// The first checkout's error on an engine for `url` (short timeout: a hang would show as
 /// PoolTimeout), with its `Display` and `Debug` side by side.
 fn first_checkout_error(url: DbUrl) -> (Error, String) {
-    let db = Database::new(Settings {
-        url,
-        pool: short_pool(1, 0),
-        ..Settings::default()
-    })
-    .unwrap();
+    let db = Database::new(Settings::new(url).with_pool(short_pool(1, 0))).unwrap();
     let err = db.session().unwrap_err();
     let shown = format!("{err} | {err:?}");
     (err, shown)
@@ -170,17 +162,8 @@ fn unopenable_sqlite_file_is_a_connect_error() {
 
 #[test]
 fn invalid_pool_config_is_rejected() {
-    let pool = PoolConfig {
-        pool_size: 0,
-        max_overflow: 0,
-        ..PoolConfig::default()
-    };
-    let err = Database::new(Settings {
-        url: DbUrl::sqlite(":memory:"),
-        pool,
-        ..Settings::default()
-    })
-    .unwrap_err();
+    let pool = PoolConfig::default().with_pool_size(0).with_max_overflow(0);
+    let err = Database::new(Settings::new(DbUrl::sqlite(":memory:")).with_pool(pool)).unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
 }
 
@@ -201,6 +184,7 @@ both_backends! {
                 (common::database_url(&name), Some(name))
             }
             Backend::Sqlite => (DbUrl::sqlite(dir.path().join("c.db").to_str().unwrap()), None),
+            other => unreachable!("no case for {other:?}"),
         };
         let db = Database::new(Settings::new(url)).unwrap();
         db.session().unwrap().connection().batch_execute("CREATE TABLE users (x INTEGER)").unwrap();
@@ -264,28 +248,17 @@ fn echo_logs_sql_and_duration_but_never_the_password() {
     // The test server trusts every password, so a password in the URL still connects.
     let url = test.url.clone().with_password("echo-secret-pw");
     let log = Captured::run(tracing::Level::INFO, || {
-        let db = Database::new(Settings {
-            url,
-            pool: PoolConfig {
-                echo: true,
-                ..PoolConfig::default()
-            },
-            ..Settings::default()
-        })
-        .unwrap();
+        let db = Database::new(Settings::new(url).with_pool(PoolConfig::default().with_echo(true)))
+            .unwrap();
         db.session()
             .unwrap()
             .repo()
             .count_user_locations(6873)
             .unwrap();
         let refused = DbUrl::parse("postgres://postgres:echo-secret-pw@127.0.0.1:1/x").unwrap();
-        let _ = Database::new(Settings {
-            url: refused,
-            pool: short_pool(1, 0),
-            ..Settings::default()
-        })
-        .unwrap()
-        .session();
+        let _ = Database::new(Settings::new(refused).with_pool(short_pool(1, 0)))
+            .unwrap()
+            .session();
     });
     assert!(log.contains(r#"SELECT count("userlocations"."location_id") FROM "userlocations" WHERE ("userlocations"."user_id" = $1)"#), "{log}");
     assert!(log.contains("binds: [6873]"), "{log}");

@@ -51,6 +51,7 @@ fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
     let url = match test.backend {
         Backend::Postgres => test.url.clone().with_query_param("application_name", &app),
         Backend::Sqlite => test.url.clone(),
+        other => unreachable!("no case for {other:?}"),
     };
     (
         Database::new(Settings::new(url).with_pool(pool)).unwrap(),
@@ -115,10 +116,7 @@ fn bursts_of_64_threads_stay_within_the_limit_and_settle_at_pool_size() {
     let test = TestDb::new(Backend::Postgres);
     let (db, app) = engine(
         &test,
-        PoolConfig {
-            overflow_idle_timeout: Duration::from_millis(300),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().with_overflow_idle_timeout(Duration::from_millis(300)),
     );
     for round in 0..10 {
         let watcher = Watcher::start(&app);
@@ -164,12 +162,7 @@ both_backends! {
         let test = TestDb::new(backend);
         let (db, _app) = engine(
             &test,
-            PoolConfig {
-                pool_size: 1,
-                max_overflow: 0,
-                pool_timeout: Duration::from_secs(30),
-                ..PoolConfig::default()
-            },
+            PoolConfig::default().with_pool_size(1).with_max_overflow(0).with_pool_timeout(Duration::from_secs(30)),
         );
         for round in 0..15 {
             let held = db.session().unwrap();
@@ -201,16 +194,12 @@ both_backends! {
         let test = TestDb::new(backend);
         let (db, app) = engine(
             &test,
-            PoolConfig {
-                pool_size: 1,
-                max_overflow: 0,
-                pool_timeout: Duration::from_secs(10),
-                ..PoolConfig::default()
-            },
+            PoolConfig::default().with_pool_size(1).with_max_overflow(0).with_pool_timeout(Duration::from_secs(10)),
         );
         let begins: &[&str] = match backend {
             Backend::Postgres => &["BEGIN", "START TRANSACTION", "begin; select 1"],
             Backend::Sqlite => &["BEGIN", "BEGIN IMMEDIATE", "begin deferred"],
+            other => unreachable!("no case for {other:?}"),
         };
         for (i, begin) in begins.iter().enumerate() {
             let id = i64::try_from(i).unwrap() + 1;
@@ -234,14 +223,7 @@ both_backends! {
             assert_eq!(db.session().unwrap().repo().users().unwrap(), vec![], "{begin}");
             if backend == Backend::Sqlite {
                 // Another writer is not blocked by a lock left behind.
-                let other = Database::new(Settings {
-                    url: test.url.clone(),
-                    pool: PoolConfig {
-                        pool_timeout: Duration::from_secs(10),
-                        ..PoolConfig::default()
-                    },
-                    ..Settings::default()
-                })
+                let other = Database::new(Settings::new(test.url.clone()).with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(10))))
                 .unwrap();
                 let started = Instant::now();
                 other.session().unwrap().repo().insert_user(&NewUser::new(100 + id, "Other")).unwrap();
@@ -257,10 +239,7 @@ both_backends! {
         let log = Captured::run(tracing::Level::WARN, || {
             let (db, _app) = engine(
                 &test,
-                PoolConfig {
-                    leak_detection_threshold: Some(Duration::from_millis(150)),
-                    ..PoolConfig::default()
-                },
+                PoolConfig::default().with_leak_detection_threshold(Some(Duration::from_millis(150))),
             );
             let quick = db.session().unwrap();
             drop(quick);
@@ -289,14 +268,10 @@ fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
         .with_host("127.0.0.1")
         .with_port(port)
         .with_database("x");
-    let db = Database::new(Settings {
-        url,
-        pool: PoolConfig {
-            pool_timeout: Duration::from_secs(30),
-            ..PoolConfig::default()
-        },
-        ..Settings::default()
-    })
+    let db = Database::new(
+        Settings::new(url)
+            .with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(30))),
+    )
     .unwrap();
     let start = Arc::new(Barrier::new(32));
     let workers: Vec<_> = (0..32)
@@ -335,12 +310,10 @@ fn pool_timeout_states_what_was_open_checked_out_and_pending() {
     let test = TestDb::new(Backend::Postgres);
     let (db, _app) = engine(
         &test,
-        PoolConfig {
-            pool_size: 1,
-            max_overflow: 1,
-            pool_timeout: Duration::from_millis(200),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default()
+            .with_pool_size(1)
+            .with_max_overflow(1)
+            .with_pool_timeout(Duration::from_millis(200)),
     );
     let held = (db.session().unwrap(), db.session().unwrap());
     let err = db.session().unwrap_err();
@@ -493,14 +466,10 @@ impl Drop for PrivateServer {
 #[test]
 fn check_reaches_the_server_every_time() {
     let server = PrivateServer::start();
-    let db = Database::new(Settings {
-        url: server.url(),
-        pool: PoolConfig {
-            pool_timeout: Duration::from_secs(30),
-            ..PoolConfig::default()
-        },
-        ..Settings::default()
-    })
+    let db = Database::new(
+        Settings::new(server.url())
+            .with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(30))),
+    )
     .unwrap();
     for round in 0..3 {
         db.check().unwrap();

@@ -49,6 +49,7 @@ fn bulk_users(db: &userbase::Database, backend: Backend, n: i64) {
             "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) \
              INSERT INTO users (user_id, full_name) SELECT i, 'User ' || i FROM s"
         ),
+        other => unreachable!("no case for {other:?}"),
     };
     session.connection().batch_execute(&sql).unwrap();
     session
@@ -174,6 +175,7 @@ both_backends! {
         let n: i64 = match backend {
             Backend::Sqlite => 260_000,
             Backend::Postgres => 70_000,
+            other => unreachable!("no case for {other:?}"),
         };
         let test = TestDb::new(backend);
         let db = test.database();
@@ -200,6 +202,7 @@ both_backends! {
             Backend::Postgres => "INSERT INTO locations (location_name, address) SELECT 'L' || i, 'x' FROM generate_series(1, 70000) i",
             Backend::Sqlite => "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 70000) \
                  INSERT INTO locations (location_name, address) SELECT 'L' || i, 'x' FROM s",
+            other => unreachable!("no case for {other:?}"),
         };
         session.connection().batch_execute(sql).unwrap();
         let mut repo = session.repo();

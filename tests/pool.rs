@@ -55,12 +55,7 @@ fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
     let app = unique_name("pool");
     let url = test.url.clone().with_query_param("application_name", &app);
     (
-        Database::new(Settings {
-            url,
-            pool,
-            ..Settings::default()
-        })
-        .unwrap(),
+        Database::new(Settings::new(url).with_pool(pool)).unwrap(),
         app,
     )
 }
@@ -95,11 +90,9 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
     let test = TestDb::new(Backend::Postgres);
     let (db, app) = engine(
         &test,
-        PoolConfig {
-            pool_timeout: Duration::from_millis(400),
-            overflow_idle_timeout: Duration::from_millis(500),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default()
+            .with_pool_timeout(Duration::from_millis(400))
+            .with_overflow_idle_timeout(Duration::from_millis(500)),
     );
     let hold = Arc::new(Barrier::new(16));
     let release = Arc::new(Barrier::new(16));
@@ -162,10 +155,7 @@ fn a_zero_overflow_idle_timeout_closes_overflow_at_once() {
     let test = TestDb::new(Backend::Postgres);
     let (db, app) = engine(
         &test,
-        PoolConfig {
-            overflow_idle_timeout: Duration::ZERO,
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().with_overflow_idle_timeout(Duration::ZERO),
     );
     let sessions: Vec<_> = (0..15).map(|_| db.session().unwrap()).collect();
     assert_eq!(server_pids(&app).len(), 15);
@@ -183,13 +173,7 @@ fn a_zero_overflow_idle_timeout_closes_overflow_at_once() {
 #[test]
 fn base_connections_are_kept_through_idleness() {
     let test = TestDb::new(Backend::Postgres);
-    let (db, app) = engine(
-        &test,
-        PoolConfig {
-            pool_size: 3,
-            ..PoolConfig::default()
-        },
-    );
+    let (db, app) = engine(&test, PoolConfig::default().with_pool_size(3));
     let sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
     drop(sessions);
     let before = server_pids(&app);
@@ -206,10 +190,7 @@ fn recycle_replaces_old_connections_at_checkout() {
     let test = TestDb::new(Backend::Postgres);
     let (db, _app) = engine(
         &test,
-        PoolConfig {
-            pool_recycle: Some(Duration::from_millis(300)),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().with_pool_recycle(Some(Duration::from_millis(300))),
     );
     let first = backend_pid(&db);
     assert_eq!(backend_pid(&db), first, "young connection reused");
@@ -252,13 +233,7 @@ fn terminated_backends_are_replaced_without_errors() {
 #[test]
 fn a_query_on_a_dead_connection_invalidates_the_pool() {
     let test = TestDb::new(Backend::Postgres);
-    let (db, app) = engine(
-        &test,
-        PoolConfig {
-            pre_ping: false,
-            ..PoolConfig::default()
-        },
-    );
+    let (db, app) = engine(&test, PoolConfig::default().with_pre_ping(false));
     let sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
     drop(sessions);
     admin()
@@ -350,11 +325,7 @@ fn a_panic_inside_a_transaction_rolls_back() {
     let test = TestDb::new(Backend::Postgres);
     let (db, _app) = engine(
         &test,
-        PoolConfig {
-            pool_size: 1,
-            max_overflow: 0,
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().with_pool_size(1).with_max_overflow(0),
     );
     let db2 = db.clone();
     let outcome = thread::spawn(move || {
@@ -394,12 +365,10 @@ fn hide_parameters_keeps_binds_out_of_the_log() {
     let log = Captured::run(tracing::Level::DEBUG, || {
         let (db, _app) = engine(
             &test,
-            PoolConfig {
-                echo: true,
-                hide_parameters: true,
-                echo_pool: true,
-                ..PoolConfig::default()
-            },
+            PoolConfig::default()
+                .with_echo(true)
+                .with_hide_parameters(true)
+                .with_echo_pool(true),
         );
         db.session().unwrap().repo().user(987654).unwrap_err();
     });
@@ -413,7 +382,7 @@ fn hide_parameters_keeps_binds_out_of_the_log() {
 /// Counts the pings (`SELECT 1`) an echoing engine logs while `work` runs.
 fn pings_during(test: &TestDb, pool: PoolConfig, work: impl FnOnce(&Database)) -> usize {
     let log = Captured::run(tracing::Level::INFO, || {
-        let (db, _app) = engine(test, PoolConfig { echo: true, ..pool });
+        let (db, _app) = engine(test, pool.with_echo(true));
         work(&db);
     });
     log.lines()
@@ -432,10 +401,7 @@ fn pre_ping_skips_connections_used_within_the_bypass_window() {
     let window = PoolConfig::default();
     assert_eq!(window.pre_ping_bypass, Duration::from_millis(500));
     assert_eq!(pings_during(&test, window.clone(), checkouts), 0);
-    let no_window = PoolConfig {
-        pre_ping_bypass: Duration::ZERO,
-        ..PoolConfig::default()
-    };
+    let no_window = PoolConfig::default().with_pre_ping_bypass(Duration::ZERO);
     // A zero window pings on every checkout, the first one included.
     assert_eq!(pings_during(&test, no_window, checkouts), 10);
     let idle_then_used = |db: &Database| {
@@ -444,10 +410,8 @@ fn pre_ping_skips_connections_used_within_the_bypass_window() {
         checkouts(db);
     };
     assert_eq!(pings_during(&test, window, idle_then_used), 1);
-    let off = PoolConfig {
-        pre_ping: false,
-        pre_ping_bypass: Duration::ZERO,
-        ..PoolConfig::default()
-    };
+    let off = PoolConfig::default()
+        .with_pre_ping(false)
+        .with_pre_ping_bypass(Duration::ZERO);
     assert_eq!(pings_during(&test, off, idle_then_used), 0);
 }

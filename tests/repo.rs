@@ -219,6 +219,7 @@ both_backends! {
                 let expected = match backend {
                     Backend::Postgres => "users_pkey",
                     Backend::Sqlite => "users.user_id",
+                    other => unreachable!("no case for {other:?}"),
                 };
                 assert_eq!(constraint.as_deref(), Some(expected));
             }
@@ -330,6 +331,7 @@ both_backends! {
                 let expected = match backend {
                     Backend::Postgres => "full_name",
                     Backend::Sqlite => "users.full_name",
+                    other => unreachable!("no case for {other:?}"),
                 };
                 assert_eq!(column.as_deref(), Some(expected));
             }

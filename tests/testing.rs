@@ -113,10 +113,7 @@ fn sqlite_memory_test_db_is_one_database_for_its_lifetime() {
     let db = test.database();
     assert_eq!(db.session().unwrap().repo().users_raw().unwrap().len(), 7);
     // Another pool would be another (empty) database: refused, not silently empty.
-    let other = userbase::PoolConfig {
-        pool_size: 1,
-        ..Default::default()
-    };
+    let other = userbase::PoolConfig::default().with_pool_size(1);
     assert!(matches!(
         test.try_database_with(other),
         Err(testing::SetupError::Unsupported { .. })

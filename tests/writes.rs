@@ -160,6 +160,7 @@ both_backends! {
                 let expected = match backend {
                     Backend::Postgres => "locations_location_name_key",
                     Backend::Sqlite => "locations.location_name",
+                    other => unreachable!("no case for {other:?}"),
                 };
                 assert_eq!(constraint.as_deref(), Some(expected));
             }

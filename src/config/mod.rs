@@ -55,6 +55,7 @@ pub use self::url::{Backend, DbUrl, Secrets, SECRET_QUERY_PARAMS};
 /// Everything needed to open a [`Database`](crate::Database): the URL, the pool knobs, the read
 /// replicas and the migration URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Settings {
     /// Where the database is (the primary).
     pub url: DbUrl,

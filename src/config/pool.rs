@@ -53,6 +53,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 /// # Ok::<(), userbase::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Connections kept open once made. Default [`DEFAULT_POOL_SIZE`] (5); 0 to
     /// [`MAX_CONNECTIONS`] (env `DB_POOL_SIZE`).

@@ -69,6 +69,7 @@ const PATH: &AsciiSet = &COMPONENT.remove(b'/');
 
 /// The database engines userbase speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// PostgreSQL, the production backend.
     Postgres,

@@ -91,7 +91,7 @@ impl State {
     }
 }
 
-/// The gate: shared by the [`Database`](super::Database), its sessions and its connectors.
+/// The gate: shared by the [`Database`](crate::Database), its sessions and its connectors.
 pub(crate) struct Gate {
     state: Mutex<State>,
     /// Checkouts waiting for a connection.

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::gate::{Due, Gate};
-use super::{Inner, Manager};
+use super::{Manager, Pool};
 
 /// Pops an idle connection the gate reserved for the caller.
 ///
@@ -50,10 +50,10 @@ pub(crate) fn close_reserved(pool: &r2d2::Pool<Manager>, gate: &Gate, count: u32
     gate.discarded(closed);
 }
 
-/// Starts the keeper thread of `inner`'s pool; it stops when the engine is dropped.
-pub(crate) fn spawn(inner: &Arc<Inner>) {
-    let gate = inner.gate.clone();
-    let weak: Weak<Inner> = Arc::downgrade(inner);
+/// Starts the keeper thread of the pool `owner` holds; it stops when the engine is dropped.
+pub(crate) fn spawn<T: AsRef<Pool> + Send + Sync + 'static>(owner: &Arc<T>) {
+    let gate = (**owner).as_ref().gate.clone();
+    let weak: Weak<T> = Arc::downgrade(owner);
     let spawned = thread::Builder::new()
         .name("userbase-pool-keeper".to_owned())
         .spawn(move || run(&gate, &weak));
@@ -62,18 +62,19 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
     }
 }
 
-fn run(gate: &Gate, inner: &Weak<Inner>) {
+fn run<T: AsRef<Pool>>(gate: &Gate, owner: &Weak<T>) {
     loop {
         match gate.next_due() {
             Due::Stop => return,
             Due::Close(count) => {
-                let Some(inner) = inner.upgrade() else {
+                let Some(owner) = owner.upgrade() else {
                     return;
                 };
-                if inner.config.echo_pool {
+                let pool = (*owner).as_ref();
+                if pool.config.echo_pool {
                     tracing::debug!(target: "userbase::pool", count, "overflow idle timeout: closing connections above pool_size");
                 }
-                close_reserved(&inner.pool, gate, count);
+                close_reserved(&pool.r2d2, gate, count);
             }
             Due::Leaks(leaks) => {
                 for (dispatch, location, held) in leaks {

@@ -8,6 +8,8 @@ use std::time::Instant;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
+use crate::failures::Failures;
+
 /// Flags a connection's instrumentation raises for the pool to read at check-in.
 #[derive(Debug, Default)]
 pub(crate) struct ConnFlags {
@@ -106,7 +108,7 @@ pub(crate) struct Watch {
     echo: bool,
     hide_parameters: bool,
     started: Option<Instant>,
-    failures: crate::transaction::Failures,
+    failures: Failures,
 }
 
 impl Watch {
@@ -116,7 +118,7 @@ impl Watch {
             echo,
             hide_parameters,
             started: None,
-            failures: crate::transaction::Failures::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -130,8 +132,8 @@ impl Watch {
         self.flags.take_read_only_refusal()
     }
 
-    /// The failed statements of the connection's open transactions (see `crate::transaction`).
-    pub(crate) fn failures(&mut self) -> &mut crate::transaction::Failures {
+    /// The failed statements of the connection's open transactions (see `crate::failures`).
+    pub(crate) fn failures(&mut self) -> &mut Failures {
         &mut self.failures
     }
 

@@ -306,14 +306,11 @@ pub fn database_exists(admin: &mut PgConnection, name: &str) -> Result<bool, Set
 }
 
 fn engine(url: &DbUrl, pool: PoolConfig) -> Result<Database, SetupError> {
-    Database::new(Settings {
-        url: url.clone(),
-        pool,
-        ..Settings::default()
-    })
-    .map_err(|source| SetupError::Database {
-        action: format!("create an engine for {url}"),
-        source,
+    Database::new(Settings::new(url.clone()).with_pool(pool)).map_err(|source| {
+        SetupError::Database {
+            action: format!("create an engine for {url}"),
+            source,
+        }
     })
 }
 
@@ -401,7 +398,7 @@ fn migrations_hash() -> u64 {
         let mut hasher = DefaultHasher::new();
         use diesel::migration::MigrationSource;
         let names =
-            MigrationSource::<diesel::pg::Pg>::migrations(&crate::engine::POSTGRES_MIGRATIONS)
+            MigrationSource::<diesel::pg::Pg>::migrations(&crate::migrate::POSTGRES_MIGRATIONS)
                 .map(|migrations| {
                     migrations
                         .iter()

@@ -5,7 +5,7 @@ use diesel::{Connection, ConnectionError, PgConnection, QueryableByName, RunQuer
 
 use crate::config::DbUrl;
 use crate::connection::AnyConnection;
-use crate::engine::Database;
+use crate::database::Database;
 use crate::error::{Error, Result};
 
 /// libpq's default port, for a URL that names none.

@@ -74,7 +74,7 @@ pub(crate) use self::pooler::run_migrations;
 pub(crate) use self::router::Router;
 use self::router::{Health, Route};
 use crate::connection::AnyConnection;
-use crate::engine::Database;
+use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;

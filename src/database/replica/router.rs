@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::status::{self, Status};
 use crate::config::{DbUrl, PoolConfig, ReplicaConfig, Settings};
 use crate::connection::AnyConnection;
-use crate::engine::Database;
+use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::session::Session;
 

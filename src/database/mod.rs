@@ -1,0 +1,318 @@
+//! The public façade: [`Database`] builds the pool ([`crate::engine`]), hands out
+//! [`Session`]s, runs transactions and migrations, and routes reads to replicas
+//! ([`replica`]).
+//!
+//! The top of the crate: it imports the layers below (engine, session, transaction, repo) and
+//! none of them imports it.
+
+pub mod replica;
+
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Backend, DbUrl, PoolConfig, Settings};
+use crate::engine::{self, Grant, Pool, PoolStatus, Refusal};
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+use crate::session::Session;
+
+/// The engine: owns the connection pool and hands out [`Session`]s.
+///
+/// Like SQLAlchemy's `create_engine`, creating it opens no connection: connections are made as
+/// sessions need them, up to `pool_size + max_overflow`. Cloning is cheap and shares the pool.
+///
+/// ```
+/// use userbase::models::{NewLocation, NewUser};
+/// use userbase::{Database, DbUrl, Error, Settings};
+///
+/// // `Settings::from_env()?` in an application; an in-memory SQLite database here.
+/// let db = Database::new(Settings::new(DbUrl::parse("sqlite::memory:")?))?;
+/// db.run_pending_migrations()?;
+/// db.transaction(|repo| {
+///     repo.insert_user(&NewUser::new(1, "Ada Lovelace").username("ada"))?;
+///     let location = repo.insert_location(&NewLocation::new("Analytical Engine", "12 Dorset St"))?;
+///     repo.link(1, location.location_id)?;
+///     Ok::<_, Error>(())
+/// })?;
+/// let mut session = db.session()?;
+/// let rows = session.repo().users_with_locations()?;
+/// assert_eq!(rows.len(), 1);
+/// assert_eq!(rows[0].user.full_name, "Ada Lovelace");
+/// assert_eq!(rows[0].locations[0].location_name, "Analytical Engine");
+/// # Ok::<(), userbase::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+/// What the clones of a [`Database`] share; dropping the last one stops the pool's threads.
+struct Inner {
+    pool: Pool,
+    /// Read replicas and read-your-writes state (see [`replica`]); `None`: none.
+    replicas: Option<Arc<replica::Router>>,
+    /// Where migrations run, when not the pool's URL.
+    migration_url: Option<Arc<DbUrl>>,
+}
+
+impl AsRef<Pool> for Inner {
+    fn as_ref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.pool().url)
+            .field("config", &self.pool().config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// The read replicas' router, when replicas are configured.
+    pub(crate) fn router(&self) -> Option<&replica::Router> {
+        self.inner.replicas.as_deref()
+    }
+
+    /// The pool's parts.
+    fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Creates the engine for `settings` without opening any connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the URL or the pool knobs are unusable (see [`DbUrl::validate`] and
+    /// [`PoolConfig::validate`]).
+    pub fn new(settings: Settings) -> Result<Self> {
+        let Settings {
+            url,
+            pool: config,
+            replicas,
+            migration_url,
+        } = settings;
+        url.validate()?;
+        config.validate()?;
+        if let Some(migration_url) = &migration_url {
+            migration_url.validate()?;
+        }
+        let replicas = replica::Router::start(&replicas, &config)?;
+        let inner = Arc::new(Inner {
+            pool: Pool::new(url, config),
+            replicas,
+            migration_url: migration_url.map(Arc::new),
+        });
+        Pool::start_keeper(&inner);
+        Ok(Database { inner })
+    }
+
+    /// Creates the engine from `.env` and the environment ([`Settings::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable when a setting is malformed.
+    pub fn from_env() -> Result<Self> {
+        Database::new(Settings::from_env()?)
+    }
+
+    /// The URL this engine connects to (its `Display` hides the password).
+    pub fn url(&self) -> &DbUrl {
+        &self.pool().url
+    }
+
+    /// The backend this engine connects to.
+    pub fn backend(&self) -> Backend {
+        self.pool().url.backend()
+    }
+
+    /// The pool knobs in force.
+    pub fn config(&self) -> &PoolConfig {
+        &self.pool().config
+    }
+
+    /// Checks a connection out for a scope: the tutorial's `with session_pool() as session`
+    /// (a SQLAlchemy `sessionmaker`).
+    ///
+    /// The connection goes back to the pool when the [`Session`] is dropped. With
+    /// `leak_detection_threshold` set, the caller's location is what a leak warning names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] with the server's message as soon as the connect made for this
+    /// checkout fails; [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay
+    /// checked out for `pool_timeout`.
+    #[track_caller]
+    pub fn session(&self) -> Result<Session> {
+        let location = Location::caller();
+        let deadline = Instant::now()
+            .checked_add(self.pool().config.pool_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        loop {
+            let mut session = self.checkout(deadline, location)?;
+            if self.usable(&mut session) {
+                return Ok(session);
+            }
+            session.discard();
+        }
+    }
+
+    /// Waits in the gate, then pops the reserved idle connection from r2d2.
+    fn checkout(&self, deadline: Instant, location: &'static Location<'static>) -> Result<Session> {
+        let pool = self.pool();
+        match pool.gate.acquire(deadline) {
+            Ok(Grant::Idle) => {}
+            Err(Refusal::Connect(message)) => {
+                return Err(engine::connect_error(&pool.url, message))
+            }
+            Err(Refusal::Timeout {
+                open,
+                checked_out,
+                pending,
+            }) => {
+                tracing::warn!(target: "userbase::pool", open, checked_out, pending, "checkout timed out");
+                return Err(self.pool_timeout(open, checked_out, pending));
+            }
+        }
+        let Some(conn) = engine::pop_reserved(&pool.r2d2, pool.config.pool_timeout) else {
+            // Unreachable by the gate's bookkeeping; give the reservation back as closed.
+            pool.gate.discarded(1);
+            let (open, _, checked_out) = pool.gate.figures();
+            return Err(self.pool_timeout(open, checked_out, 0));
+        };
+        let lease = pool.gate.lease(location);
+        Ok(Session::new(
+            conn,
+            pool.gate.clone(),
+            pool.invalidation.clone(),
+            pool.config.clone(),
+            lease,
+        ))
+    }
+
+    fn pool_timeout(&self, open: u32, checked_out: u32, pending: u32) -> Error {
+        let config = &self.pool().config;
+        Error::PoolTimeout {
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            timeout: config.pool_timeout,
+            open,
+            checked_out,
+            pending,
+        }
+    }
+
+    /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
+    fn usable(&self, session: &mut Session) -> bool {
+        let config = &self.pool().config;
+        let now = Instant::now();
+        let pooled = session.pooled();
+        if self.pool().invalidation.is_invalidated(pooled.created) {
+            self.pool()
+                .event("replacing a connection invalidated earlier");
+            return false;
+        }
+        if let Some(recycle) = config.pool_recycle {
+            if now.duration_since(pooled.created) >= recycle {
+                self.pool()
+                    .event("recycle: replacing a connection older than pool_recycle");
+                return false;
+            }
+        }
+        if config.pre_ping && now.duration_since(pooled.last_used) >= config.pre_ping_bypass {
+            if let Err(error) = pooled.ping() {
+                self.pool().invalidation.invalidate();
+                tracing::warn!(target: "userbase::pool", %error, "pre-ping failed: invalidating the pool's older connections");
+                return false;
+            }
+        }
+        pooled.last_used = now;
+        true
+    }
+
+    /// Checks the server answers: checks a connection out and pings it, always (no bypass
+    /// window). When the ping fails, the pool's older connections are invalidated and a fresh
+    /// connection is tried, so a server that is down gives its connect error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] with the server's message (refused, bad password, unknown database);
+    /// [`Error::Query`] when a fresh connection fails its ping too.
+    #[track_caller]
+    pub fn check(&self) -> Result<()> {
+        let mut session = self.session()?;
+        if session.pooled().ping().is_ok() {
+            return Ok(());
+        }
+        session.discard();
+        self.pool().invalidation.invalidate();
+        let mut fresh = self.session()?;
+        match fresh.pooled().ping() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                fresh.discard();
+                Err(Error::from(error))
+            }
+        }
+    }
+
+    /// The pool's figures: SQLAlchemy's `engine.pool.status()`.
+    pub fn status(&self) -> PoolStatus {
+        let (open, idle, checked_out) = self.pool().gate.figures();
+        let config = &self.pool().config;
+        PoolStatus {
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            open,
+            idle,
+            checked_out,
+            overflow: i64::from(open) - i64::from(config.pool_size),
+        }
+    }
+
+    /// Closes every idle connection now, and every checked-out one when it is returned; later
+    /// checkouts open fresh connections (SQLAlchemy's `engine.dispose()`).
+    pub fn dispose(&self) {
+        self.pool().invalidation.invalidate();
+        let count = self.pool().gate.reserve_all_idle();
+        engine::close_reserved(&self.pool().r2d2, &self.pool().gate, count);
+        self.pool().event("dispose: idle connections closed");
+    }
+
+    /// Runs `f` in a transaction on a fresh session: commits when it returns `Ok`, rolls back
+    /// when it returns `Err` (or panics).
+    ///
+    /// # Errors
+    ///
+    /// `f`'s own error, or a checkout/commit failure converted into `E`.
+    #[track_caller]
+    pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let mut session = self.session()?;
+        let outcome = session.transaction(f);
+        replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
+        outcome
+    }
+
+    /// Applies the embedded migrations that are not applied yet, returning their versions.
+    ///
+    /// Concurrent callers, in this process or others, wait for each other: on PostgreSQL
+    /// through an advisory lock, on SQLite through an exclusive transaction. They run through
+    /// [`Settings::migration_url`] when set (a connection of their own), else on the primary.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error;
+    /// [`Error::Config`] when the connection goes through a pooler such as pgbouncer (its
+    /// session advisory lock would not hold): set [`Settings::migration_url`].
+    #[track_caller]
+    pub fn run_pending_migrations(&self) -> Result<Vec<String>> {
+        replica::run_migrations(self, self.inner.migration_url.as_deref())
+    }
+}
