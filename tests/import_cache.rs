@@ -150,3 +150,39 @@ both_backends! {
         }
     }
 }
+
+/// On SQLite, `created_at` text in any form Diesel reads (not only the one it writes) still
+/// reads as Diesel reads it: the fast path leaves other forms to Diesel's parser.
+#[test]
+fn sqlite_reads_every_timestamp_form() {
+    use diesel::RunQueryDsl;
+    let test = TestDb::new(Backend::Sqlite);
+    let db = test.database();
+    let mut session = db.session().unwrap();
+    let forms = [
+        ("2024-06-19 02:45:14", (14, 0)),
+        ("2024-06-19 02:45:14.5", (14, 500_000_000)),
+        ("2024-06-19 02:45:14.123456", (14, 123_456_000)),
+        ("2024-06-19T02:45:14", (14, 0)),
+        ("2024-06-19 02:45:14+00:00", (14, 0)),
+        ("2024-06-19 02:45", (0, 0)),
+    ];
+    for (i, (text, _)) in forms.iter().enumerate() {
+        diesel::sql_query(format!(
+            "INSERT INTO users (user_id, full_name, language, active, created_at) \
+             VALUES ({}, 'U', 'en', 1, '{text}')",
+            i + 1
+        ))
+        .execute(session.connection())
+        .unwrap();
+    }
+    let day = NaiveDate::from_ymd_opt(2024, 6, 19).unwrap();
+    let users = session.repo().users().unwrap();
+    let read: Vec<NaiveDateTime> = users.iter().map(|u| u.created_at).collect();
+    let expected: Vec<NaiveDateTime> = forms
+        .iter()
+        .map(|(_, (s, nano))| day.and_hms_nano_opt(2, 45, *s, *nano).unwrap())
+        .collect();
+    assert_eq!(read, expected);
+    assert_eq!(session.repo().users_raw().unwrap(), users);
+}

@@ -42,6 +42,7 @@ pub struct User {
     /// The user who referred this one, if any.
     pub referrer_id: Option<i64>,
     /// When the row was created (UTC); set by the database.
+    #[diesel(deserialize_as = super::timestamp::StoredTimestamp)]
     pub created_at: NaiveDateTime,
 }
 
