@@ -247,10 +247,36 @@ fn import_batch(names: &[String], from: i64) -> Vec<NewUser<'_>> {
 }
 
 /// `import_users` on rusqlite: the captured statements with the batch's values bound from the
-/// rows (`created_at` the database's now, read first, as userbase does).
-fn replay_import(conn: &Connection, statements: &[Statement], batch: &[NewUser<'_>]) {
+/// rows (`created_at` the database's now, read first, as userbase does). Each captured `INSERT`
+/// takes the next rows of the batch, as many as it has binds for; with `single`, the whole batch
+/// goes in one `INSERT` of the same form instead (what one `prepare_cached` of the batch does).
+fn replay_import(conn: &Connection, statements: &[Statement], batch: &[NewUser<'_>], single: bool) {
     conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
     let mut now = String::new();
+    let mut rest = batch;
+    let insert = |sql: &str, rows: &[NewUser<'_>], now: &str| {
+        let mut stmt = conn.prepare_cached(sql).expect("prepare");
+        let mut i = 1;
+        for user in rows {
+            let values = [
+                Value::Integer(user.user_id),
+                user.username
+                    .map_or(Value::Null, |u| Value::Text(u.to_owned())),
+                Value::Text(user.full_name.to_owned()),
+                Value::Text(user.language.unwrap_or("en").to_owned()),
+                Value::Integer(i64::from(user.active.unwrap_or(true))),
+                user.logged_as
+                    .map_or(Value::Null, |l| Value::Text(l.to_owned())),
+                user.referrer_id.map_or(Value::Null, Value::Integer),
+                Value::Text(now.to_owned()),
+            ];
+            for value in values {
+                stmt.raw_bind_parameter(i, value).expect("bind");
+                i += 1;
+            }
+        }
+        assert_eq!(stmt.raw_execute().expect("insert"), rows.len());
+    };
     for statement in statements {
         match &statement.binds {
             None => {}
@@ -258,32 +284,22 @@ fn replay_import(conn: &Connection, statements: &[Statement], batch: &[NewUser<'
                 let mut stmt = conn.prepare_cached(&statement.sql).expect("prepare");
                 now = stmt.query_row([], |row| row.get(0)).expect("now");
             }
+            Some(_) if single && rest.is_empty() => {}
+            Some(_) if single => {
+                let (head, _) = statement.sql.split_once(" VALUES ").expect("an INSERT");
+                let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rest.len()].join(", ");
+                insert(&format!("{head} VALUES {rows}"), rest, &now);
+                rest = &[];
+            }
             Some(binds) => {
-                assert_eq!(binds.len(), batch.len() * 8, "one insert of the batch");
-                let mut stmt = conn.prepare_cached(&statement.sql).expect("prepare");
-                let mut i = 1;
-                for user in batch {
-                    let values = [
-                        Value::Integer(user.user_id),
-                        user.username
-                            .map_or(Value::Null, |u| Value::Text(u.to_owned())),
-                        Value::Text(user.full_name.to_owned()),
-                        Value::Text(user.language.unwrap_or("en").to_owned()),
-                        Value::Integer(i64::from(user.active.unwrap_or(true))),
-                        user.logged_as
-                            .map_or(Value::Null, |l| Value::Text(l.to_owned())),
-                        user.referrer_id.map_or(Value::Null, Value::Integer),
-                        Value::Text(now.clone()),
-                    ];
-                    for value in values {
-                        stmt.raw_bind_parameter(i, value).expect("bind");
-                        i += 1;
-                    }
-                }
-                assert_eq!(stmt.raw_execute().expect("insert"), batch.len());
+                assert_eq!(binds.len() % 8, 0, "whole rows");
+                let (rows, after) = rest.split_at(binds.len() / 8);
+                insert(&statement.sql, rows, &now);
+                rest = after;
             }
         }
     }
+    assert!(rest.is_empty(), "every row of the batch inserted");
     conn.execute_batch("COMMIT").expect("commit");
 }
 
@@ -438,25 +454,37 @@ fn main() {
         let batch = import_batch(&names, IMPORT_BASE - import_rows as i64);
         assert_eq!(repo.import_users(&batch).unwrap(), batch.len());
     });
-    let (mut next_ours, mut next_theirs) = (IMPORT_BASE, IMPORT_BASE * 2);
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..runs {
-        let mut repo = session.repo();
-        ours.push(rate(seconds, || {
-            let batch = import_batch(&names, next_ours);
-            next_ours += import_rows as i64;
-            assert_eq!(repo.import_users(&batch).unwrap(), batch.len());
-        }));
-        theirs.push(rate(seconds, || {
-            let batch = import_batch(&names, next_theirs);
-            next_theirs += import_rows as i64;
-            replay_import(&conn, &statements, &batch);
-        }));
+    let inserts = statements
+        .iter()
+        .filter(|s| s.sql.starts_with("INSERT"))
+        .count();
+    // rusqlite on the very statements userbase sent, then on one statement for the whole batch.
+    let mut next_ours = IMPORT_BASE;
+    for (single, base) in [(false, 2), (true, 3)] {
+        let mut next_theirs = IMPORT_BASE * base;
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..runs {
+            let mut repo = session.repo();
+            ours.push(rate(seconds, || {
+                let batch = import_batch(&names, next_ours);
+                next_ours += import_rows as i64;
+                assert_eq!(repo.import_users(&batch).unwrap(), batch.len());
+            }));
+            theirs.push(rate(seconds, || {
+                let batch = import_batch(&names, next_theirs);
+                next_theirs += import_rows as i64;
+                replay_import(&conn, &statements, &batch, single);
+            }));
+        }
+        row(
+            &if single {
+                format!("import_users, {import_rows} rows a call (rusqlite: 1 INSERT)")
+            } else {
+                format!("import_users, {import_rows} rows a call ({inserts} INSERTs)")
+            },
+            ours,
+            theirs,
+        );
     }
-    row(
-        &format!("import_users, {import_rows} rows a call"),
-        ours,
-        theirs,
-    );
 }

@@ -28,6 +28,7 @@ pub struct Location {
     /// Whether the location has a solarium; defaults to `true`.
     pub has_solarium: bool,
     /// When the row was created (UTC); set by the database.
+    #[diesel(deserialize_as = super::timestamp::StoredTimestamp)]
     pub created_at: NaiveDateTime,
 }
 

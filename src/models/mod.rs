@@ -3,6 +3,7 @@
 //! Everything is re-exported here flat.
 
 pub mod location;
+mod timestamp;
 pub mod user;
 pub mod user_location;
 

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
 use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text, Timestamp};
+use diesel::sqlite::Sqlite;
 
 use crate::error::{Error, Result};
 use crate::schema::{userlocations, users};
@@ -41,6 +42,7 @@ pub struct User {
     /// The user who referred this one, if any.
     pub referrer_id: Option<i64>,
     /// When the row was created (UTC); set by the database.
+    #[diesel(deserialize_as = super::timestamp::StoredTimestamp)]
     pub created_at: NaiveDateTime,
 }
 
@@ -192,6 +194,105 @@ pub(crate) struct UserRow<'a> {
     pub(crate) referrer_id: Option<i64>,
     pub(crate) created_at: NaiveDateTime,
 }
+
+/// [`UserRow`] as SQLite's bulk insert binds it: `created_at` already formatted as the text
+/// Diesel binds for a `NaiveDateTime` (see [`sqlite_timestamp_text`]), so a batch sharing one
+/// timestamp formats it once instead of once a row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqliteUserRow<'a> {
+    user_id: i64,
+    username: Option<&'a str>,
+    full_name: &'a str,
+    language: &'a str,
+    active: bool,
+    logged_as: Option<&'a str>,
+    referrer_id: Option<i64>,
+    created_at: &'a str,
+}
+
+impl UserRow<'_> {
+    /// This row for SQLite's bulk insert, with `created_at` given as its text.
+    pub(crate) fn with_timestamp_text<'b>(&self, created_at: &'b str) -> SqliteUserRow<'b>
+    where
+        Self: 'b,
+    {
+        SqliteUserRow {
+            user_id: self.user_id,
+            username: self.username,
+            full_name: self.full_name,
+            language: self.language,
+            active: self.active,
+            logged_as: self.logged_as,
+            referrer_id: self.referrer_id,
+            created_at,
+        }
+    }
+}
+
+/// Diesel's text for a `NaiveDateTime` on SQLite (its `ENCODE_NAIVE_DATETIME_FORMAT`, in
+/// `diesel/src/sqlite/types/date_and_time/chrono.rs`): what a `Timestamp` column stores.
+const SQLITE_TIMESTAMP_FORMAT: &str = "%F %T%.f";
+
+/// `at` as SQLite stores it when Diesel binds it to a `Timestamp` column.
+pub(crate) fn sqlite_timestamp_text(at: NaiveDateTime) -> String {
+    at.format(SQLITE_TIMESTAMP_FORMAT).to_string()
+}
+
+/// `INSERT INTO users (every column) VALUES (…), …` of exactly `N` rows on SQLite, written out
+/// so Diesel caches its prepared statement: its query id is static (one SQL text per `N`).
+/// Diesel's own multi-row insert of a slice has none and is parsed again on every call; its
+/// insert of an array `[T; N]` has one only for rows of `'static` data.
+///
+/// Every value is bound as `insert_into(users).values(&[UserRow])` binds it on SQLite, so the
+/// stored bytes are the same: `active` as an integer, `created_at` as the text of
+/// [`sqlite_timestamp_text`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InsertUsers<'r, 'a, const N: usize> {
+    rows: &'r [SqliteUserRow<'a>; N],
+}
+
+/// The insert of exactly the `N` rows of `rows`.
+pub(crate) fn insert_users<'r, 'a, const N: usize>(
+    rows: &'r [SqliteUserRow<'a>; N],
+) -> InsertUsers<'r, 'a, N> {
+    InsertUsers { rows }
+}
+
+impl<const N: usize> QueryId for InsertUsers<'_, '_, N> {
+    type QueryId = InsertUsers<'static, 'static, N>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<const N: usize> QueryFragment<Sqlite> for InsertUsers<'_, '_, N> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql(
+            r#"INSERT INTO "users" ("user_id", "username", "full_name", "language", "active", "logged_as", "referrer_id", "created_at") VALUES "#,
+        );
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<BigInt, _>(&row.user_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&row.username)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(row.full_name)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(row.language)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Bool, _>(&row.active)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&row.logged_as)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<BigInt>, _>(&row.referrer_id)?;
+            out.push_sql(", ");
+            // SQLite binds a `Timestamp` as text: the same value, already formatted.
+            out.push_bind_param::<Text, _>(row.created_at)?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+impl<Conn, const N: usize> RunQueryDsl<Conn> for InsertUsers<'_, '_, N> {}
 
 /// Changes to a user: `None` leaves a column as it is; `Some(None)` sets a nullable one to `NULL`.
 ///

@@ -8,11 +8,12 @@ use diesel::prelude::*;
 
 use super::dispatch::dispatch;
 use super::locations::LINK_COLUMNS;
-use super::support::{chunk_rows, insert_chunks, NowRow, References};
+use super::support::{chunk_rows, insert_chunks, NowRow, References, SQLITE_MAX_BINDS};
 use super::Repo;
 use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
+use crate::models::user::{insert_users, sqlite_timestamp_text, SqliteUserRow, UserRow};
 use crate::models::{NewLocation, NewUser, UserLocation};
 use crate::schema::{locations, userlocations, users};
 
@@ -67,10 +68,13 @@ impl Repo<'_> {
                 (AnyConnection::Pg(c), ImportMethod::Copy) => diesel::copy_from(users::table)
                     .from_insertable(&rows)
                     .execute(c),
+                (AnyConnection::Pg(c), ImportMethod::Insert) => {
+                    insert_chunks(c, &rows, per_chunk, |c, chunk| {
+                        diesel::insert_into(users::table).values(chunk).execute(c)
+                    })
+                }
                 // SQLite has no COPY: both methods insert in chunks.
-                (c, _) => dispatch!(c => insert_chunks(c, &rows, per_chunk, |c, chunk| {
-                    diesel::insert_into(users::table).values(chunk).execute(c)
-                })),
+                (AnyConnection::Sqlite(c), _) => insert_users_sqlite(c, &rows, now),
             })
         });
         self.name_reference(imported, References::referrers(users))
@@ -138,6 +142,120 @@ impl Repo<'_> {
         let row: NowRow = self.run(|c| dispatch!(c => diesel::sql_query(sql).get_result(c)))?;
         Ok(row.now)
     }
+}
+
+/// Rows a full chunk of [`insert_users_sqlite`] holds: as many as SQLite's bind limit allows.
+const SQLITE_USER_CHUNK: usize = 4_095;
+const _: () = assert!(SQLITE_USER_CHUNK * USER_COLUMNS <= SQLITE_MAX_BINDS);
+const _: () = assert!((SQLITE_USER_CHUNK + 1) * USER_COLUMNS > SQLITE_MAX_BINDS);
+
+/// Inserts `rows` on SQLite in statements Diesel's statement cache keeps prepared.
+///
+/// A multi-row `INSERT` of a slice has no static query id, so Diesel parses it again on every
+/// call (SQLite's parser was the largest cost of an import); [`insert_users`] has one: each row
+/// count `N` is one SQL text, prepared once per connection. The rows go in
+/// full chunks of [`SQLITE_USER_CHUNK`], then the rest in chunks of 2048, 1024, … 1 rows (its
+/// binary digits): at most 13 shapes are ever cached, and a batch takes at most 12 statements
+/// beyond its full chunks. SQLite checks foreign keys at the end of each statement, and one
+/// `INSERT` of the whole batch let a row refer to a later row of the batch: so a referrer of the
+/// batch goes in before the users it referred (see [`referrers_first`]); other rows keep their
+/// order. `created_at` is formatted once per distinct value (a batch mostly shares the
+/// database's now) instead of once a row.
+fn insert_users_sqlite(
+    c: &mut SqliteConnection,
+    rows: &[UserRow<'_>],
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let now_text = sqlite_timestamp_text(now);
+    let own_texts: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| (r.created_at != now).then(|| sqlite_timestamp_text(r.created_at)))
+        .collect();
+    let row = |i: usize| {
+        let text = own_texts.get(i).and_then(Option::as_deref);
+        rows[i].with_timestamp_text(text.unwrap_or(&now_text))
+    };
+    let rows: Vec<SqliteUserRow<'_>> = match referrers_first(rows) {
+        Some(order) => order.into_iter().map(row).collect(),
+        None => (0..rows.len()).map(row).collect(),
+    };
+    let mut rest = rows.as_slice();
+    let mut inserted = 0;
+    macro_rules! shapes {
+        ($($n:expr),*) => {
+            $(inserted += insert_users_in::<{ $n }>(c, &mut rest)?;)*
+        };
+    }
+    shapes!(
+        SQLITE_USER_CHUNK,
+        2048,
+        1024,
+        512,
+        256,
+        128,
+        64,
+        32,
+        16,
+        8,
+        4,
+        2,
+        1
+    );
+    debug_assert!(rest.is_empty());
+    Ok(inserted)
+}
+
+/// The order to insert `rows` in so that each row's referrer, when it is in `rows`, comes before
+/// it: `None` when `rows` already is (the common case, checked without allocating for a batch
+/// without referrals), else the indices, stable otherwise. `rows` has no referral cycle
+/// ([`check_batch_referrals`]); a walk is cut short anyway where it would meet itself.
+fn referrers_first(rows: &[UserRow<'_>]) -> Option<Vec<usize>> {
+    if rows.iter().all(|r| r.referrer_id.is_none()) {
+        return None;
+    }
+    let mut index: HashMap<i64, usize> = HashMap::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        index.entry(row.user_id).or_insert(i);
+    }
+    let referrer_of = |i: usize| {
+        rows.get(i)
+            .and_then(|r| r.referrer_id)
+            .and_then(|id| index.get(&id).copied())
+    };
+    if (0..rows.len()).all(|i| referrer_of(i).is_none_or(|j| j < i)) {
+        return None;
+    }
+    // Each row's state: 0 not reached, 1 on the current walk, 2 placed.
+    let mut state = vec![0_u8; rows.len()];
+    let mut order = Vec::with_capacity(rows.len());
+    let mut walk = Vec::new();
+    for start in 0..rows.len() {
+        let mut node = Some(start);
+        while let Some(i) = node.filter(|&i| state[i] == 0) {
+            state[i] = 1;
+            walk.push(i);
+            node = referrer_of(i);
+        }
+        while let Some(i) = walk.pop() {
+            state[i] = 2;
+            order.push(i);
+        }
+    }
+    Some(order)
+}
+
+/// Inserts the leading `N`-row chunks of `rows` (as many as there are), one cached statement
+/// each, and leaves the rest in `rows`.
+fn insert_users_in<const N: usize>(
+    c: &mut SqliteConnection,
+    rows: &mut &[SqliteUserRow<'_>],
+) -> QueryResult<usize> {
+    let mut inserted = 0;
+    while let Some((chunk, rest)) = rows.split_first_chunk::<N>() {
+        inserted += insert_users(chunk).execute(c)?;
+        *rows = rest;
+    }
+    Ok(inserted)
 }
 
 /// Refuses a batch of new users whose referrals make a cycle (A refers B, B refers A, or

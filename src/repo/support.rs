@@ -19,7 +19,7 @@ use crate::schema::{locations, users};
 /// Largest bind-parameter count of one PostgreSQL statement.
 const POSTGRES_MAX_BINDS: usize = 65_535;
 /// Largest bind-parameter count of one SQLite statement (`SQLITE_MAX_VARIABLE_NUMBER`).
-const SQLITE_MAX_BINDS: usize = 32_766;
+pub(super) const SQLITE_MAX_BINDS: usize = 32_766;
 
 /// How many rows of `columns` columns fit in one statement under `backend`'s bind limit.
 pub(super) fn chunk_rows(backend: Backend, columns: usize) -> usize {
