@@ -6,13 +6,15 @@
 //! SQLAlchemy tutorial's reports, the upsert and `import_users` through userbase (one held
 //! session) and through rusqlite (one held connection, the same pragmas, `prepare_cached` on the
 //! very SQL text userbase sent, captured with `DB_ECHO`), in pairs, run after run. rusqlite reads
-//! every column of every row into an owned value (text into `String`, timestamps parsed), as
-//! userbase does into its structs.
+//! every column of every row into an owned value (text into `String`, timestamps parsed as
+//! rusqlite's own `FromSql for NaiveDateTime` parses them), as userbase does into its structs.
 //!
 //! Knobs (environment): `BENCH_USERS` (10000), `BENCH_LOCATIONS` (500), `BENCH_SECONDS` per
 //! measurement (1), `BENCH_RUNS` (5), `BENCH_IMPORT_ROWS` (1000), `BENCH_ANALYZE` (1; 0 skips the
-//! dataset's `ANALYZE`), `BENCH_ONLY` (run only the operations whose name contains it). Prints a Markdown table: medians with (min-max) over the runs, and the
-//! ratio userbase / rusqlite per run as median (min-max).
+//! dataset's `ANALYZE`), `BENCH_ONLY` (run only the operations whose name contains it),
+//! `BENCH_TIMESTAMPS` (`direct`: rusqlite's side parses timestamps as userbase does, not with
+//! chrono's `parse_from_str`). Prints a Markdown table: medians with (min-max) over the runs,
+//! and the ratio userbase / rusqlite per run as median (min-max).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -206,7 +208,12 @@ fn read_rows(rows: &mut rusqlite::Rows<'_>) -> usize {
                 ValueRef::Text(t) => {
                     let text = std::str::from_utf8(t).expect("utf-8");
                     if t.len() >= 19 && t[4] == b'-' && t[10] == b' ' {
-                        let at = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f");
+                        let at = if direct_timestamps() {
+                            parse_timestamp(t)
+                        } else {
+                            // What rusqlite's own `FromSql for NaiveDateTime` does.
+                            NaiveDateTime::parse_from_str(text, "%F %T%.f").ok()
+                        };
                         std::hint::black_box(at.expect("timestamp"));
                     } else {
                         drop(std::hint::black_box(text.to_owned()));
@@ -218,6 +225,31 @@ fn read_rows(rows: &mut rusqlite::Rows<'_>) -> usize {
         n += 1;
     }
     n
+}
+
+/// Whether rusqlite's side parses timestamps as userbase's models do (`BENCH_TIMESTAMPS=direct`)
+/// instead of as rusqlite's own conversion does (chrono's `parse_from_str`, the default).
+fn direct_timestamps() -> bool {
+    static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DIRECT.get_or_init(|| std::env::var("BENCH_TIMESTAMPS").is_ok_and(|v| v == "direct"))
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.f]` read directly, as `userbase::models`' `StoredTimestamp` does.
+fn parse_timestamp(b: &[u8]) -> Option<NaiveDateTime> {
+    let digits = |from: usize, to: usize| -> Option<u32> {
+        b.get(from..to)?.iter().try_fold(0_u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let nano = match &b[19..] {
+        [] => 0,
+        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
+            digits(20, b.len())? * 10_u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    chrono::NaiveDate::from_ymd_opt(digits(0, 4)? as i32, digits(5, 7)?, digits(8, 10)?)?
+        .and_hms_nano_opt(digits(11, 13)?, digits(14, 16)?, digits(17, 19)?, nano)
 }
 
 /// Replays `statements` on rusqlite with the captured id replaced by `id`.
