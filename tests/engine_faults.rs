@@ -17,7 +17,7 @@ use diesel::sql_types::{BigInt, Text};
 use userbase::models::NewUser;
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
-use common::{admin, unique_name, Captured, TestDb};
+use common::{admin, eventually, unique_name, Captured, TestDb};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -57,19 +57,6 @@ fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
         Database::new(Settings::new(url).with_pool(pool)).unwrap(),
         app,
     )
-}
-
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Polls the server's count of `app` connections until stopped; returns the highest seen.

@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Integer, Text};
 use userbase::models::NewUser;
 use userbase::{AnyConnection, Backend, Database, DbUrl, Error, PoolConfig, Secrets, Settings};
 
-use common::{admin, unique_name, Captured, TestDb};
+use common::{admin, eventually, unique_name, Captured, TestDb};
 
 #[derive(QueryableByName)]
 struct Pid {
@@ -58,20 +58,6 @@ fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
         Database::new(Settings::new(url).with_pool(pool)).unwrap(),
         app,
     )
-}
-
-/// Polls until `check` holds or `limit` passes; returns whether it held.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

@@ -2,29 +2,20 @@
 //! health, failover through a libpq multi-host URL, and pgbouncer in transaction mode. Every
 //! server here is private (started and removed by the test), never the shared one.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{Bool, Integer};
-use diesel::{QueryableByName, RunQueryDsl};
+use diesel::RunQueryDsl;
 use userbase::config::ReplicaConfig;
 use userbase::testing::{
     fixtures, Cluster, PgBouncer, PgBouncerOptions, PrimaryStandby, StandbyOptions, StopMode,
 };
 use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Session, Settings, WalPosition};
 
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    flag: bool,
-}
-
-#[derive(QueryableByName)]
-struct Port {
-    #[diesel(sql_type = Integer)]
-    port: i32,
-}
+use common::{eventually, Flag, Port};
 
 fn pg(session: &mut Session) -> &mut diesel::PgConnection {
     match session.connection() {
@@ -47,17 +38,6 @@ fn server_port(session: &mut Session) -> u16 {
         .unwrap()
         .port;
     u16::try_from(port).unwrap()
-}
-
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
 }
 
 fn small_pool() -> PoolConfig {

@@ -6,24 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Bool, Integer, Text};
+use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use userbase::testing::{
     self, fixtures, Cluster, PgBouncer, PrimaryStandby, StandbyOptions, StopMode, TestDb,
 };
 use userbase::{Backend, Database, Error, Secrets};
 
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    flag: bool,
-}
-
-#[derive(QueryableByName)]
-struct Port {
-    #[diesel(sql_type = Integer)]
-    port: i32,
-}
+use common::{Flag, Port};
 
 #[derive(QueryableByName)]
 struct Setting {

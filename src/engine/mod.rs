@@ -59,7 +59,12 @@ pub(crate) struct Pool {
 }
 
 impl Drop for Pool {
+    /// Closes the idle connections in the dropping thread, then stops the connectors. r2d2
+    /// frees its own pool only once its worker threads let go of it, which may come after the
+    /// process has exited: an SQLite file would then keep its `-wal` and `-shm` files.
     fn drop(&mut self) {
+        let idle = self.gate.reserve_all_idle();
+        close_reserved(&self.r2d2, &self.gate, idle);
         self.gate.close();
     }
 }

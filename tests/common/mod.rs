@@ -140,3 +140,31 @@ macro_rules! both_backends {
         )*
     };
 }
+
+/// Polls until `check` holds or `limit` passes (every 5 ms); returns whether it held.
+pub fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// One boolean column named `flag` (`SELECT … AS flag`).
+#[derive(diesel::QueryableByName)]
+pub struct Flag {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub flag: bool,
+}
+
+/// One integer column named `port` (`SELECT inet_server_port() AS port`).
+#[derive(diesel::QueryableByName)]
+pub struct Port {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub port: i32,
+}
