@@ -19,30 +19,13 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
+use support::{env_or, stats, Rng};
 use userbase::models::NewUser;
 use userbase::{Database, DbUrl, PoolConfig, Secrets, Settings};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small deterministic PRNG (xorshift64*) for ids.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: i64) -> i64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as i64 + 1
-    }
-}
 
 struct Bench {
     url: DbUrl,
@@ -50,12 +33,6 @@ struct Bench {
     locations: i64,
     seconds: f64,
     runs: usize,
-}
-
-/// Median, min and max.
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn fmt_rate((median, min, max): (f64, f64, f64)) -> String {

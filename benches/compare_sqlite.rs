@@ -16,12 +16,16 @@
 //! chrono's `parse_from_str`). Prints a Markdown table: medians with (min-max) over the runs,
 //! and the ratio userbase / rusqlite per run as median (min-max).
 
-use std::sync::{Arc, Mutex};
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
+use support::{env_or, stats, Rng};
 use userbase::models::NewUser;
 use userbase::{Database, Repo, Settings};
 
@@ -35,31 +39,6 @@ const PRAGMAS: &str = "PRAGMA foreign_keys = ON; \
 const CAPTURE_ID: i64 = 4242;
 /// First id of the users `import_users` adds (userbase's, then rusqlite's above them).
 const IMPORT_BASE: i64 = 1_000_000_000;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small deterministic PRNG (xorshift64*) for ids in `1..=n`.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: i64) -> i64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as i64 + 1
-    }
-}
-
-/// Median, min and max.
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
 
 /// Operations per second of `op` over `seconds`.
 fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
@@ -112,30 +91,9 @@ struct Statement {
     binds: Option<Vec<String>>,
 }
 
-/// A subscriber writing into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The statements userbase sends for `op`, captured through `DB_ECHO`.
 fn capture(path: &str, op: &dyn Fn(&mut Repo<'_>, i64)) -> Vec<Statement> {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = common::Captured::run(tracing::Level::INFO, || {
         let settings = Settings::from_lookup(|name| match name {
             "DATABASE_URL" => Some(path.to_owned()),
             "DB_ECHO" => Some("true".to_owned()),
@@ -146,7 +104,6 @@ fn capture(path: &str, op: &dyn Fn(&mut Repo<'_>, i64)) -> Vec<Statement> {
         let mut session = db.session().expect("session");
         op(&mut session.repo(), CAPTURE_ID);
     });
-    let log = String::from_utf8(captured.0.lock().expect("capture lock").clone()).expect("utf-8");
     log.lines()
         .filter_map(|line| line.split_once("userbase::sql: ").map(|(_, rest)| rest))
         .filter_map(|rest| {
