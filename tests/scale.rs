@@ -128,6 +128,22 @@ fn read_is_read_only_without_replicas_on_both_backends() {
     }
 }
 
+#[test]
+fn a_read_that_panics_leaves_its_connection_writable() {
+    for backend in [userbase::Backend::Postgres, userbase::Backend::Sqlite] {
+        let test = userbase::testing::TestDb::new(backend);
+        let db = test.database_with(PoolConfig::default().with_pool_size(1).with_max_overflow(0));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<(), Error> = db.read(|_| panic!("the read fails"));
+        }));
+        assert!(panicked.is_err());
+        // The pool's one connection takes writes again.
+        db.transaction(|repo| fixtures::user(42).insert(repo).map(drop))
+            .unwrap();
+        assert_eq!(db.read(|repo| Ok(repo.users_raw()?.len())).unwrap(), 1);
+    }
+}
+
 /// Cycles of write-then-read; `SCALE_CYCLES` overrides the count.
 fn cycles() -> i64 {
     std::env::var("SCALE_CYCLES")

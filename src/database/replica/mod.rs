@@ -123,15 +123,46 @@ fn read_only<T, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T>
 where
     F: FnMut(&mut Repo<'_>) -> Result<T>,
 {
-    use diesel::connection::SimpleConnection;
     let mut read = |conn: &mut AnyConnection| f(&mut Repo::new(conn));
     if conn.backend() == crate::config::Backend::Sqlite {
-        conn.batch_execute("PRAGMA query_only = ON")?;
-        let outcome = crate::transaction::run(conn, Isolation::ReadOnly, &mut read);
-        conn.batch_execute("PRAGMA query_only = OFF")?;
+        let mut query_only = QueryOnly::on(conn)?;
+        let outcome = crate::transaction::run(query_only.conn, Isolation::ReadOnly, &mut read);
+        query_only.off()?;
         return outcome;
     }
     crate::transaction::run(conn, Isolation::ReadOnly, read)
+}
+
+/// SQLite's `PRAGMA query_only` on a pooled connection, switched off again even when the read
+/// panics: the connection goes back to the pool and must take writes there.
+struct QueryOnly<'c> {
+    conn: &'c mut AnyConnection,
+    on: bool,
+}
+
+impl<'c> QueryOnly<'c> {
+    fn on(conn: &'c mut AnyConnection) -> Result<Self> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("PRAGMA query_only = ON")?;
+        Ok(QueryOnly { conn, on: true })
+    }
+
+    /// Switches it off, reporting a failure to do so.
+    fn off(&mut self) -> Result<()> {
+        use diesel::connection::SimpleConnection;
+        self.on = false;
+        self.conn.batch_execute("PRAGMA query_only = OFF")?;
+        Ok(())
+    }
+}
+
+impl Drop for QueryOnly<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            // Unwinding from the read: nobody is left to report a failure to.
+            let _ = self.off();
+        }
+    }
 }
 
 impl Database {
