@@ -40,7 +40,7 @@ fn run() -> Result<(), Error> {
     let mut session = db.session()?;
     let mut repo = session.repo();
 
-    // SELECT * FROM users, through diesel::sql_query.
+    // SELECT * FROM users as raw SQL (the columns named, read by position).
     let rows: Vec<String> = repo.users_raw()?.iter().map(python_tuple).collect();
     println!("[{}]", rows.join(", "));
 

@@ -5,6 +5,7 @@ use std::fmt;
 use chrono::NaiveDateTime;
 use diesel::backend::Backend;
 use diesel::dsl::AsSelect;
+use diesel::expression::SqlLiteral;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -534,5 +535,29 @@ where
         ))
 }
 
-/// The raw SQL of the tutorial's `SELECT * FROM users` (ordered, so the output is stable).
-pub const SELECT_ALL_SQL: &str = "SELECT * FROM users ORDER BY user_id";
+/// The raw SQL of the tutorial's `SELECT * FROM users`: ordered, so the output is stable, and
+/// with the columns spelled out in [`User`]'s field order, so its rows are read by position
+/// ([`all_raw`]) whatever order a migration left the table's columns in.
+pub const SELECT_ALL_SQL: &str = "SELECT user_id, username, full_name, language, active, \
+     logged_as, referrer_id, created_at FROM users ORDER BY user_id";
+
+/// The SQL types of [`SELECT_ALL_SQL`]'s columns, in order: what [`User`] reads by position.
+pub type UserSqlRow = (
+    BigInt,
+    Nullable<Text>,
+    Text,
+    Text,
+    Bool,
+    Nullable<Text>,
+    Nullable<BigInt>,
+    Timestamp,
+);
+
+/// [`SELECT_ALL_SQL`] as raw SQL whose rows are read by position.
+///
+/// Diesel's `sql_query` reads rows by column name, and its SQLite row looks each name up among
+/// the result's columns for every field of every row (28 % of the instructions of reading 10 000
+/// users in callgrind); reading by position skips that.
+pub fn all_raw() -> SqlLiteral<UserSqlRow> {
+    diesel::dsl::sql::<UserSqlRow>(SELECT_ALL_SQL)
+}

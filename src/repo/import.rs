@@ -77,7 +77,7 @@ impl Repo<'_> {
                 (AnyConnection::Sqlite(c), _) => insert_users_sqlite(c, &rows, now),
             })
         });
-        self.name_reference(imported, References::referrers(users))
+        self.name_reference(imported, || References::referrers(users))
     }
 
     /// Inserts many locations in one transaction, chunked like
@@ -130,7 +130,7 @@ impl Repo<'_> {
                 }),
             })
         });
-        self.name_reference(imported, References::links(links))
+        self.name_reference(imported, || References::links(links))
     }
 
     /// The database's current time as its `created_at` default would store it.
@@ -268,10 +268,14 @@ fn check_batch_referrals(users: &[NewUser<'_>]) -> Result<()> {
         .iter()
         .filter_map(|u| u.referrer_id.map(|r| (u.user_id, r)))
         .collect();
-    // Each user has at most one referrer: walk each chain once. 1: on the walk, 2: done.
-    let mut state: HashMap<i64, u8> = HashMap::with_capacity(users.len());
-    for user in users {
-        let mut walk = Vec::new();
+    if referrer_of.is_empty() {
+        return Ok(());
+    }
+    // Each user has at most one referrer: walk each chain once. 1: on the walk, 2: done. A
+    // user without a referrer in the batch starts no cycle, so walks start at those with one.
+    let mut state: HashMap<i64, u8> = HashMap::with_capacity(referrer_of.len());
+    let mut walk = Vec::new();
+    for user in users.iter().filter(|u| u.referrer_id.is_some()) {
         let mut node = user.user_id;
         loop {
             match state.get(&node) {
@@ -292,7 +296,7 @@ fn check_batch_referrals(users: &[NewUser<'_>]) -> Result<()> {
                 None => break,
             }
         }
-        for node in walk {
+        for node in walk.drain(..) {
             state.insert(node, 2);
         }
     }

@@ -115,7 +115,7 @@ impl Repo<'_> {
                 .on_conflict_do_nothing()
                 .execute(c))
         });
-        Ok(self.name_reference(inserted, References::links(&[link]))? == 1)
+        Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
     }
 
     /// Inserts a link, failing if it exists.
@@ -130,7 +130,7 @@ impl Repo<'_> {
                 .values(link)
                 .execute(c))
         });
-        self.name_reference(inserted, References::links(&[*link]))?;
+        self.name_reference(inserted, || References::links(&[*link]))?;
         Ok(*link)
     }
 
@@ -209,7 +209,7 @@ impl Repo<'_> {
                 user_id,
             })
             .collect();
-        self.name_reference(replaced, References::links(&links))
+        self.name_reference(replaced, || References::links(&links))
     }
 
     /// Locks user `user_id`'s row until the transaction ends (`FOR UPDATE` on PostgreSQL; on

@@ -33,7 +33,7 @@ impl Repo<'_> {
             ..UserUpdate::default()
         };
         let updated = self.update_user_returning(user_id, &update);
-        self.name_reference(updated, References::referrer(referrer_id))?
+        self.name_reference(updated, || References::referrer(referrer_id))?
             .ok_or(Error::NotFound)
     }
 

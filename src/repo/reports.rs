@@ -102,13 +102,15 @@ impl Repo<'_> {
         self.run(|c| dispatch!(c => user_location::counts_by_user_named().load(c)))
     }
 
-    /// The tutorial's raw `SELECT * FROM users` (ordered by id), through `diesel::sql_query`.
+    /// The tutorial's raw `SELECT * FROM users` (ordered by id) as raw SQL
+    /// ([`SELECT_ALL_SQL`](user::SELECT_ALL_SQL), the columns spelled out), rows read by
+    /// position.
     ///
     /// # Errors
     ///
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     pub fn users_raw(&mut self) -> Result<Vec<User>> {
-        self.run(|c| dispatch!(c => diesel::sql_query(user::SELECT_ALL_SQL).load(c)))
+        self.run(|c| dispatch!(c => user::all_raw().load(c)))
     }
 
     /// Runs raw SQL (no bind parameters) and maps its rows by column name into `T`.

@@ -125,17 +125,20 @@ impl Repo<'_> {
     /// SQLite's foreign-key errors name no constraint and no row ("FOREIGN KEY constraint
     /// failed"): the Repo knows what it wrote, so it looks for the missing parent and reports it
     /// as PostgreSQL does (constraint name, `Key (column)=(value) is not present in table`).
+    ///
+    /// `references` is only built when there is such an error to name (a batch's set of
+    /// referrers is not free).
     pub(super) fn name_reference<T>(
         &mut self,
         result: Result<T>,
-        references: References,
+        references: impl FnOnce() -> References,
     ) -> Result<T> {
         match result {
             Err(Error::ForeignKeyViolation {
                 constraint: None,
                 message,
             }) => Err(self
-                .missing_reference(&references)
+                .missing_reference(&references())
                 .ok()
                 .flatten()
                 .unwrap_or(Error::ForeignKeyViolation {

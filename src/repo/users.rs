@@ -86,7 +86,7 @@ impl Repo<'_> {
                 .returning(User::as_returning())
                 .get_result(c))
         });
-        self.name_reference(inserted, References::referrers(&[new]))
+        self.name_reference(inserted, || References::referrers(&[new]))
     }
 
     /// Deletes user `user_id`; the users they referred stay, with no referrer (`SET NULL`).
@@ -153,7 +153,7 @@ impl Repo<'_> {
             self.check_referral(new.user_id, referrer_id)?;
         }
         let upserted = self.upsert_checked(&new, options);
-        self.name_reference(upserted, References::referrers(&[new]))
+        self.name_reference(upserted, || References::referrers(&[new]))
     }
 
     fn upsert_checked(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
