@@ -376,16 +376,7 @@ impl QueryId for SeenAgain<'_> {
 }
 
 impl diesel::query_builder::Query for SeenAgain<'_> {
-    type SqlType = (
-        BigInt,
-        Nullable<Text>,
-        Text,
-        Text,
-        Bool,
-        Nullable<Text>,
-        Nullable<BigInt>,
-        Timestamp,
-    );
+    type SqlType = UserSqlRow;
 }
 
 impl<DB> QueryFragment<DB> for SeenAgain<'_>
@@ -541,7 +532,8 @@ where
 pub const SELECT_ALL_SQL: &str = "SELECT user_id, username, full_name, language, active, \
      logged_as, referrer_id, created_at FROM users ORDER BY user_id";
 
-/// The SQL types of [`SELECT_ALL_SQL`]'s columns, in order: what [`User`] reads by position.
+/// The SQL types of a whole `users` row in [`User`]'s field order ([`SELECT_ALL_SQL`]'s columns,
+/// the upsert's `RETURNING`): what [`User`] reads by position.
 pub type UserSqlRow = (
     BigInt,
     Nullable<Text>,
