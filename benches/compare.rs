@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/libpq.rs"]
+mod libpq;
 mod support;
 
 use diesel::connection::SimpleConnection;
@@ -334,26 +336,36 @@ fn queries(bench: &Bench) {
         ),
     ];
     println!("## Repo operations (one thread, a session checked out per operation, pre_ping on)\n");
-    println!("| operation | userbase ops/s | pgbench ops/s | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| operation | userbase ops/s | pgbench ops/s | ratio | libpq + decoding ops/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
     let db = Database::new(Settings::new(bench.url.clone())).expect("engine");
     let only = std::env::var("BENCH_OPS").unwrap_or_default();
     for (name, range, op) in ops.iter().filter(|(name, ..)| name.contains(only.as_str())) {
         let statements = capture(&bench.url, op.as_ref());
         let script = pgbench_script(&statements, *range);
+        let mut decoding =
+            libpq::Libpq::new(&bench.url.render(Secrets::Shown), &statements, CAPTURE_ID);
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut decoded = Vec::new();
+        let (mut rng, mut rng_decoding) = (Rng(0x9e37_79b9_7f4a_7c15), Rng(0x9e37_79b9_7f4a_7c15));
         for _ in 0..bench.runs {
             ours.push(rate(bench.seconds, || op(&db, rng.below(*range))));
             theirs.push(pgbench(&bench.url, &script, 1, 1, bench.seconds));
+            decoded.push(rate(bench.seconds, || {
+                std::hint::black_box(decoding.run(rng_decoding.below(*range)));
+            }));
         }
-        let (o, t) = (stats(ours), stats(theirs));
+        let (o, t, d) = (stats(ours), stats(theirs), stats(decoded));
         println!(
-            "| {name} | {} | {} | {:.2} |",
+            "| {name} | {} | {} | {:.2} | {} | {:.2} |",
             fmt_rate(o),
             fmt_rate(t),
-            o.0 / t.0
+            o.0 / t.0,
+            fmt_rate(d),
+            o.0 / d.0
         );
         if std::env::var("BENCH_SHOW_SQL").is_ok() {
             println!("\n```sql\n{script}```\n");
