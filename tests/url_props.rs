@@ -190,7 +190,24 @@ fn check(parts: &Parts) -> Result<bool, TestCaseError> {
         Err(Error::Config { variable, message }) => {
             let variable = variable.unwrap_or_default();
             prop_assert!(variable.starts_with("URL "), "{}: {}", variable, message);
-            if let Some(password) = parts.password.as_deref().filter(|p| p.len() > 3) {
+            // The message may quote the part it refuses; a password whose text is also another
+            // part (a one-emoji password and an emoji host, say) would be found there.
+            let elsewhere = |p: &str| {
+                [&parts.user, &parts.host, &parts.database]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s.contains(p))
+                    || parts
+                        .query
+                        .iter()
+                        .any(|(k, v)| k.contains(p) || v.contains(p))
+                    || parts.more_hosts.iter().any(|(h, _)| h.contains(p))
+            };
+            if let Some(password) = parts
+                .password
+                .as_deref()
+                .filter(|p| p.len() > 3 && !elsewhere(p))
+            {
                 prop_assert!(!message.contains(password), "{}", message);
             }
             Ok(false)
