@@ -13,9 +13,9 @@
 //! Knobs (environment): `BENCH_USERS` (10000), `BENCH_LOCATIONS` (500), `BENCH_SECONDS` per
 //! measurement (1), `BENCH_RUNS` (5), `BENCH_IMPORT_ROWS` (1000), `BENCH_ANALYZE` (1; 0 skips the
 //! dataset's `ANALYZE`), `BENCH_ONLY` (run only the operations whose name contains one of its
-//! comma-separated parts), `BENCH_TIMESTAMPS` (`direct`: rusqlite's side parses timestamps as userbase does, not with
-//! chrono's `parse_from_str`). Prints a Markdown table: medians with (min-max) over the runs,
-//! and the ratio userbase / rusqlite per run as median (min-max).
+//! comma-separated parts), `BENCH_TIMESTAMPS` (`direct`: rusqlite's side parses timestamps as
+//! userbase does, not with chrono's `parse_from_str`). Prints a Markdown table: medians with
+//! (min-max) over the runs, and the ratio userbase / rusqlite per run as median (min-max).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
