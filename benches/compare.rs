@@ -9,8 +9,9 @@
 //!
 //! Knobs (environment): `BENCH_USERS` (10000), `BENCH_LOCATIONS` (500), `BENCH_SECONDS` per
 //! measurement (2), `BENCH_RUNS` (5), `BENCH_BULK` row counts (`100000,1000000`),
-//! `BENCH_BULK_RUNS` (3), `BENCH_ONLY` (sections: `queries,threaded,engine,bulk`), `BENCH_OPS` (run
-//! only the Repo operations whose name contains it). Prints a Markdown table: medians, (min-max) over the runs, and ratios.
+//! `BENCH_BULK_RUNS` (3), `BENCH_ONLY` (sections: `queries,threaded,engine,bulk`), `BENCH_OPS`
+//! (run only the Repo operations whose name contains one of its comma-separated parts). Prints a
+//! Markdown table: medians, (min-max) over the runs, and ratios.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -341,8 +342,8 @@ fn queries(bench: &Bench) {
     );
     println!("|---|---|---|---|---|---|");
     let db = Database::new(Settings::new(bench.url.clone())).expect("engine");
-    let only = std::env::var("BENCH_OPS").unwrap_or_default();
-    for (name, range, op) in ops.iter().filter(|(name, ..)| name.contains(only.as_str())) {
+    let picked = support::picked_by("BENCH_OPS");
+    for (name, range, op) in ops.iter().filter(|(name, ..)| picked(name)) {
         let statements = capture(&bench.url, op.as_ref());
         let script = pgbench_script(&statements, *range);
         let mut decoding =

@@ -317,30 +317,29 @@ fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("bench.sqlite3");
     let path = path.to_str().expect("utf-8 path").to_owned();
-    let db = Database::new(
-        Settings::from_lookup(|name| (name == "DATABASE_URL").then(|| path.clone()))
-            .expect("settings"),
-    )
-    .expect("engine");
-    db.run_pending_migrations().expect("migrate");
-    let loader = Connection::open(&path).expect("rusqlite");
-    loader.execute_batch(PRAGMAS).expect("pragmas");
-    loader
-        .execute_batch(&dataset(users, locations, analyze))
-        .expect("dataset");
-    // Both sides measure on connections opened after the load: the connection that ran the
+    let open_userbase = || {
+        Database::new(
+            Settings::from_lookup(|name| (name == "DATABASE_URL").then(|| path.clone()))
+                .expect("settings"),
+        )
+        .expect("engine")
+    };
+    let open_rusqlite = || {
+        let conn = Connection::open(&path).expect("rusqlite");
+        conn.execute_batch(PRAGMAS).expect("pragmas");
+        conn
+    };
+    // Migrations and the load each on a connection of their own, closed before measuring: both
+    // sides measure on connections opened after the load. The connection that ran the
     // migrations and the one that loaded the rows start with different page caches, and with a
     // page cache shared by the process (SQLite built with SQLITE_ENABLE_MEMORY_MANAGEMENT) the
     // difference stays (BENCHMARKS.md, "The bundled build").
-    drop(loader);
-    drop(db);
-    let db = Database::new(
-        Settings::from_lookup(|name| (name == "DATABASE_URL").then(|| path.clone()))
-            .expect("settings"),
-    )
-    .expect("engine");
-    let conn = Connection::open(&path).expect("rusqlite");
-    conn.execute_batch(PRAGMAS).expect("pragmas");
+    open_userbase().run_pending_migrations().expect("migrate");
+    open_rusqlite()
+        .execute_batch(&dataset(users, locations, analyze))
+        .expect("dataset");
+    let db = open_userbase();
+    let conn = open_rusqlite();
 
     let version: String = conn
         .query_row("SELECT sqlite_version()", [], |r| r.get(0))
@@ -443,8 +442,7 @@ fn main() {
             fmt(stats(theirs))
         );
     };
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let wanted = |name: &str| only.split(',').any(|part| name.contains(part.trim()));
+    let wanted = support::picked_by("BENCH_ONLY");
     let mut session = db.session().expect("session");
     for (name, range, op) in ops.iter().filter(|(name, ..)| wanted(name)) {
         let statements = capture(&path, op.as_ref());

@@ -23,6 +23,14 @@ impl Rng {
     }
 }
 
+/// A filter on names read from the environment variable `var`: a name is picked when it
+/// contains one of the variable's comma-separated parts; every name is picked when the
+/// variable is unset or empty.
+pub fn picked_by(var: &str) -> impl Fn(&str) -> bool {
+    let filter = std::env::var(var).unwrap_or_default();
+    move |name| filter.split(',').any(|part| name.contains(part.trim()))
+}
+
 /// Median, min and max.
 pub fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
