@@ -78,6 +78,22 @@ pub enum Error {
         pending: u32,
     },
 
+    /// A checkout waited `pool_timeout` for a connect that had no answer from the server yet (a
+    /// server that accepts the TCP connection and never answers, a network partition): the
+    /// connect opened for it, or one holding the last free slot. The connect goes on in the
+    /// background, bounded by libpq's `connect_timeout`, and serves a later checkout if it
+    /// succeeds. [`Error::PoolTimeout`] is the other way a checkout times out: every slot in use.
+    #[error(
+        "timed out after {} s waiting for a connection: the connect to {url} had no answer yet",
+        timeout.as_secs_f64()
+    )]
+    ConnectTimeout {
+        /// The URL, password hidden.
+        url: String,
+        /// `PoolConfig::pool_timeout` of the pool: how long the checkout waited.
+        timeout: Duration,
+    },
+
     /// A connection could not be opened: refused, bad password, unknown database, bad file.
     #[error("could not connect to {url}: {message}")]
     Connect {

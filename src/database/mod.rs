@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
-use crate::engine::{self, Grant, Pool, PoolStatus, Refusal};
+use crate::engine::{Pool, PoolStatus};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;
@@ -143,8 +143,12 @@ impl Database {
     /// # Errors
     ///
     /// [`Error::Connect`] with the server's message as soon as the connect made for this
-    /// checkout fails; [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay
-    /// checked out for `pool_timeout`.
+    /// checkout fails; [`Error::ConnectTimeout`] when a connect that would serve it still has no
+    /// answer after `pool_timeout` (it goes on, and serves a later checkout if it succeeds);
+    /// [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay checked out for
+    /// `pool_timeout`. The whole checkout is bounded by
+    /// `pool_timeout`, except the pre-ping of an idle connection, which libpq's TCP timeouts
+    /// bound.
     #[track_caller]
     pub fn session(&self) -> Result<Session> {
         let location = Location::caller();
@@ -160,77 +164,22 @@ impl Database {
         }
     }
 
-    /// Waits in the gate, then pops the reserved idle connection from r2d2.
+    /// Waits in the gate, then takes the reserved connection from r2d2 as a [`Session`].
     fn checkout(&self, deadline: Instant, location: &'static Location<'static>) -> Result<Session> {
         let pool = self.pool();
-        match pool.gate.acquire(deadline) {
-            Ok(Grant::Idle) => {}
-            Err(Refusal::Connect(message)) => {
-                return Err(engine::connect_error(&pool.url, message))
-            }
-            Err(Refusal::Timeout {
-                open,
-                checked_out,
-                pending,
-            }) => {
-                tracing::warn!(target: "userbase::pool", open, checked_out, pending, "checkout timed out");
-                return Err(self.pool_timeout(open, checked_out, pending));
-            }
-        }
-        let Some(conn) = engine::pop_reserved(&pool.r2d2, pool.config.pool_timeout) else {
-            // Unreachable by the gate's bookkeeping; give the reservation back as closed.
-            pool.gate.discarded(1);
-            let (open, _, checked_out) = pool.gate.figures();
-            return Err(self.pool_timeout(open, checked_out, 0));
-        };
-        let lease = pool.gate.lease(location);
+        let conn = pool.checkout(deadline)?;
         Ok(Session::new(
             conn,
             pool.gate.clone(),
             pool.invalidation.clone(),
             pool.config.clone(),
-            lease,
+            pool.lease(location),
         ))
-    }
-
-    fn pool_timeout(&self, open: u32, checked_out: u32, pending: u32) -> Error {
-        let config = &self.pool().config;
-        Error::PoolTimeout {
-            pool_size: config.pool_size,
-            max_overflow: config.max_overflow,
-            timeout: config.pool_timeout,
-            open,
-            checked_out,
-            pending,
-        }
     }
 
     /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
     fn usable(&self, session: &mut Session) -> bool {
-        let config = &self.pool().config;
-        let now = Instant::now();
-        let pooled = session.pooled();
-        if self.pool().invalidation.is_invalidated(pooled.created) {
-            self.pool()
-                .event("replacing a connection invalidated earlier");
-            return false;
-        }
-        if let Some(recycle) = config.pool_recycle {
-            if now.duration_since(pooled.created) >= recycle {
-                self.pool()
-                    .event("recycle: replacing a connection older than pool_recycle");
-                return false;
-            }
-        }
-        if config.pre_ping && now.duration_since(pooled.last_used) >= config.pre_ping_bypass {
-            if let Err(error) = pooled.ping() {
-                self.pool().invalidation.invalidate();
-                tracing::warn!(target: "userbase::pool", %error, "pre-ping failed: invalidating the pool's older connections");
-                return false;
-            }
-        }
-        pooled.last_used = now;
-        true
+        self.pool().validate(session.pooled())
     }
 
     /// Checks the server answers: checks a connection out and pings it, always (no bypass
@@ -261,15 +210,15 @@ impl Database {
 
     /// The pool's figures: SQLAlchemy's `engine.pool.status()`.
     pub fn status(&self) -> PoolStatus {
-        let (open, idle, checked_out) = self.pool().gate.figures();
+        let figures = self.pool().gate.figures();
         let config = &self.pool().config;
         PoolStatus {
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
-            open,
-            idle,
-            checked_out,
-            overflow: i64::from(open) - i64::from(config.pool_size),
+            open: figures.open,
+            idle: figures.idle,
+            checked_out: figures.checked_out,
+            overflow: i64::from(figures.open) - i64::from(config.pool_size),
         }
     }
 
@@ -277,8 +226,7 @@ impl Database {
     /// checkouts open fresh connections (SQLAlchemy's `engine.dispose()`).
     pub fn dispose(&self) {
         self.pool().invalidation.invalidate();
-        let count = self.pool().gate.reserve_all_idle();
-        engine::close_reserved(&self.pool().r2d2, &self.pool().gate, count);
+        self.pool().close_idle();
         self.pool().event("dispose: idle connections closed");
     }
 

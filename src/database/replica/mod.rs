@@ -101,6 +101,7 @@ fn is_connection_failure(error: &Error) -> bool {
     matches!(
         error,
         Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
             | Error::PoolTimeout { .. }
             | Error::Query(D::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
     )
