@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use userbase::config::ReplicaConfig;
-use userbase::testing::{fixtures, PrimaryStandby};
 use userbase::{Database, PoolConfig, Settings};
+use userbase_testing::{fixtures, PrimaryStandby};
 
 fn reads_per_second(db: &Database, threads: usize, for_how_long: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,5 +1,5 @@
 //! The SQLAlchemy tutorial's demo rows: seven users, four locations and the links its reports
-//! imply. Behind the `demo` feature (which `testing` switches on).
+//! imply. Behind the `demo` feature (which the `userbase-testing` crate switches on).
 //!
 //! Used by `examples/quickstart.rs` and by the tests. [`load`] is idempotent: rows that exist
 //! are left alone, so running the quickstart twice prints the same reports.

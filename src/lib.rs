@@ -21,8 +21,6 @@ mod retry;
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod transaction;
 pub mod validate;
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use userbase::config::ReplicaConfig;
-use userbase::testing::{
+use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Session, Settings, WalPosition};
+use userbase_testing::{
     fixtures, Cluster, PgBouncer, PgBouncerOptions, PrimaryStandby, StandbyOptions, StopMode,
 };
-use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Session, Settings, WalPosition};
 
 use common::{eventually, Flag, Port};
 
@@ -110,7 +110,7 @@ fn reads_go_to_the_replica_and_writes_to_the_primary() {
 #[test]
 fn read_is_read_only_without_replicas_on_both_backends() {
     for backend in [userbase::Backend::Postgres, userbase::Backend::Sqlite] {
-        let test = userbase::testing::TestDb::new(backend);
+        let test = userbase_testing::TestDb::new(backend);
         let db = test.seeded();
         assert_eq!(db.read(|repo| Ok(repo.users_raw()?.len())).unwrap(), 7);
         let err = db
@@ -131,7 +131,7 @@ fn read_is_read_only_without_replicas_on_both_backends() {
 #[test]
 fn a_read_that_panics_leaves_its_connection_writable() {
     for backend in [userbase::Backend::Postgres, userbase::Backend::Sqlite] {
-        let test = userbase::testing::TestDb::new(backend);
+        let test = userbase_testing::TestDb::new(backend);
         let db = test.database_with(PoolConfig::default().with_pool_size(1).with_max_overflow(0));
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _: Result<(), Error> = db.read(|_| panic!("the read fails"));
@@ -395,7 +395,7 @@ fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> 
                         .and_then(|found| found.ok_or(Error::NotFound).map(drop))
                         .and_then(|()| db.session()?.repo().count_user_locations(id).map(drop));
                     if let Err(e) = outcome {
-                        errors.push(userbase::testing::report(&e));
+                        errors.push(userbase_testing::report(&e));
                     }
                 }
                 errors

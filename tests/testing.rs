@@ -1,4 +1,4 @@
-//! `userbase::testing` itself: per-test databases, fixtures, the private run-wide server, and the
+//! `userbase_testing` itself: per-test databases, fixtures, the private run-wide server, and the
 //! topologies (private cluster, streaming standby, pgbouncer) on real servers.
 
 #[macro_use]
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
-use userbase::testing::{
-    self, fixtures, Cluster, PgBouncer, PrimaryStandby, StandbyOptions, StopMode, TestDb,
-};
 use userbase::{Backend, Database, Error, Secrets};
+use userbase_testing::{
+    self as testing, fixtures, Cluster, PgBouncer, PrimaryStandby, StandbyOptions, StopMode, TestDb,
+};
 
 use common::{Flag, Port};
 

@@ -7,11 +7,12 @@
 //!   (or being opened) at any moment. Connections above `pool_size` are closed once more than
 //!   `pool_size` have stayed idle for `overflow_idle_timeout` (zero: at once as they come back,
 //!   as SQLAlchemy does); `pool_size` idle connections are never closed by a timer.
-//! - **`pool_timeout`**: a waiting checkout is woken as soon as a connection comes back (kept or
-//!   closed), a connect lands or fails; it fails with
-//!   [`Error::PoolTimeout`](crate::Error::PoolTimeout) only when the limit stayed in use for the
-//!   whole timeout, and with [`Error::Connect`](crate::Error::Connect) (the server's message) as
-//!   soon as the connect made for it fails.
+//! - **`pool_timeout`** bounds the whole checkout: a waiting checkout is woken as soon as a
+//!   connection comes back (kept or closed), a connect lands or fails. It fails with
+//!   [`Error::Connect`] (the server's message) as soon as the connect made for it fails; at the
+//!   deadline, with [`Error::ConnectTimeout`] naming the host when a connect that would serve it
+//!   had no answer yet (that connect goes on, and serves a later checkout if it succeeds), else
+//!   with [`Error::PoolTimeout`] and the figures: the limit stayed in use.
 //! - **`pool_recycle`**: older connections are replaced at checkout.
 //! - **`pre_ping`**: idle connections are pinged at checkout unless used within
 //!   `pre_ping_bypass`; a failed ping or a query on a dead connection invalidates every older

@@ -1,19 +1,19 @@
-//! Test harness: thin wrappers over `userbase::testing` (a fresh database per test on a real
+//! Test harness: thin wrappers over `userbase_testing` (a fresh database per test on a real
 //! server, or a real SQLite file), kept under the names the test files use.
 //!
 //! PostgreSQL: the server is `TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`
 //! when it answers, else a private cluster started from the system's server binaries under
-//! `target/userbase-postgres/` (see `userbase::testing::server`). Each test clones a migrated
+//! `target/userbase-postgres/` (see `userbase_testing::server`). Each test clones a migrated
 //! template and drops its clone on `Drop`. SQLite: each test gets a new file in its own temporary
 //! directory, migrated by the library.
 #![allow(dead_code)]
 
 use diesel::{Connection, PgConnection};
-use userbase::testing;
 use userbase::{Backend, Database, DbUrl, PoolConfig, Secrets};
+use userbase_testing as testing;
 
 #[allow(unused_imports)]
-pub use userbase::testing::{unique_name, DEFAULT_SERVER};
+pub use userbase_testing::{unique_name, DEFAULT_SERVER};
 
 /// The server URL the tests use.
 #[track_caller]
@@ -39,7 +39,7 @@ pub fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
     testing::database_exists(admin, name).expect("query pg_database")
 }
 
-/// A fresh, migrated database for one test, removed on `Drop`: `userbase::testing::TestDb` with
+/// A fresh, migrated database for one test, removed on `Drop`: `userbase_testing::TestDb` with
 /// its backend and URL as fields (everything else through `Deref`).
 pub struct TestDb {
     pub backend: Backend,
