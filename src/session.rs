@@ -20,6 +20,8 @@ pub struct Session {
     invalidation: Arc<Invalidation>,
     config: PoolConfig,
     lease: Option<LeaseId>,
+    /// When the connection was handed to this session.
+    since: std::time::Instant,
 }
 
 impl Drop for Session {
@@ -42,6 +44,7 @@ impl Drop for Session {
         if let Some(lease) = self.lease {
             self.gate.release(lease);
         }
+        self.gate.observer().used(self.since.elapsed());
     }
 }
 
@@ -67,6 +70,7 @@ impl Session {
             invalidation,
             config,
             lease,
+            since: std::time::Instant::now(),
         }
     }
 

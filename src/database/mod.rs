@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
-use crate::engine::{Pool, PoolStatus};
+use crate::engine::{self, Pool, PoolStatus};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;
@@ -102,7 +102,7 @@ impl Database {
         }
         let replicas = replica::Router::start(&replicas, &config)?;
         let inner = Arc::new(Inner {
-            pool: Pool::new(url, config),
+            pool: Pool::new(url, config, Box::new(engine::Unobserved)),
             replicas,
             migration_url: migration_url.map(Arc::new),
         });
@@ -155,9 +155,11 @@ impl Database {
         let deadline = Instant::now()
             .checked_add(self.pool().config.pool_timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        let started = Instant::now();
         loop {
             let mut session = self.checkout(deadline, location)?;
             if self.usable(&mut session) {
+                self.pool().gate.observer().waited(started.elapsed());
                 return Ok(session);
             }
             session.discard();

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::panic::Location;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::admission::{Admission, Due, Figures, LeaseId, Limits, Refusal, Step, Ticket};
 use super::pooled::Pooled;
@@ -22,6 +22,34 @@ use crate::config::PoolConfig;
 
 /// What a failed connect reports to its checkout: the driver's message.
 pub(crate) type ConnectFailure = String;
+
+/// Where the pool's figures and timings go (the metrics instruments), told under the gate's
+/// lock after every change, so that a sequence of figures is the sequence of states.
+pub(crate) trait Observer: Send + Sync {
+    /// The figures changed (or may have).
+    fn figures(&self, figures: &Figures);
+    /// A checkout gave up at its deadline.
+    fn timeout(&self) {}
+    /// A connect thread opened a connection in `took`.
+    fn created(&self, took: Duration) {
+        let _ = took;
+    }
+    /// A checkout obtained its connection after waiting `took`.
+    fn waited(&self, took: Duration) {
+        let _ = took;
+    }
+    /// A session held its connection for `held`, checkout to return.
+    fn used(&self, held: Duration) {
+        let _ = held;
+    }
+}
+
+/// No instruments.
+pub(crate) struct Unobserved;
+
+impl Observer for Unobserved {
+    fn figures(&self, _figures: &Figures) {}
+}
 
 struct Inner {
     admission: Admission<ConnectFailure, tracing::Dispatch>,
@@ -38,6 +66,7 @@ pub(crate) struct Gate {
     connectors: Condvar,
     /// The keeper thread.
     keeper: Condvar,
+    observer: Box<dyn Observer>,
 }
 
 /// A checkout's outcome in the gate.
@@ -49,8 +78,9 @@ pub(crate) enum Admitted {
 }
 
 impl Gate {
-    pub(crate) fn new(config: &PoolConfig) -> Self {
+    pub(crate) fn new(config: &PoolConfig, observer: Box<dyn Observer>) -> Self {
         Gate {
+            observer,
             inner: Mutex::new(Inner {
                 admission: Admission::new(Limits::new(config)),
                 ready: VecDeque::new(),
@@ -65,8 +95,19 @@ impl Gate {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Releases the lock and wakes the waiting checkouts, if any.
+    /// The instruments.
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        &*self.observer
+    }
+
+    /// Tells the observer the figures, under the lock.
+    fn publish(&self, inner: &Inner) {
+        self.observer.figures(&inner.admission.figures());
+    }
+
+    /// Publishes the figures, releases the lock and wakes the waiting checkouts, if any.
     fn wake_callers(&self, inner: MutexGuard<'_, Inner>) {
+        self.publish(&inner);
         let waiting = inner.admission.has_waiters();
         drop(inner);
         if waiting {
@@ -96,6 +137,7 @@ impl Gate {
     ) -> Admitted {
         let mut inner = self.lock();
         let me = inner.admission.arrive();
+        self.publish(&inner);
         // Leaves the queue however this ends (an `open` that panics included).
         let mut guard = Leave {
             gate: self,
@@ -116,6 +158,7 @@ impl Gate {
                     return Admitted::Refused(refusal);
                 }
                 Step::Open(ticket) => {
+                    self.publish(&inner);
                     drop(inner);
                     if let Err(failure) = open(ticket) {
                         self.failed(ticket, failure);
@@ -153,6 +196,7 @@ impl Gate {
     pub(crate) fn discarding(&self) {
         let mut inner = self.lock();
         inner.admission.discarding();
+        self.publish(&inner);
     }
 
     /// A connection being closed is gone: room for another.
@@ -164,7 +208,10 @@ impl Gate {
 
     /// Moves every idle connection to closing (dispose); returns how many to take from r2d2.
     pub(crate) fn close_all_idle(&self) -> u32 {
-        self.lock().admission.close_all_idle(Instant::now())
+        let mut inner = self.lock();
+        let count = inner.admission.close_all_idle(Instant::now());
+        self.publish(&inner);
+        count
     }
 
     // ---- connects ------------------------------------------------------------------------------
@@ -174,6 +221,7 @@ impl Gate {
     pub(crate) fn opened(&self, ticket: Ticket, conn: Pooled) -> Option<Pooled> {
         let mut inner = self.lock();
         if !inner.admission.opened(ticket, Instant::now()) {
+            self.publish(&inner);
             return Some(conn);
         }
         inner.ready.push_back(conn);
@@ -259,7 +307,10 @@ impl Gate {
                     .keeper
                     .wait(inner)
                     .unwrap_or_else(PoisonError::into_inner),
-                due => return due,
+                due => {
+                    self.publish(&inner);
+                    return due;
+                }
             };
         }
     }

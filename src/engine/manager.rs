@@ -97,6 +97,7 @@ impl Opener {
         let started = Instant::now();
         match self.open() {
             Ok(conn) => {
+                self.gate.observer().created(started.elapsed());
                 let pooled = Pooled::new(conn.0, Instant::now(), conn.1);
                 if self.config.echo_pool {
                     tracing::debug!(

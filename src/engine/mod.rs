@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::admission::LeaseId;
 use self::admission::{Refusal, Verdict};
-pub(crate) use self::gate::Gate;
 use self::gate::{Admitted, ConnectFailure};
+pub(crate) use self::gate::{Gate, Observer, Unobserved};
 pub(crate) use self::manager::{connect_error, Manager};
 use self::manager::{Closer, Opener};
 pub(crate) use self::pooled::{Invalidation, Pooled};
@@ -89,8 +89,8 @@ const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Pool {
     /// Builds the pool for `url` (validated) without opening any connection.
-    pub(crate) fn new(url: DbUrl, config: PoolConfig) -> Self {
-        let gate = Arc::new(Gate::new(&config));
+    pub(crate) fn new(url: DbUrl, config: PoolConfig, observer: Box<dyn Observer>) -> Self {
+        let gate = Arc::new(Gate::new(&config, observer));
         let opener = Arc::new(Opener::new(url.clone(), config.clone(), gate.clone()));
         // r2d2 keeps the idle connections; `min_idle` at the maximum keeps a connect call
         // outstanding for every connection not yet open, each taking what a connect thread opened
@@ -166,6 +166,7 @@ impl Pool {
         match refusal {
             Refusal::Connect(message) => connect_error(&self.url, message),
             Refusal::Timeout(figures) if figures.waited_on_connect => {
+                self.gate.observer().timeout();
                 tracing::warn!(target: "userbase::pool", url = %self.url, "checkout timed out: a connect that would serve it had no answer yet");
                 Error::ConnectTimeout {
                     url: self.url.to_string(),
@@ -173,6 +174,7 @@ impl Pool {
                 }
             }
             Refusal::Timeout(figures) => {
+                self.gate.observer().timeout();
                 tracing::warn!(
                     target: "userbase::pool",
                     open = figures.open,
