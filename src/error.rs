@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
 
+/// The underlying error an [`enum@Error`] variant keeps as its `source()`.
+pub type BoxedCause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// `Result` with [`enum@Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -95,12 +98,19 @@ pub enum Error {
     },
 
     /// A connection could not be opened: refused, bad password, unknown database, bad file.
+    ///
+    /// `source()` is the driver's error (Diesel's `ConnectionError`), or the I/O error when the
+    /// connect could not even start; `message` is its text, kept in the `Display` so that a log
+    /// line printing only the error still says why.
     #[error("could not connect to {url}: {message}")]
     Connect {
         /// The URL, password hidden.
         url: String,
         /// The server's (or SQLite's) own message.
         message: String,
+        /// The driver's error.
+        #[source]
+        source: Option<BoxedCause>,
     },
 
     /// Applying or reverting a migration failed: names the migration; its `source()` is the
@@ -245,6 +255,16 @@ impl Error {
             Error::Deadlock { .. } | Error::SerializationFailure { .. } => true,
             Error::TransactionAborted { first } => first.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// A connect to `url` failed with `cause`.
+    pub(crate) fn connect(url: &crate::DbUrl, cause: impl Into<BoxedCause>) -> Self {
+        let source = cause.into();
+        Error::Connect {
+            url: url.to_string(),
+            message: source.to_string().trim().to_owned(),
+            source: Some(source),
         }
     }
 

@@ -29,7 +29,7 @@ pub use connection::{AnyConnection, MultiBackend};
 pub use database::replica;
 pub use database::Database;
 pub use engine::PoolStatus;
-pub use error::{Error, MigrationFailure, Result};
+pub use error::{BoxedCause, Error, MigrationFailure, Result};
 pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};
 pub use retry::RetryPolicy;

@@ -115,11 +115,21 @@ fn first_checkout_error(url: DbUrl) -> (Error, String) {
 fn unknown_database_is_a_connect_error_with_the_server_message() {
     // A Connect error with the server's message, not a PoolTimeout: the failure is not disguised.
     match first_checkout_error(common::database_url("userbase_no_such_database")) {
-        (Error::Connect { url, message }, _) => {
+        (
+            Error::Connect {
+                url,
+                message,
+                source,
+            },
+            _,
+        ) => {
             assert!(
                 message.contains("database \"userbase_no_such_database\" does not exist"),
                 "{message}"
             );
+            // The driver's error is kept as the cause.
+            let cause = source.expect("the driver's error as source");
+            assert_eq!(cause.to_string().trim(), message);
             assert!(url.ends_with("/userbase_no_such_database"), "{url}");
         }
         (_, shown) => panic!("expected Connect error, got {shown}"),
@@ -147,7 +157,14 @@ fn refused_connection_is_a_connect_error_that_hides_the_password() {
 #[test]
 fn unopenable_sqlite_file_is_a_connect_error() {
     match first_checkout_error(DbUrl::sqlite("/nonexistent-dir/sub/x.db")) {
-        (Error::Connect { url, message }, _) => {
+        (
+            Error::Connect {
+                url,
+                message,
+                source: Some(_),
+            },
+            _,
+        ) => {
             assert_eq!(url, "sqlite:///nonexistent-dir/sub/x.db");
             assert!(
                 message

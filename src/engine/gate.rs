@@ -20,8 +20,8 @@ use super::admission::{Admission, Due, Figures, LeaseId, Limits, Refusal, Step, 
 use super::pooled::Pooled;
 use crate::config::PoolConfig;
 
-/// What a failed connect reports to its checkout: the driver's message.
-pub(crate) type ConnectFailure = String;
+/// What a failed connect reports to its checkout: the driver's error.
+pub(crate) type ConnectFailure = crate::error::BoxedCause;
 
 /// Where the pool's figures and timings go (the metrics instruments), told under the gate's
 /// lock after every change, so that a sequence of figures is the sequence of states.

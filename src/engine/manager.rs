@@ -60,13 +60,6 @@ impl std::fmt::Debug for Opener {
     }
 }
 
-pub(crate) fn connect_error(url: &DbUrl, message: String) -> Error {
-    Error::Connect {
-        url: url.to_string(),
-        message,
-    }
-}
-
 impl Opener {
     pub(crate) fn new(url: DbUrl, config: PoolConfig, gate: Arc<Gate>) -> Self {
         Opener {
@@ -89,7 +82,7 @@ impl Opener {
             .name("userbase-connect".to_owned())
             .spawn(move || opener.run(ticket))
             .map(drop)
-            .map_err(|error| format!("could not start a connect thread: {error}"))
+            .map_err(ConnectFailure::from)
     }
 
     /// The connect thread: opens the connection and hands it (or the failure) to the gate.
@@ -109,15 +102,15 @@ impl Opener {
                 // The pool closed meanwhile: close it here.
                 drop(self.gate.opened(ticket, pooled));
             }
-            Err(message) => {
-                tracing::warn!(target: "userbase::pool", url = %self.url, error = %message, "connect failed");
-                drop(self.gate.failed(ticket, message));
+            Err(error) => {
+                tracing::warn!(target: "userbase::pool", url = %self.url, %error, "connect failed");
+                drop(self.gate.failed(ticket, error));
             }
         }
     }
 
     /// Opens the keeper connection of an in-memory database, once.
-    fn keep_memory_alive(&self) -> std::result::Result<(), String> {
+    fn keep_memory_alive(&self) -> std::result::Result<(), ConnectFailure> {
         if !self.url.is_memory() {
             return Ok(());
         }
@@ -126,17 +119,15 @@ impl Opener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if keeper.is_none() {
-            let conn =
-                AnyConnection::open(Backend::Sqlite, &self.target).map_err(|e| e.to_string())?;
+            let conn = AnyConnection::open(Backend::Sqlite, &self.target)?;
             *keeper = Some(conn);
         }
         Ok(())
     }
 
-    fn open(&self) -> std::result::Result<(AnyConnection, Arc<ConnFlags>), String> {
+    fn open(&self) -> std::result::Result<(AnyConnection, Arc<ConnFlags>), ConnectFailure> {
         self.keep_memory_alive()?;
-        let mut conn = AnyConnection::open(self.url.backend(), &self.target)
-            .map_err(|e| e.to_string().trim().to_owned())?;
+        let mut conn = AnyConnection::open(self.url.backend(), &self.target)?;
         if !self.config.statement_cache {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
         }
@@ -178,7 +169,7 @@ impl r2d2::ManageConnection for Manager {
     fn connect(&self) -> Result<Pooled> {
         self.gate
             .next_ready()
-            .ok_or_else(|| connect_error(&self.url, "the engine was dropped".to_owned()))
+            .ok_or_else(|| Error::connect(&self.url, "the engine was dropped"))
     }
 
     /// Never called: checkouts validate connections themselves (`test_on_check_out(false)`).

@@ -48,7 +48,7 @@ pub(crate) use self::admission::LeaseId;
 use self::admission::{Refusal, Verdict};
 use self::gate::{Admitted, ConnectFailure};
 pub(crate) use self::gate::{Gate, Observer, Unobserved};
-pub(crate) use self::manager::{connect_error, Manager};
+pub(crate) use self::manager::Manager;
 use self::manager::{Closer, Opener};
 pub(crate) use self::pooled::{Invalidation, Pooled};
 pub(crate) use self::watch::Watch;
@@ -164,7 +164,7 @@ impl Pool {
 
     fn refusal(&self, refusal: Refusal<ConnectFailure>) -> Error {
         match refusal {
-            Refusal::Connect(message) => connect_error(&self.url, message),
+            Refusal::Connect(cause) => Error::connect(&self.url, cause),
             Refusal::Timeout(figures) if figures.waited_on_connect => {
                 self.gate.observer().timeout();
                 tracing::warn!(target: "userbase::pool", url = %self.url, "checkout timed out: a connect that would serve it had no answer yet");

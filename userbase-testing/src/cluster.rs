@@ -444,6 +444,7 @@ pub(crate) fn connect(url: &DbUrl) -> Result<PgConnection, SetupError> {
         source: userbase::Error::Connect {
             url: url.to_string(),
             message: error.to_string().trim().to_owned(),
+            source: Some(Box::new(error)),
         },
     })
 }

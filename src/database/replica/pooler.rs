@@ -16,13 +16,8 @@ const DEFAULT_PORT: u16 = 5432;
 pub(crate) fn run_migrations(db: &Database, migration_url: Option<&DbUrl>) -> Result<Vec<String>> {
     match migration_url {
         Some(url) => {
-            let mut conn =
-                AnyConnection::open(url.backend(), &url.driver_target()).map_err(|e| {
-                    Error::Connect {
-                        url: url.to_string(),
-                        message: e.to_string().trim().to_owned(),
-                    }
-                })?;
+            let mut conn = AnyConnection::open(url.backend(), &url.driver_target())
+                .map_err(|e| Error::connect(url, e))?;
             refuse_pooler(url, &mut conn, "DATABASE_MIGRATION_URL")?;
             crate::migrate::run(&mut conn)
         }
