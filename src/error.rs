@@ -329,7 +329,8 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
-                    // 23503 (what ON DELETE RESTRICT raises) and 23001 (a deferred RESTRICT) alike.
+                    // PostgreSQL reports ON DELETE RESTRICT and NO ACTION as 23503; 23001
+                    // (restrict_violation, which core PostgreSQL never raises) is taken alike.
                     DatabaseErrorKind::ForeignKeyViolation
                     | DatabaseErrorKind::RestrictViolation => Error::ForeignKeyViolation {
                         constraint,
