@@ -65,6 +65,16 @@ impl Settings {
     ///
     /// [`Error::Config`] naming the variable when a value is malformed.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        // The secrets that may come from files (`DB_PASS_FILE`, …) are read once, here; the
+        // rest of the function sees them as if the variable itself were set.
+        let from_files = SECRET_FILE_VARIABLES
+            .iter()
+            .map(|name| Ok((*name, secret_from_file(&lookup, name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let lookup = |name: &str| match from_files.iter().find(|(n, _)| *n == name) {
+            Some((_, Some(value))) => Some(value.clone()),
+            _ => lookup(name),
+        };
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let url = match lookup("DATABASE_URL") {
             Some(raw) if raw.trim().is_empty() => {
@@ -144,6 +154,56 @@ impl Settings {
             replicas,
             migration_url,
         })
+    }
+}
+
+/// The variables whose value may instead be read from the file named by `<variable>_FILE` (the
+/// convention of the official PostgreSQL image and of Docker and Kubernetes secrets).
+pub const SECRET_FILE_VARIABLES: [&str; 3] = ["DB_PASS", "DATABASE_URL", "DATABASE_REPLICA_URLS"];
+
+/// The value of `name` read from the file `<name>_FILE` names, when that is set (and not empty):
+/// the file's content with one trailing newline (`\n` or `\r\n`) removed. `None` when
+/// `<name>_FILE` is unset.
+///
+/// Errors name the variable and the path, never the content: both `name` and `<name>_FILE` set,
+/// or a file that cannot be read as UTF-8 text.
+fn secret_from_file(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<String>> {
+    let file_variable = format!("{name}_FILE");
+    let Some(path) = lookup(&file_variable).filter(|p| !p.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if lookup(name).is_some() {
+        return Err(Error::config(
+            file_variable,
+            format!("{name} is set too: set either {name} or {name}_FILE, not both"),
+        ));
+    }
+    let content = std::fs::read_to_string(&path).map_err(|e| {
+        Error::config(
+            file_variable.as_str(),
+            format!(
+                "cannot read the file `{}`: {}",
+                path.escape_debug(),
+                io_reason(&e)
+            ),
+        )
+    })?;
+    let value = content
+        .strip_suffix("\r\n")
+        .or_else(|| content.strip_suffix('\n'))
+        .unwrap_or(&content);
+    Ok(Some(value.to_owned()))
+}
+
+/// Why a file could not be read, without anything of its content (an invalid UTF-8 error
+/// carries none, but is worded here so that no future message could).
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
+        _ => error.to_string(),
     }
 }
 

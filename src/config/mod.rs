@@ -27,6 +27,7 @@
 //! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary | `50` | 0 to 86 400 000 |
 //! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped | `5000` | 1 to 86 400 000 |
 //! | `DB_REPLICA_CHECK_MS` | how often replicas' lag and health are measured in the background | `500` | 10 to 86 400 000 |
+//! | `DB_PASS_FILE`, `DATABASE_URL_FILE`, `DATABASE_REPLICA_URLS_FILE` | a file holding the value of `DB_PASS`, `DATABASE_URL` or `DATABASE_REPLICA_URLS` (Docker and Kubernetes secrets): read once, one trailing newline removed ([`SECRET_FILE_VARIABLES`]) | unset | a readable UTF-8 file; not together with the variable itself |
 //! | `DATABASE_MIGRATION_URL` | where [`Database::run_pending_migrations`](crate::Database::run_pending_migrations) connects (a direct connection, not pgbouncer) | `DATABASE_URL` | a PostgreSQL URL |
 //!
 //! The `DB_HOST` … `DB_NAME` parts are used as soon as any of them is set; with none of them and no
@@ -35,13 +36,21 @@
 //! select the SQLite file without a word). A malformed or out-of-range value is an
 //! [`Error::Config`](crate::Error::Config) naming the variable and the allowed range; the same
 //! bounds apply in code ([`PoolConfig::validate`], [`DbUrl::validate`]).
+//!
+//! A secret may come from a file instead (`DB_PASS_FILE`, `DATABASE_URL_FILE`,
+//! `DATABASE_REPLICA_URLS_FILE`): setting both a variable and its `_FILE` is an
+//! [`Error::Config`](crate::Error::Config), and so is a file that cannot be read (the error names
+//! the variable and the path, never the content). Without a password anywhere, libpq still reads
+//! its own password file (`~/.pgpass`, or `PGPASSFILE`, or the URL's `passfile` parameter).
 
 mod env;
 mod pool;
 mod replica;
 pub(crate) mod url;
 
-pub use self::env::{DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER};
+pub use self::env::{
+    DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER, SECRET_FILE_VARIABLES,
+};
 pub use self::pool::{
     PoolConfig, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS, MAX_CONNECTIONS, MAX_DURATION,
