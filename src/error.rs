@@ -173,6 +173,28 @@ pub enum Error {
         attempts: u32,
     },
 
+    // Deadlines (`PoolConfig::statement_timeout`, `lock_timeout`): the connection stays usable
+    // after either; a transaction in which one fired is rolled back like after any failure.
+    /// A statement ran longer than its `statement_timeout` and was cancelled (PostgreSQL's
+    /// `57014` "canceling statement due to statement timeout"): see
+    /// [`PoolConfig::statement_timeout`](crate::PoolConfig::statement_timeout) and
+    /// [`Repo::with_statement_timeout`](crate::Repo::with_statement_timeout).
+    #[error("statement_timeout fired: {message}")]
+    StatementTimeout {
+        /// The server's message.
+        message: String,
+    },
+
+    /// A statement waited for a lock longer than its `lock_timeout` (PostgreSQL's `55P03`
+    /// "canceling statement due to lock timeout", also raised by `NOWAIT`): see
+    /// [`PoolConfig::lock_timeout`](crate::PoolConfig::lock_timeout). SQLite reports its
+    /// `busy_timeout` running out as [`Error::SerializationFailure`] instead.
+    #[error("lock_timeout fired: {message}")]
+    LockTimeout {
+        /// The server's message.
+        message: String,
+    },
+
     /// Any other error reported by Diesel or the database (its `source()`).
     #[error("database error")]
     Query(#[source] diesel::result::Error),
@@ -316,6 +338,16 @@ impl From<diesel::result::Error> for Error {
                     DatabaseErrorKind::Unknown if info.message().starts_with(DEADLOCK) => {
                         Error::Deadlock { message }
                     }
+                    // 57014 and 55P03: Diesel hides these SQLSTATEs too.
+                    DatabaseErrorKind::Unknown if info.message() == STATEMENT_TIMEOUT => {
+                        Error::StatementTimeout { message }
+                    }
+                    DatabaseErrorKind::Unknown
+                        if info.message() == LOCK_TIMEOUT
+                            || info.message().starts_with(LOCK_NOT_AVAILABLE) =>
+                    {
+                        Error::LockTimeout { message }
+                    }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_READONLY => {
                         Error::ReadOnly { message }
                     }
@@ -332,6 +364,14 @@ impl From<diesel::result::Error> for Error {
 
 /// The start of PostgreSQL's message for `40P01`.
 const DEADLOCK: &str = "deadlock detected";
+/// PostgreSQL's message for `57014` raised by `statement_timeout` (not by a cancel request,
+/// "… due to user request").
+const STATEMENT_TIMEOUT: &str = "canceling statement due to statement timeout";
+/// PostgreSQL's message for `55P03` raised by `lock_timeout`.
+const LOCK_TIMEOUT: &str = "canceling statement due to lock timeout";
+/// The start of PostgreSQL's other `55P03` messages (`NOWAIT`, `SKIP LOCKED` cannot wait):
+/// "could not obtain lock on row in relation …", "could not obtain lock on relation …".
+const LOCK_NOT_AVAILABLE: &str = "could not obtain lock on ";
 /// SQLite's message for `SQLITE_READONLY` (a write under `PRAGMA query_only`).
 const SQLITE_READONLY: &str = "attempt to write a readonly database";
 /// SQLite's message for `SQLITE_BUSY` (SQLite's messages are not translated).

@@ -5,8 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::pool::{
-    Knob, Source, LEAK_DETECTION, MAX_OVERFLOW, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
-    POOL_TIMEOUT, PRE_PING_BYPASS,
+    Knob, Source, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION, LOCK_TIMEOUT, MAX_OVERFLOW,
+    OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE, POOL_TIMEOUT, PRE_PING_BYPASS,
+    STATEMENT_TIMEOUT,
 };
 use super::replica::split_replica_urls;
 use super::url::Invalid;
@@ -125,6 +126,10 @@ impl Settings {
             },
             statement_cache: parse_bool(&var, "DB_STATEMENT_CACHE")?
                 .unwrap_or(defaults.statement_cache),
+            statement_timeout: millis(&var, STATEMENT_TIMEOUT)?.or(defaults.statement_timeout),
+            lock_timeout: millis(&var, LOCK_TIMEOUT)?.or(defaults.lock_timeout),
+            idle_in_transaction_timeout: millis(&var, IDLE_IN_TRANSACTION_TIMEOUT)?
+                .or(defaults.idle_in_transaction_timeout),
         };
         pool.check(Source::Env)?;
 

@@ -23,6 +23,9 @@
 //! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | |
 //! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` | |
 //! | `DB_STATEMENT_CACHE` | diesel's prepared-statement cache on PostgreSQL connections; `off` behind pgbouncer in transaction mode ([`PoolConfig::statement_cache`]) | `on` | same boolean forms |
+//! | `DB_STATEMENT_TIMEOUT_MS` | PostgreSQL cancels a statement running longer ([`Error::StatementTimeout`](crate::Error::StatementTimeout)); no effect on SQLite ([`PoolConfig::statement_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
+//! | `DB_LOCK_TIMEOUT_MS` | a statement waiting longer for a lock gives up ([`Error::LockTimeout`](crate::Error::LockTimeout)); SQLite's `busy_timeout` ([`PoolConfig::lock_timeout`]) | unset: the server's setting; SQLite 5000 | 0 to 86 400 000 |
+//! | `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` | PostgreSQL closes a connection whose transaction stays idle longer ([`PoolConfig::idle_in_transaction_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
 //! | `DATABASE_REPLICA_URLS` | read replicas, comma-separated PostgreSQL URLs ([`ReplicaConfig::urls`]) | none | each starts with `postgres://` or `postgresql://` |
 //! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary | `50` | 0 to 86 400 000 |
 //! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped | `5000` | 1 to 86 400 000 |

@@ -23,7 +23,7 @@ use super::gate::Gate;
 use super::pooled::Pooled;
 use super::watch::{ConnFlags, Watch};
 use crate::config::{Backend, DbUrl, PoolConfig};
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, Deadlines};
 use crate::error::{Error, Result};
 
 /// Opens connections of the backend the URL names, for the gate's tickets.
@@ -85,7 +85,7 @@ impl Manager {
 
     fn open(&self) -> std::result::Result<AnyConnection, String> {
         self.keep_memory_alive()?;
-        let mut conn = AnyConnection::open(self.url.backend(), &self.target)
+        let mut conn = AnyConnection::open_with(self.url.backend(), &self.target, &self.config)
             .map_err(|e| e.to_string().trim().to_owned())?;
         if !self.config.statement_cache {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
@@ -110,6 +110,7 @@ impl r2d2::ManageConnection for Manager {
                         self.config.echo,
                         self.config.hide_parameters,
                     ));
+                    crate::transaction::set_deadlines(&mut conn, Deadlines::of(&self.config));
                     self.gate.landed(ticket);
                     return Ok(Pooled::new(conn, Instant::now(), flags));
                 }
