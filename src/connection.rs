@@ -69,6 +69,25 @@ fn sqlite_pragmas(busy_timeout: Duration) -> String {
     )
 }
 
+/// A failed TLS handshake under `sslmode=verify-ca` / `verify-full` that OpenSSL reports without
+/// naming the certificate (a CA with the right name but another key gives "SSL error: EVP lib"):
+/// the message says what was being checked.
+fn tls_context(target: &str, error: ConnectionError) -> ConnectionError {
+    match error {
+        ConnectionError::BadConnection(message)
+            if target.contains("sslmode=verify-")
+                && message.contains("SSL error")
+                && !message.contains("certificate") =>
+        {
+            ConnectionError::BadConnection(format!(
+                "{} (the server's certificate did not verify against sslrootcert)",
+                message.trim_end()
+            ))
+        }
+        other => other,
+    }
+}
+
 /// Whether a setting lasts for the server session or for the current transaction only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
@@ -141,7 +160,8 @@ impl AnyConnection {
     ) -> Result<Self, ConnectionError> {
         match backend {
             Backend::Postgres => {
-                let mut conn = PgConnection::establish(target)?;
+                let mut conn =
+                    PgConnection::establish(target).map_err(|e| tls_context(target, e))?;
                 let settings = Deadlines::of(config).sql(Scope::Session);
                 if !settings.is_empty() {
                     conn.batch_execute(&settings)

@@ -10,9 +10,10 @@ use super::pool::{
     STATEMENT_TIMEOUT,
 };
 use super::replica::split_replica_urls;
+use super::tls::check_sslmode;
 use super::url::Invalid;
 use super::MAX_DURATION;
-use super::{DbUrl, PoolConfig, ReplicaConfig, Settings};
+use super::{Backend, DbUrl, PoolConfig, ReplicaConfig, Settings};
 use crate::error::{Error, Result};
 
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
@@ -101,6 +102,8 @@ impl Settings {
             None => DbUrl::sqlite(DEFAULT_SQLITE_PATH),
         };
 
+        let url = with_tls_env(url, &var)?;
+
         let defaults = PoolConfig::default();
         let pool = PoolConfig {
             pool_size: count(&var, POOL_SIZE)?.unwrap_or(defaults.pool_size),
@@ -136,7 +139,10 @@ impl Settings {
         let replica_defaults = ReplicaConfig::default();
         let replicas = ReplicaConfig {
             urls: match var("DATABASE_REPLICA_URLS") {
-                Some(raw) => split_replica_urls(&raw)?,
+                Some(raw) => split_replica_urls(&raw)?
+                    .into_iter()
+                    .map(|url| with_tls_env(url, &var))
+                    .collect::<Result<_>>()?,
                 None => Vec::new(),
             },
             wait: millis(&var, REPLICA_WAIT)?.unwrap_or(replica_defaults.wait),
@@ -152,6 +158,8 @@ impl Settings {
         }
         let migration_url = var("DATABASE_MIGRATION_URL")
             .map(|raw| DbUrl::parse_in(&raw, "DATABASE_MIGRATION_URL"))
+            .transpose()?
+            .map(|url| with_tls_env(url, &var))
             .transpose()?;
         Ok(Settings {
             url,
@@ -210,6 +218,27 @@ fn io_reason(error: &std::io::Error) -> String {
         std::io::ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
         _ => error.to_string(),
     }
+}
+
+/// A PostgreSQL URL with `DB_SSLMODE` and `DB_SSLROOTCERT` as its `sslmode` and `sslrootcert`
+/// where it sets none itself (the URL's own win).
+fn with_tls_env(mut url: DbUrl, var: &impl Fn(&str) -> Option<String>) -> Result<DbUrl> {
+    if url.backend() != Backend::Postgres {
+        return Ok(url);
+    }
+    if let Some(mode) = var("DB_SSLMODE") {
+        let mode = mode.trim();
+        check_sslmode("DB_SSLMODE", mode)?;
+        if url.query_value("sslmode").is_none() {
+            url = url.with_query_param("sslmode", mode);
+        }
+    }
+    if let Some(root) = var("DB_SSLROOTCERT") {
+        if url.query_value("sslrootcert").is_none() {
+            url = url.with_query_param("sslrootcert", root.trim());
+        }
+    }
+    Ok(url)
 }
 
 fn parse_var<T: FromStr>(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>>

@@ -11,6 +11,8 @@
 //! | `DB_USER` | PostgreSQL user | `postgres` | no NUL |
 //! | `DB_PASS` | PostgreSQL password (never printed) | none | no NUL |
 //! | `DB_NAME` | PostgreSQL database | the value of `DB_USER` | no NUL |
+//! | `DB_SSLMODE` | libpq's `sslmode` for PostgreSQL URLs that set none (`DATABASE_URL`, the parts, replicas, migrations); see [`DbUrl::effective_sslmode`] | unset: `require` for a host that is not this machine, `verify-full` with `DB_SSLROOTCERT`, else libpq's default | one of [`SSLMODES`] |
+//! | `DB_SSLROOTCERT` | the CA file that verifies the server's certificate (`sslrootcert`); switches the default to `verify-full` | unset | a path |
 //! | `DB_POOL_SIZE` | connections kept open in the pool; `0`: none kept idle | `5` ([`DEFAULT_POOL_SIZE`]) | 0 to 10 000 |
 //! | `DB_MAX_OVERFLOW` | extra connections allowed above `DB_POOL_SIZE` under load | `10` ([`DEFAULT_MAX_OVERFLOW`]) | 0 to 10 000; `DB_POOL_SIZE + DB_MAX_OVERFLOW` 1 to 10 000 ([`MAX_CONNECTIONS`]) |
 //! | `DB_POOL_TIMEOUT_SECS` | seconds a checkout waits for a free connection (fractions allowed) | `30` ([`DEFAULT_POOL_TIMEOUT`]) | above 0, at most 86 400 ([`MAX_DURATION`]) |
@@ -49,6 +51,7 @@
 mod env;
 mod pool;
 mod replica;
+mod tls;
 pub(crate) mod url;
 
 pub use self::env::{
@@ -62,6 +65,7 @@ pub use self::replica::{
     ReplicaConfig, DEFAULT_MAX_REPLICA_LAG, DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT,
     MIN_REPLICA_CHECK_INTERVAL,
 };
+pub use self::tls::SSLMODES;
 pub use self::url::{Backend, DbUrl, Secrets, SECRET_QUERY_PARAMS};
 
 /// Everything needed to open a [`Database`](crate::Database): the URL, the pool knobs, the read
