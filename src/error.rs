@@ -195,6 +195,25 @@ pub enum Error {
         message: String,
     },
 
+    /// A PostgreSQL migration could not take the locks it needs: its short `lock_timeout` fired
+    /// on every attempt, because other transactions kept holding them (see
+    /// [`Database::run_pending_migrations`](crate::Database::run_pending_migrations)). Nothing
+    /// of this migration was applied; the ones before it were. Running the migrations again
+    /// once the long transactions are gone applies it.
+    #[error(
+        "migration {migration} could not take its locks: lock_timeout ({} ms) fired on each of \
+         {attempts} attempts (another transaction holds a lock on a table it changes)",
+        lock_timeout.as_millis()
+    )]
+    MigrationLockTimeout {
+        /// The migration's name (`2024-06-19-000001_create_users`).
+        migration: String,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The `lock_timeout` of each attempt.
+        lock_timeout: Duration,
+    },
+
     /// Any other error reported by Diesel or the database (its `source()`).
     #[error("database error")]
     Query(#[source] diesel::result::Error),
