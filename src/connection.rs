@@ -58,15 +58,40 @@ pub(crate) const DEFAULT_SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pragmas every SQLite connection gets: without `foreign_keys` SQLite enforces none of the
 /// schema's `ON DELETE` rules; WAL lets readers run beside a writer; `busy_timeout` makes a
-/// writer wait for the lock instead of failing at once; `synchronous = NORMAL` is safe under WAL.
-fn sqlite_pragmas(busy_timeout: Duration) -> String {
+/// writer wait for the lock instead of failing at once; `synchronous = NORMAL` never loses a
+/// commit to a crash of the process under WAL (`FULL` also survives a power loss).
+fn sqlite_pragmas(config: &PoolConfig) -> String {
     format!(
         "PRAGMA foreign_keys = ON; \
          PRAGMA busy_timeout = {}; \
          PRAGMA journal_mode = WAL; \
-         PRAGMA synchronous = NORMAL;",
-        busy_timeout.as_millis()
+         PRAGMA synchronous = {};",
+        config
+            .lock_timeout
+            .unwrap_or(DEFAULT_SQLITE_BUSY_TIMEOUT)
+            .as_millis(),
+        config.sqlite_synchronous.as_sql()
     )
+}
+
+/// Creates the SQLite database file `target` when it does not exist yet, readable and writable
+/// by its owner only (mode 0600, whatever the umask): SQLite then gives its `-wal` and `-shm`
+/// files the same mode. A `file:` URI (the in-memory databases) is left alone, and so is a
+/// file that exists; when the file cannot be made here, SQLite's own open reports why.
+fn create_private_file(target: &str) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if target.is_empty() || target.starts_with("file:") || target == ":memory:" {
+        return;
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target);
+    if let Ok(file) = created {
+        // The umask may have taken bits off 0600; put them back.
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
 }
 
 /// A failed TLS handshake under `sslmode=verify-ca` / `verify-full` that OpenSSL reports without
@@ -140,8 +165,9 @@ impl Deadlines {
 impl AnyConnection {
     /// Opens a connection of the given backend; `target` is the string the driver takes
     /// (a libpq URL, or an SQLite path or `file:` URI). SQLite connections get `foreign_keys = ON`,
-    /// `busy_timeout = 5000`, `journal_mode = WAL` and `synchronous = NORMAL`; PostgreSQL
-    /// connections keep the server's settings.
+    /// `busy_timeout = 5000`, `journal_mode = WAL` and `synchronous = NORMAL`, and a file that
+    /// does not exist yet is created readable by its owner only (0600, as are its `-wal` and
+    /// `-shm`); PostgreSQL connections keep the server's settings.
     ///
     /// # Errors
     ///
@@ -152,7 +178,8 @@ impl AnyConnection {
 
     /// [`open`](AnyConnection::open) with the per-connection settings of `config`: on
     /// PostgreSQL its deadlines as session `SET`s (see the module docs), on SQLite its
-    /// `lock_timeout` as `busy_timeout`.
+    /// `lock_timeout` as `busy_timeout` and its `sqlite_synchronous`. A SQLite file that does
+    /// not exist yet is created with mode 0600.
     pub(crate) fn open_with(
         backend: Backend,
         target: &str,
@@ -170,9 +197,9 @@ impl AnyConnection {
                 Ok(AnyConnection::Pg(conn))
             }
             Backend::Sqlite => {
+                create_private_file(target);
                 let mut conn = SqliteConnection::establish(target)?;
-                let pragmas =
-                    sqlite_pragmas(config.lock_timeout.unwrap_or(DEFAULT_SQLITE_BUSY_TIMEOUT));
+                let pragmas = sqlite_pragmas(config);
                 // Two connections switching a fresh file to WAL at once: SQLite refuses one at
                 // once ("database is locked") instead of calling the busy handler, which would
                 // deadlock. The pragmas are idempotent: run them again, for up to 5 s.

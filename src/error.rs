@@ -155,7 +155,8 @@ pub enum Error {
     /// A write was refused because the transaction is read-only (PostgreSQL's `25006`, "cannot
     /// execute … in a read-only transaction"): a write through
     /// [`Database::read`](crate::Database::read) or on a replica session, or on a primary that has
-    /// been demoted (see [`crate::replica`]).
+    /// been demoted (see [`crate::replica`]). On SQLite (`SQLITE_READONLY`) also a database file
+    /// that cannot be written (read-only file, directory or mount); the message says so.
     #[error("read-only transaction: {message}")]
     ReadOnly {
         /// The server's message.
@@ -212,6 +213,16 @@ pub enum Error {
         attempts: u32,
         /// The `lock_timeout` of each attempt.
         lock_timeout: Duration,
+    },
+
+    /// The database has no room left for the write: SQLite's `SQLITE_FULL` (the disk is full,
+    /// or the file reached `max_page_count`), PostgreSQL's `53100` (`No space left on device`).
+    /// The statement was not applied; what was committed before is intact. Free space and run
+    /// it again.
+    #[error("storage full, the write was not applied (committed data is intact): {message}")]
+    StorageFull {
+        /// The backend's message.
+        message: String,
     },
 
     /// Any other error reported by Diesel or the database (its `source()`).
@@ -368,7 +379,18 @@ impl From<diesel::result::Error> for Error {
                         Error::LockTimeout { message }
                     }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_READONLY => {
-                        Error::ReadOnly { message }
+                        Error::ReadOnly {
+                            message: format!(
+                                "{message} (SQLite: the session is read-only, or the database \
+                                 file, its -wal/-shm files or their directory cannot be written)"
+                            ),
+                        }
+                    }
+                    DatabaseErrorKind::Unknown
+                        if info.message() == SQLITE_FULL
+                            || info.message().contains(NO_SPACE_LEFT) =>
+                    {
+                        Error::StorageFull { message }
                     }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_BUSY => {
                         Error::SerializationFailure { message }
@@ -393,6 +415,11 @@ const LOCK_TIMEOUT: &str = "canceling statement due to lock timeout";
 const LOCK_NOT_AVAILABLE: &str = "could not obtain lock on ";
 /// SQLite's message for `SQLITE_READONLY` (a write under `PRAGMA query_only`).
 const SQLITE_READONLY: &str = "attempt to write a readonly database";
+/// SQLite's message for `SQLITE_FULL`.
+const SQLITE_FULL: &str = "database or disk is full";
+/// The end of PostgreSQL's message for `53100` (`could not extend file …: No space left on
+/// device`), from the operating system's `ENOSPC`.
+const NO_SPACE_LEFT: &str = "No space left on device";
 /// SQLite's message for `SQLITE_BUSY` (SQLite's messages are not translated).
 const SQLITE_BUSY: &str = "database is locked";
 

@@ -13,7 +13,7 @@ use super::replica::split_replica_urls;
 use super::tls::check_sslmode;
 use super::url::Invalid;
 use super::MAX_DURATION;
-use super::{Backend, DbUrl, PoolConfig, ReplicaConfig, Settings};
+use super::{Backend, DbUrl, PoolConfig, ReplicaConfig, Settings, SqliteSynchronous};
 use crate::error::{Error, Result};
 
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
@@ -133,6 +133,19 @@ impl Settings {
             lock_timeout: millis(&var, LOCK_TIMEOUT)?.or(defaults.lock_timeout),
             idle_in_transaction_timeout: millis(&var, IDLE_IN_TRANSACTION_TIMEOUT)?
                 .or(defaults.idle_in_transaction_timeout),
+            sqlite_synchronous: match var("DB_SQLITE_SYNCHRONOUS") {
+                None => defaults.sqlite_synchronous,
+                Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                    "normal" => SqliteSynchronous::Normal,
+                    "full" => SqliteSynchronous::Full,
+                    _ => {
+                        return Err(Error::config(
+                            "DB_SQLITE_SYNCHRONOUS",
+                            format!("`{}` is not allowed; allowed: normal, full", raw.trim()),
+                        ))
+                    }
+                },
+            },
         };
         pool.check(Source::Env)?;
 

@@ -28,6 +28,7 @@
 //! | `DB_STATEMENT_TIMEOUT_MS` | PostgreSQL cancels a statement running longer ([`Error::StatementTimeout`](crate::Error::StatementTimeout)); no effect on SQLite ([`PoolConfig::statement_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
 //! | `DB_LOCK_TIMEOUT_MS` | a statement waiting longer for a lock gives up ([`Error::LockTimeout`](crate::Error::LockTimeout)); SQLite's `busy_timeout` ([`PoolConfig::lock_timeout`]) | unset: the server's setting; SQLite 5000 | 0 to 86 400 000 |
 //! | `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` | PostgreSQL closes a connection whose transaction stays idle longer ([`PoolConfig::idle_in_transaction_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
+//! | `DB_SQLITE_SYNCHRONOUS` | SQLite's `synchronous`: `normal` (WAL: a process crash loses nothing committed, a power loss may lose the last transactions) or `full` (survives a power loss, one `fsync` per commit) ([`PoolConfig::sqlite_synchronous`]) | `normal` | `normal`, `full` |
 //! | `DATABASE_REPLICA_URLS` | read replicas, comma-separated PostgreSQL URLs ([`ReplicaConfig::urls`]) | none | each starts with `postgres://` or `postgresql://` |
 //! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary | `50` | 0 to 86 400 000 |
 //! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped | `5000` | 1 to 86 400 000 |
@@ -58,8 +59,9 @@ pub use self::env::{
     DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER, SECRET_FILE_VARIABLES,
 };
 pub use self::pool::{
-    PoolConfig, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT, DEFAULT_POOL_SIZE,
-    DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS, MAX_CONNECTIONS, MAX_DURATION,
+    PoolConfig, SqliteSynchronous, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT,
+    DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS,
+    MAX_CONNECTIONS, MAX_DURATION,
 };
 pub use self::replica::{
     ReplicaConfig, DEFAULT_MAX_REPLICA_LAG, DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT,
