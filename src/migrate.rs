@@ -15,7 +15,8 @@
 //! the migration; the migrations applied before it stay applied.
 //!
 //! While migrations run, `statement_timeout` is lifted on their connection (a migration may
-//! rewrite a large table) and put back afterwards.
+//! rewrite a large table), and so is `lock_timeout` while waiting for another process's
+//! migrations to finish (the advisory lock); both are put back afterwards.
 
 use std::time::Duration;
 
@@ -107,22 +108,27 @@ fn set_setting(pg: &mut PgConnection, name: &str, value: &str) -> Result<()> {
 fn run_postgres(pg: &mut PgConnection, source: EmbeddedMigrations) -> Result<Vec<String>> {
     let saved_lock = current_setting(pg, "lock_timeout")?;
     let saved_statement = current_setting(pg, "statement_timeout")?;
-    pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+    // Waiting for another process's migrations is not bounded by the pool's deadlines.
     let outcome = set_setting(pg, "statement_timeout", "0")
+        .and_then(|()| set_setting(pg, "lock_timeout", "0"))
         .and_then(|()| {
-            set_setting(
+            pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+            let applied = set_setting(
                 pg,
                 "lock_timeout",
                 &MIGRATION_LOCK_TIMEOUT.as_millis().to_string(),
             )
-        })
-        .and_then(|()| apply_with_lock_retries(pg, source));
+            .and_then(|()| apply_with_lock_retries(pg, source));
+            let unlocked =
+                pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+            let applied = applied?;
+            unlocked?;
+            Ok(applied)
+        });
     let restored = set_setting(pg, "lock_timeout", &saved_lock)
         .and_then(|()| set_setting(pg, "statement_timeout", &saved_statement));
-    let unlocked = pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
     let applied = outcome?;
     restored?;
-    unlocked?;
     Ok(applied)
 }
 

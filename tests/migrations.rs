@@ -210,3 +210,34 @@ fn the_crates_own_migrations_still_apply_on_both_backends() {
             .is_empty());
     }
 }
+
+#[test]
+fn waiting_for_another_migrator_is_not_cut_short_by_the_pool_lock_timeout() {
+    let test_db = TestDb::new(Backend::Postgres);
+    let db = test_db.database_with(
+        userbase::PoolConfig::default().with_lock_timeout(Some(Duration::from_millis(200))),
+    );
+    let mut admin = connect(&test_db);
+    let mut other_migrator = connect(&test_db);
+    // The advisory lock `run_pending_migrations` takes ("userbase" in ASCII).
+    other_migrator
+        .batch_execute("SELECT pg_advisory_lock(8463219666710524773)")
+        .unwrap();
+    let migrating = {
+        let db = db.clone();
+        std::thread::spawn(move || db.run_pending_migrations())
+    };
+    // Still waiting well past the pool's 200 ms lock_timeout.
+    assert!(
+        eventually(Duration::from_secs(30), || count(
+            &mut admin,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event = 'advisory' AND now() - query_start > interval '1 second'",
+        ) == 1),
+        "the migration did not wait for the other migrator"
+    );
+    other_migrator
+        .batch_execute("SELECT pg_advisory_unlock(8463219666710524773)")
+        .unwrap();
+    assert_eq!(migrating.join().unwrap().unwrap(), Vec::<String>::new());
+}
