@@ -13,7 +13,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 mod failures;
-mod migrate;
+pub mod migrate;
 pub mod models;
 mod repo;
 mod retry;

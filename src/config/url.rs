@@ -513,8 +513,8 @@ impl DbUrl {
         Ok(())
     }
 
-    /// The string the driver opens: for PostgreSQL the URL with its password and the
-    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set; for SQLite the file path (a relative path
+    /// The string the driver opens: for PostgreSQL the URL with its password, the
+    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set and the default `sslmode` (`config::tls`); for SQLite the file path (a relative path
     /// starting with `file:` prefixed with `./`, so that SQLite never reads it as a URI), or a
     /// shared `memdb` database for `:memory:`. Never printed.
     pub(crate) fn driver_target(&self) -> String {
@@ -525,6 +525,9 @@ impl DbUrl {
                     if with_defaults.query_value(key).is_none() {
                         with_defaults = with_defaults.with_query_param(key, value);
                     }
+                }
+                if let Some(mode) = super::tls::default_sslmode(self) {
+                    with_defaults = with_defaults.with_query_param("sslmode", mode);
                 }
                 with_defaults.render(Secrets::Shown)
             }
@@ -995,7 +998,7 @@ mod tests {
         assert_eq!(
             url.driver_target(),
             "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000"
+             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
         );
     }
 
@@ -1034,13 +1037,14 @@ mod tests {
             target,
             "postgres://bot@[::1%5D:6000%2Fotherdb%3Fsslmode%3Ddisable%26x%3D]:5432/app\
              ?connect_timeout=10&keepalives=1&keepalives_idle=30&keepalives_interval=10\
-             &keepalives_count=3&tcp_user_timeout=30000"
+             &keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
         );
         let read = parse_unchecked(&target).unwrap();
         assert_eq!(read.host(), Some(evil));
         assert_eq!(read.port(), Some(5432));
         assert_eq!(read.database(), Some("app"));
-        assert_eq!(read.query_value("sslmode"), None);
-        assert_eq!(read.query().len(), LIBPQ_SAFETY_DEFAULTS.len());
+        // The host is a name, not this machine: TLS is required (`config::tls`).
+        assert_eq!(read.query_value("sslmode"), Some("require"));
+        assert_eq!(read.query().len(), LIBPQ_SAFETY_DEFAULTS.len() + 1);
     }
 }

@@ -256,9 +256,15 @@ impl Database {
     /// through an advisory lock, on SQLite through an exclusive transaction. They run through
     /// [`Settings::migration_url`] when set (a connection of their own), else on the primary.
     ///
+    /// On PostgreSQL each migration runs with a short `lock_timeout` and is retried with backoff
+    /// when it fires, so that a migration waiting behind a long transaction never makes every
+    /// other query of its table queue behind its lock request (see [`crate::migrate`]).
+    ///
     /// # Errors
     ///
-    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error;
+    /// [`Error::MigrationLockTimeout`] naming the migration whose locks stayed taken through
+    /// every attempt; [`Error::Migration`] when a migration fails (it is rolled back), or a
+    /// checkout error;
     /// [`Error::Config`] when the connection goes through a pooler such as pgbouncer (its
     /// session advisory lock would not hold): set [`Settings::migration_url`].
     #[track_caller]

@@ -35,7 +35,7 @@ use super::gate::{ConnectFailure, Gate};
 use super::pooled::Pooled;
 use super::watch::{ConnFlags, Watch};
 use crate::config::{Backend, DbUrl, PoolConfig};
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, Deadlines};
 use crate::error::{Error, Result};
 
 /// Opens connections of the backend the URL names, one thread per connect.
@@ -127,7 +127,7 @@ impl Opener {
 
     fn open(&self) -> std::result::Result<(AnyConnection, Arc<ConnFlags>), ConnectFailure> {
         self.keep_memory_alive()?;
-        let mut conn = AnyConnection::open(self.url.backend(), &self.target)?;
+        let mut conn = AnyConnection::open_with(self.url.backend(), &self.target, &self.config)?;
         if !self.config.statement_cache {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
         }
@@ -137,6 +137,7 @@ impl Opener {
             self.config.echo,
             self.config.hide_parameters,
         ));
+        crate::transaction::set_deadlines(&mut conn, Deadlines::of(&self.config));
         Ok((conn, flags))
     }
 }

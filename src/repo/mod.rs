@@ -10,8 +10,10 @@
 //! - `referrals`: who referred whom, with cycle checks;
 //! - `locations`: locations and the links between users and locations;
 //! - `import`: bulk loads in chunks under the bind limit (and PostgreSQL's `COPY`);
-//! - `pages`: large reads, keyset pages and streaming.
+//! - `pages`: large reads, keyset pages and streaming;
+//! - `deadline`: a statement deadline of its own for one call.
 
+mod deadline;
 mod dispatch;
 mod import;
 mod locations;
