@@ -39,8 +39,12 @@
 //! `now() - pg_last_xact_replay_timestamp()`, and 0 when the replica has replayed all the WAL it
 //! received (`pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()`: on an idle primary the
 //! timestamp keeps ageing though nothing is missing). A replica that fails to connect or answer
-//! is taken out (its idle connections closed) and re-checked after a backoff doubling from the
-//! check interval up to 30 s. With no usable replica, reads go to the primary.
+//! is taken out (its idle connections closed) and re-checked every check interval until it
+//! answers again. One outage is one failure: the reads that were running on it when it stopped,
+//! and the failed re-checks, do not lengthen that wait, so a replica that is back serves reads
+//! again within about two check intervals. Only a replica that fails again less than 30 s after
+//! it came back (a flapping server) is re-checked less often: each such relapse doubles the wait,
+//! up to 30 s. With no usable replica, reads go to the primary.
 //!
 //! # Failover
 //!
@@ -214,11 +218,11 @@ impl Database {
             return read_on_primary(self, &mut f);
         };
         match router.route(token) {
-            Route::Replica(index, mut session) => match f(&mut session.repo()) {
+            Route::Replica(index, seen, mut session) => match f(&mut session.repo()) {
                 Err(error) if is_connection_failure(&error) => {
                     drop(session);
                     let replica = &router.replicas[index];
-                    router.mark_down(replica, &error);
+                    router.mark_down(replica, seen, &error);
                     router.event(
                         Some(replica),
                         format_args!("read failed on the replica: running it again on the primary"),
@@ -254,7 +258,7 @@ impl Database {
 
     fn read_session_routed(&self, token: Option<u64>) -> Result<Session> {
         match self.router().map(|router| router.route(token)) {
-            Some(Route::Replica(_, session)) => Ok(*session),
+            Some(Route::Replica(_, _, session)) => Ok(*session),
             Some(Route::Primary) | None => self.session(),
         }
     }

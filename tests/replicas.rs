@@ -1,0 +1,116 @@
+//! Reads on replicas, on private servers (started and removed by each test, never the shared
+//! one): a replica back from an outage serves reads again within about two check intervals.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use userbase::config::ReplicaConfig;
+use userbase::testing::{fixtures, PrimaryStandby, StandbyOptions, StopMode};
+use userbase::{Database, PoolConfig, Repo, Settings};
+
+use common::{eventually, Flag};
+
+/// `pg_is_in_recovery()` where the read runs: true on the standby, false on the primary.
+fn on_standby(repo: &mut Repo<'_>) -> userbase::Result<bool> {
+    let rows = repo.load_sql::<Flag>("SELECT pg_is_in_recovery() AS flag")?;
+    Ok(rows.first().is_some_and(|row| row.flag))
+}
+
+/// A primary and its streaming standby, migrated and replayed, with a `Database` reading from
+/// the standby under `replicas`.
+fn replicated(replicas: ReplicaConfig) -> (PrimaryStandby, Database) {
+    let pair = PrimaryStandby::start_with(&StandbyOptions::new()).unwrap();
+    let pool = PoolConfig::default()
+        .with_pool_size(2)
+        .with_max_overflow(8)
+        .with_pool_timeout(Duration::from_secs(10))
+        .with_echo_pool(true);
+    let settings = Settings::new(pair.primary().url())
+        .with_pool(pool)
+        .with_replicas(replicas.with_url(pair.standby().url()));
+    let db = Database::new(settings).unwrap();
+    db.run_pending_migrations().unwrap();
+    pair.wait_for_replay(Duration::from_secs(30)).unwrap();
+    (pair, db)
+}
+
+/// What the reading threads of [`a_replica_back_from_an_outage_serves_reads_again_at_once`]
+/// saw.
+#[derive(Default)]
+struct Reads {
+    on_standby: AtomicUsize,
+    on_primary: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+#[test]
+fn a_replica_back_from_an_outage_serves_reads_again_at_once() {
+    let interval = Duration::from_millis(250);
+    // The first backoff step is the check interval; the margin covers a loaded machine (the
+    // standby's WAL receiver has to reconnect too). Counting each read caught by the stop as a
+    // failure of its own took the backoff to 30 s.
+    let bound = interval + interval + Duration::from_secs(5);
+    let (mut pair, db) = replicated(ReplicaConfig::default().with_check_interval(interval));
+    db.transaction(|repo| fixtures::user(1).insert(repo).map(drop))
+        .unwrap();
+    pair.wait_for_replay(Duration::from_secs(30)).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(Reads::default());
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (db, stop, reads) = (db.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match db.read(on_standby) {
+                        Ok(true) => reads.on_standby.fetch_add(1, Ordering::Relaxed),
+                        Ok(false) => reads.on_primary.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => {
+                            reads.failures.lock().unwrap().push(format!("{error:?}"));
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let warm = eventually(Duration::from_secs(30), || {
+        reads.on_standby.load(Ordering::Relaxed) >= 200
+    });
+    assert!(warm, "reads did not reach the standby: {:?}", db.replicas());
+
+    pair.standby_mut().stop_with(StopMode::Immediate).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || db.replicas()[0].down),
+        "{:?}",
+        db.replicas()
+    );
+    let on_primary = reads.on_primary.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            reads.on_primary.load(Ordering::Relaxed) >= on_primary + 100
+        }),
+        "reads did not go to the primary while the standby was down"
+    );
+    pair.standby_mut().start_again().unwrap();
+    let back = Instant::now();
+    let on_standby = reads.on_standby.load(Ordering::Relaxed);
+    let returned = eventually(Duration::from_secs(60), || {
+        reads.on_standby.load(Ordering::Relaxed) > on_standby
+    });
+    let took = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    println!("reads returned to the standby {took:?} after it was started again");
+    assert!(returned, "reads never returned: {:?}", db.replicas());
+    assert!(
+        took <= bound,
+        "reads returned to the standby {took:?} after it was back (bound {bound:?})"
+    );
+    assert_eq!(*reads.failures.lock().unwrap(), Vec::<String>::new());
+}
