@@ -1,5 +1,6 @@
 //! Reads on replicas, on private servers (started and removed by each test, never the shared
-//! one): a replica back from an outage serves reads again within about two check intervals.
+//! one): a transaction that wrote nothing leaves reads on the replica, and a replica back from an
+//! outage serves reads again within about two check intervals.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diesel::RunQueryDsl;
 use userbase::config::ReplicaConfig;
 use userbase::testing::{fixtures, PrimaryStandby, StandbyOptions, StopMode};
 use userbase::{Database, PoolConfig, Repo, Settings};
@@ -35,6 +37,50 @@ fn replicated(replicas: ReplicaConfig) -> (PrimaryStandby, Database) {
     db.run_pending_migrations().unwrap();
     pair.wait_for_replay(Duration::from_secs(30)).unwrap();
     (pair, db)
+}
+
+#[test]
+fn a_transaction_that_wrote_nothing_leaves_reads_on_the_replica() {
+    let (pair, db) = replicated(ReplicaConfig::default().with_wait(Duration::from_millis(500)));
+    db.transaction(|repo| fixtures::user(1).insert(repo).map(drop))
+        .unwrap();
+    let written = db.last_write().expect("a write records its position");
+    pair.wait_for_replay(Duration::from_secs(30)).unwrap();
+    assert!(db.read(on_standby).unwrap(), "the replica serves reads");
+
+    // An idle primary just after a WAL segment switch: its insert position lies past the new
+    // segment's header, which no standby reaches until someone writes again.
+    let mut primary = pair.primary().connect().unwrap();
+    diesel::sql_query("SELECT pg_switch_wal()")
+        .execute(&mut primary)
+        .unwrap();
+    let found = db.transaction(|repo| repo.find_user(1)).unwrap();
+    assert_eq!(found.map(|user| user.user_id), Some(1));
+    let counted = db
+        .transaction_with_retry(userbase::RetryPolicy::default(), |repo| {
+            repo.count_user_locations(1)
+        })
+        .unwrap();
+    assert_eq!(counted, 0);
+    assert_eq!(
+        db.last_write(),
+        Some(written),
+        "transactions that wrote nothing record no position"
+    );
+    for read in 0..5 {
+        assert!(
+            db.read(on_standby).unwrap(),
+            "read {read} after the read-only transactions ran on the primary: {:?}",
+            db.replicas()
+        );
+    }
+
+    // A transaction that writes still records its position, and the read after it sees it.
+    db.transaction(|repo| fixtures::user(2).insert(repo).map(drop))
+        .unwrap();
+    assert!(db.last_write() > Some(written), "{:?}", db.last_write());
+    let name = db.read(|repo| Ok(repo.find_user(2)?.map(|user| user.user_id)));
+    assert_eq!(name.unwrap(), Some(2));
 }
 
 /// What the reading threads of [`a_replica_back_from_an_outage_serves_reads_again_at_once`]

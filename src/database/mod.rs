@@ -295,9 +295,9 @@ impl Database {
         E: From<Error>,
     {
         let mut session = self.session()?;
-        let outcome = session.transaction(f);
-        replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
-        outcome
+        // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
+        let isolation = crate::transaction::Isolation::Default;
+        replica::transaction(self, session.repo_connection(), isolation, f)
     }
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.

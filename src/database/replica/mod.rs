@@ -18,10 +18,12 @@
 //!
 //! # Read-your-writes, exact
 //!
-//! After a transaction commits through [`Database::transaction`] or
+//! After a transaction that wrote commits through [`Database::transaction`] or
 //! [`Database::transaction_with_retry`], the primary's WAL insert position
 //! (`pg_current_wal_insert_lsn()`, one extra round trip on the same connection) is recorded in the
-//! `Database` (shared by its clones). A later read needs a replica whose
+//! `Database` (shared by its clones). Whether it wrote is asked just before the commit
+//! (`pg_current_xact_id_if_assigned()`, one more round trip): a transaction that only read
+//! records nothing, so the reads after it need no replica to catch up. A later read needs a replica whose
 //! `pg_last_wal_replay_lsn()` has reached it (or one no longer in recovery): the replica's last
 //! seen replay position is cached (it only grows), so a read that the cache already covers costs
 //! no extra query; otherwise the replica is asked, and asked again for up to
@@ -314,15 +316,58 @@ impl Database {
     }
 }
 
+/// The top-level transaction of [`Database::transaction`] (at [`Isolation::Default`]) and
+/// [`Database::transaction_with_retry`] (at [`Isolation::Serializable`]): runs `f` in a
+/// transaction on `conn` (a fresh session of the primary), then [`after_transaction`].
+///
+/// With replicas, on PostgreSQL, just before the commit it asks whether the transaction wrote
+/// (`pg_current_xact_id_if_assigned()`: a transaction gets an ID at its first write, and only
+/// then): a transaction that wrote nothing records no position, so it never makes reads wait
+/// for a position no write needs. That position could lie where no standby reaches until the
+/// next write: on an idle primary just after a WAL segment switch, the insert position is past
+/// the new segment's header, while a standby's replay position stops at the segment's start.
+pub(crate) fn transaction<T, E, F>(
+    db: &Database,
+    conn: &mut AnyConnection,
+    isolation: Isolation,
+    f: F,
+) -> std::result::Result<T, E>
+where
+    F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
+    E: From<Error>,
+{
+    let ask = db.router().is_some() && matches!(conn, AnyConnection::Pg(_));
+    // Unknown (no replicas, SQLite, or a failure before the question): treated as written.
+    let mut wrote = true;
+    let outcome = crate::transaction::run(conn, isolation, |conn| {
+        let outcome = f(&mut Repo::new(conn));
+        if ask && outcome.is_ok() && crate::transaction::check_usable(conn).is_ok() {
+            // A failure here is recorded as the transaction's: it rolls back, as the commit
+            // on a connection that fails a query would.
+            wrote = status::wrote(conn).unwrap_or(true);
+        }
+        outcome
+    });
+    after_transaction(db, conn, outcome.is_ok(), wrote);
+    outcome
+}
+
 /// What runs on the primary's connection after a top-level transaction of
-/// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit, record
-/// the WAL position (with replicas); after a failure in which a statement was refused as
-/// read-only (SQLSTATE 25006), evict the pool's connections when the server itself has turned
-/// read-only (a demoted primary). An ordinary failure costs no extra round trip.
-pub(crate) fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool) {
+/// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit that
+/// `wrote`, record the WAL position (with replicas); after a failure in which a statement was
+/// refused as read-only (SQLSTATE 25006), evict the pool's connections when the server itself
+/// has turned read-only (a demoted primary). An ordinary failure costs no extra round trip.
+fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool, wrote: bool) {
     if committed {
         if let Some(router) = db.router() {
-            router.record_write(conn);
+            if wrote {
+                router.record_write(conn);
+            } else {
+                router.event(
+                    None,
+                    format_args!("the transaction wrote nothing: no WAL position recorded"),
+                );
+            }
         }
     } else if crate::engine::took_read_only_refusal(conn) && status::is_read_only(conn) {
         if db.config().echo_pool {

@@ -1,5 +1,5 @@
 //! What the router asks a server: its replay position and lag (on a replica), its insert
-//! position (on the primary), whether it is read-only.
+//! position and whether a transaction wrote (on the primary), whether it is read-only.
 
 use std::time::Duration;
 
@@ -95,6 +95,30 @@ pub(crate) fn insert_position(conn: &mut AnyConnection) -> Result<Option<u64>> {
             Ok(Some(row.lsn.0))
         }
         AnyConnection::Sqlite(_) => Ok(None),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Wrote {
+    #[diesel(sql_type = Bool)]
+    wrote: bool,
+}
+
+/// Whether the open transaction on `conn` has written: PostgreSQL gives a transaction an ID at
+/// its first write (rows, DDL, a sequence's WAL record, …) and never to one that only reads.
+/// `true` on SQLite (nothing to ask there, and nothing uses the answer).
+///
+/// # Errors
+///
+/// The query's error (PostgreSQL before 13 has no `pg_current_xact_id_if_assigned()`).
+pub(crate) fn wrote(conn: &mut AnyConnection) -> Result<bool> {
+    match conn {
+        AnyConnection::Pg(pg) => Ok(diesel::sql_query(
+            "SELECT pg_current_xact_id_if_assigned() IS NOT NULL AS wrote",
+        )
+        .get_result::<Wrote>(pg)?
+        .wrote),
+        AnyConnection::Sqlite(_) => Ok(true),
     }
 }
 
