@@ -1,6 +1,7 @@
-//! Reads on replicas, on private servers (started and removed by each test, never the shared
-//! one): a transaction that wrote nothing leaves reads on the replica, and a replica back from an
-//! outage serves reads again within about two check intervals.
+//! Reads on replicas and pools behind pgbouncer, on private servers (started and removed by each
+//! test, never the shared one): a transaction that wrote nothing leaves reads on the replica, a
+//! replica back from an outage serves reads again within about two check intervals, and a pool
+//! behind a transaction pooler switches its statement cache off by itself.
 
 mod common;
 
@@ -10,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use userbase::config::ReplicaConfig;
-use userbase::testing::{fixtures, PrimaryStandby, StandbyOptions, StopMode};
-use userbase::{Database, PoolConfig, Repo, Settings};
+use userbase::testing::{
+    fixtures, Cluster, PgBouncer, PgBouncerOptions, PoolMode, PrimaryStandby, StandbyOptions,
+    StopMode,
+};
+use userbase::{Database, Error, PoolConfig, Repo, Settings};
 
-use common::{eventually, Flag};
+use common::{eventually, Captured, Flag};
 
 /// `pg_is_in_recovery()` where the read runs: true on the standby, false on the primary.
 fn on_standby(repo: &mut Repo<'_>) -> userbase::Result<bool> {
@@ -159,4 +163,90 @@ fn a_replica_back_from_an_outage_serves_reads_again_at_once() {
         "reads returned to the standby {took:?} after it was back (bound {bound:?})"
     );
     assert_eq!(*reads.failures.lock().unwrap(), Vec::<String>::new());
+}
+
+/// 16 threads, 40 cycles each (a write, then two reads on fresh sessions) through `bouncer`
+/// with the statement cache on; returns the errors and what was logged at WARN.
+fn cycles_with_the_cache_on(bouncer: &PgBouncer) -> (Vec<String>, String) {
+    let mut errors = Vec::new();
+    let log = Captured::run(tracing::Level::WARN, || {
+        let db = Database::new(
+            Settings::new(bouncer.url("postgres"))
+                .with_pool(PoolConfig::default().with_pool_size(16)),
+        )
+        .unwrap();
+        assert!(db.config().statement_cache);
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let threads: Vec<_> = (0..16_i64)
+            .map(|t| {
+                let (db, dispatch) = (db.clone(), dispatch.clone());
+                std::thread::spawn(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        let mut errors = Vec::new();
+                        for i in 0..40_i64 {
+                            let id = t * 1000 + i;
+                            let outcome = db
+                                .transaction(|repo| fixtures::user(id).insert(repo).map(drop))
+                                .and_then(|()| db.session()?.repo().find_user(id))
+                                .and_then(|found| found.ok_or(Error::NotFound).map(drop))
+                                .and_then(|()| {
+                                    db.session()?.repo().count_user_locations(id).map(drop)
+                                });
+                            if let Err(e) = outcome {
+                                errors.push(userbase::testing::report(&e));
+                            }
+                        }
+                        errors
+                    })
+                })
+            })
+            .collect();
+        errors = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+    });
+    (errors, log)
+}
+
+#[test]
+#[ignore = "needs pgbouncer: the README's set-up does not install it (.ci/run does); run with `cargo test --test replicas -- --include-ignored`"]
+fn behind_a_transaction_pooler_the_statement_cache_switches_itself_off() {
+    let server = Cluster::start().unwrap();
+    let direct = Database::new(Settings::new(server.url())).unwrap();
+    assert!(!direct.run_pending_migrations().unwrap().is_empty());
+
+    let bouncer =
+        PgBouncer::start_with(&server.url(), &PgBouncerOptions::new().default_pool_size(4))
+            .unwrap();
+    let (errors, log) = cycles_with_the_cache_on(&bouncer);
+    assert_eq!(errors, Vec::<String>::new(), "log: {log}");
+    assert_eq!(
+        log.matches("DB_STATEMENT_CACHE").count(),
+        1,
+        "one warning per pool: {log}"
+    );
+    assert!(log.contains("statement cache is switched off"), "{log}");
+    assert_eq!(
+        direct.session().unwrap().repo().users_raw().unwrap().len(),
+        640
+    );
+
+    // A session pooler gives each client its own server connection: the cache stays on and
+    // nothing is logged. Neither is anything logged for a direct connection.
+    let session_mode = PgBouncer::start_with(
+        &server.url(),
+        &PgBouncerOptions::new().pool_mode(PoolMode::Session),
+    )
+    .unwrap();
+    let log = Captured::run(tracing::Level::WARN, || {
+        for url in [session_mode.url("postgres"), server.url()] {
+            let db = Database::new(Settings::new(url)).unwrap();
+            let mut sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
+            for session in &mut sessions {
+                assert_eq!(session.repo().users_raw().unwrap().len(), 640);
+            }
+        }
+    });
+    assert_eq!(log, "");
 }

@@ -54,6 +54,8 @@ struct Inner {
     replicas: Option<Arc<replica::Router>>,
     /// Where migrations run, when not the pool's URL.
     migration_url: Option<Arc<DbUrl>>,
+    /// Whether the statement cache must be off (behind a transaction pooler), once per pool.
+    statement_cache: replica::StatementCacheCheck,
 }
 
 impl AsRef<Pool> for Inner {
@@ -105,6 +107,7 @@ impl Database {
             pool: Pool::new(url, config),
             replicas,
             migration_url: migration_url.map(Arc::new),
+            statement_cache: replica::StatementCacheCheck::default(),
         });
         Pool::start_keeper(&inner);
         Ok(Database { inner })
@@ -154,6 +157,9 @@ impl Database {
         loop {
             let mut session = self.checkout(deadline, location)?;
             if self.usable(&mut session) {
+                // Behind a pooler sharing server connections, the statement cache goes off.
+                let cache = &self.inner.statement_cache;
+                cache.apply(self.url(), self.config(), session.repo_connection());
                 return Ok(session);
             }
             session.discard();

@@ -62,7 +62,12 @@
 //! # pgbouncer
 //!
 //! [`PoolConfig::statement_cache`](crate::PoolConfig::statement_cache) `= false` (env
-//! `DB_STATEMENT_CACHE=off`) for transaction pooling; migrations run through
+//! `DB_STATEMENT_CACHE=off`) for transaction pooling. A pool that has the cache on and finds
+//! itself behind a pooler sharing server connections between transactions switches the cache
+//! off for all its connections at its first checkout, and says so once (a `tracing` warning,
+//! target `userbase::pool`, naming `DB_STATEMENT_CACHE`): the pooler is seen when the server's
+//! `inet_server_port()` is not the URL's port and a second client connection is served by the
+//! same server backend. Migrations run through
 //! [`Settings::migration_url`](crate::Settings::migration_url) (env `DATABASE_MIGRATION_URL`)
 //! when set, and are refused with [`Error::Config`] when the migration connection goes through a
 //! pooler (the server's `inet_server_port()` differs from the URL's port, and the same host and
@@ -76,7 +81,7 @@ mod status;
 use std::time::Duration;
 
 pub use self::lsn::WalPosition;
-pub(crate) use self::pooler::run_migrations;
+pub(crate) use self::pooler::{run_migrations, StatementCacheCheck};
 pub(crate) use self::router::Router;
 use self::router::{Health, Route};
 use crate::connection::AnyConnection;
