@@ -87,6 +87,46 @@ fn a_transaction_that_wrote_nothing_leaves_reads_on_the_replica() {
     assert_eq!(name.unwrap(), Some(2));
 }
 
+#[test]
+fn a_position_recorded_just_after_a_wal_switch_is_one_the_replica_reaches() {
+    let (pair, db) = replicated(ReplicaConfig::default().with_wait(Duration::from_millis(500)));
+    // A write on a session (outside `transaction`), then a segment switch before the caller
+    // records the position: the insert position now lies past the new segment's header.
+    fixtures::user(3)
+        .insert(&mut db.session().unwrap().repo())
+        .unwrap();
+    let mut primary = pair.primary().connect().unwrap();
+    diesel::sql_query("SELECT pg_switch_wal()")
+        .execute(&mut primary)
+        .unwrap();
+    let recorded = db
+        .record_write()
+        .unwrap()
+        .expect("a position on PostgreSQL");
+    assert_eq!(db.last_write(), Some(recorded));
+    assert_eq!(
+        recorded.as_u64() % (16 << 20),
+        0,
+        "{recorded}: the new segment's start, not past its header"
+    );
+    let mut standby = pair.standby().connect().unwrap();
+    let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{recorded}' AS flag");
+    let replayed = eventually(Duration::from_secs(30), || {
+        diesel::sql_query(&sql)
+            .get_result::<Flag>(&mut standby)
+            .unwrap()
+            .flag
+    });
+    assert!(replayed, "the standby never reached {recorded}");
+    for read in 0..5 {
+        let (here, user) = db
+            .read(|repo| Ok((on_standby(repo)?, repo.find_user(3)?.map(|u| u.user_id))))
+            .unwrap();
+        assert_eq!(user, Some(3), "read {read} sees the write");
+        assert!(here, "read {read} ran on the primary: {:?}", db.replicas());
+    }
+}
+
 /// What the reading threads of [`a_replica_back_from_an_outage_serves_reads_again_at_once`]
 /// saw.
 #[derive(Default)]

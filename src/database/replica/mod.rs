@@ -23,7 +23,10 @@
 //! (`pg_current_wal_insert_lsn()`, one extra round trip on the same connection) is recorded in the
 //! `Database` (shared by its clones). Whether it wrote is asked just before the commit
 //! (`pg_current_xact_id_if_assigned()`, one more round trip): a transaction that only read
-//! records nothing, so the reads after it need no replica to catch up. A later read needs a replica whose
+//! records nothing, so the reads after it need no replica to catch up. A position just past a
+//! WAL page header (an idle primary right after a segment switch, or a record that ended at a
+//! page's end) is recorded as the page's start: every earlier record ends there, and a standby's
+//! replay position stops there until the next write. A later read needs a replica whose
 //! `pg_last_wal_replay_lsn()` has reached it (or one no longer in recovery): the replica's last
 //! seen replay position is cached (it only grows), so a read that the cache already covers costs
 //! no extra query; otherwise the replica is asked, and asked again for up to
@@ -291,7 +294,7 @@ impl Database {
         let conn = session.repo_connection();
         let lsn = match self.router() {
             Some(router) => router.record_write(conn),
-            None => status::insert_position(conn)?,
+            None => status::insert_position(conn, &std::sync::OnceLock::new())?,
         };
         Ok(lsn.map(WalPosition::from_u64))
     }

@@ -1,7 +1,7 @@
 //! The router: one pool per replica, their health and lag, and the choice of where a read goes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::status::{self, Status};
@@ -65,6 +65,8 @@ pub(crate) struct Router {
     written_unknown: AtomicBool,
     /// Round-robin start among the replicas.
     next: AtomicUsize,
+    /// The primary's WAL layout, asked at the first recorded write.
+    layout: OnceLock<Option<status::WalLayout>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -136,6 +138,7 @@ impl Router {
             written: AtomicU64::new(0),
             written_unknown: AtomicBool::new(false),
             next: AtomicUsize::new(0),
+            layout: OnceLock::new(),
         });
         spawn_monitor(Arc::downgrade(&router), replicas.check_interval)?;
         Ok(Some(router))
@@ -158,9 +161,10 @@ impl Router {
         Some(self.written.load(Ordering::Acquire)).filter(|lsn| *lsn > 0)
     }
 
-    /// Records the primary's insert position after a commit on `conn`.
+    /// Records the primary's insert position after a commit on `conn` (moved back to its page's
+    /// start when it lies just past a page header, see `status::WalLayout::reachable`).
     pub(crate) fn record_write(&self, conn: &mut AnyConnection) -> Option<u64> {
-        match status::insert_position(conn) {
+        match status::insert_position(conn, &self.layout) {
             Ok(Some(lsn)) => {
                 self.written.fetch_max(lsn, Ordering::AcqRel);
                 self.written_unknown.store(false, Ordering::Release);
