@@ -70,7 +70,10 @@
 //! off for all its connections at its first checkout, and says so once (a `tracing` warning,
 //! target `userbase::pool`, naming `DB_STATEMENT_CACHE`): the pooler is seen when the server's
 //! `inet_server_port()` is not the URL's port and a second client connection is served by the
-//! same server backend. Migrations run through
+//! same server backend; the cache stays on when the pooler keeps named prepared statements
+//! itself (PgBouncer 1.21 and later with `max_prepared_statements`: in a transaction, a
+//! statement diesel prepares does not show under diesel's name on the server). Migrations run
+//! through
 //! [`Settings::migration_url`](crate::Settings::migration_url) (env `DATABASE_MIGRATION_URL`)
 //! when set, and are refused with [`Error::Config`] when the migration connection goes through a
 //! pooler (the server's `inet_server_port()` differs from the URL's port, and the same host and

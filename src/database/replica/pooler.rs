@@ -1,13 +1,13 @@
 //! Behind pgbouncer: migrations run on a direct connection (a pooler is refused), and a pool
-//! behind a pooler that shares server connections between transactions switches its statement
-//! cache off.
+//! behind a pooler that shares server connections between transactions (and does not keep
+//! named prepared statements) switches its statement cache off.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use diesel::connection::CacheSize;
-use diesel::sql_types::{Integer, Nullable};
-use diesel::{Connection, ConnectionError, PgConnection, QueryableByName, RunQueryDsl};
+use diesel::sql_types::{Integer, Nullable, Text};
+use diesel::{Connection, ConnectionError, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 
 use crate::config::{DbUrl, PoolConfig};
 use crate::connection::AnyConnection;
@@ -108,21 +108,20 @@ const OFF: u8 = 2;
 const PROBES: usize = 3;
 
 /// Once per pool: whether its connections go through a pooler that shares server connections
-/// between transactions (pgbouncer's `pool_mode = transaction` or `statement`), where the
-/// statement cache cannot work.
+/// between transactions (pgbouncer's `pool_mode = transaction` or `statement`) and does not keep
+/// named prepared statements, where the statement cache cannot work.
 ///
-/// Diesel's cache names its prepared statements `__diesel_stmt_N` per client connection; the
+/// Diesel's cache names its prepared statements `__diesel_stmt_N` per client connection; such a
 /// pooler runs each transaction on whichever server connection is free, where that name is
 /// missing ("prepared statement \"__diesel_stmt_1\" does not exist") or taken by another
-/// client's statement. So when a pool with the cache on finds itself there, its connections
-/// run with the cache off, and one warning says so.
+/// client's statement. So when a pool with the cache on finds itself there, its connections run
+/// with the cache off, and one warning says so. A pooler that tracks the names itself (PgBouncer
+/// 1.21 and later with `max_prepared_statements`) keeps the cache on.
 ///
-/// Why switch it off rather than refuse the checkout: the probe proves the sharing of server
-/// connections but cannot see whether the pooler itself tracks prepared statements (PgBouncer
-/// 1.21 and later with `max_prepared_statements`), where the cache works. Switching it off
-/// costs only the re-use of parsed statements, and keeps a working set-up working; refusing
-/// would turn a performance knob into an outage of every request (a `Database` opens no
-/// connection before its first checkout, so nothing fails at start-up).
+/// Why switch it off rather than refuse the checkout: switching off is always safe (it costs
+/// only the re-use of parsed statements), whereas a refusal would turn a performance knob into
+/// an outage of every request (a `Database` opens no connection before its first checkout, so
+/// nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
 pub(crate) struct StatementCacheCheck {
     verdict: AtomicU8,
@@ -134,9 +133,10 @@ pub(crate) struct StatementCacheCheck {
 impl StatementCacheCheck {
     /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
     /// `conn`: the first one decides (one query on `conn`; when its server port is not the
-    /// URL's, a second connection to compare server backends), every later one costs an
-    /// atomic load, plus switching the cache off on `conn` when the verdict is so. Nothing with
-    /// the cache off in `config`, and nothing on SQLite.
+    /// URL's, a second connection to compare server backends, and when they are shared, one
+    /// transaction on `conn` to see whether a named statement keeps its name), every later one
+    /// costs an atomic load, plus switching the cache off on `conn` when the verdict is so.
+    /// Nothing with the cache off in `config`, and nothing on SQLite.
     pub(crate) fn apply(&self, url: &DbUrl, config: &PoolConfig, conn: &mut AnyConnection) {
         if !config.statement_cache {
             return;
@@ -161,29 +161,84 @@ impl StatementCacheCheck {
 
 /// The verdict for a pool on `url`, from its first connection `pg`, with its warning.
 fn decide(url: &DbUrl, pg: &mut PgConnection) -> u8 {
-    let shared = match foreign_port(url, pg) {
+    let broken = match foreign_port(url, pg) {
         Ok(None) => return KEEP,
-        Ok(Some(_)) => shares_server_connections(url, pg),
+        Ok(Some(_)) => shares_server_connections(url, pg).and_then(|shared| {
+            // Shared server connections: the cache works only if the pooler keeps the names.
+            Ok(shared && !keeps_named_statements(pg)?)
+        }),
         Err(error) => Err(error),
     };
-    match shared {
+    match broken {
         Ok(true) => {
             tracing::warn!(
                 target: "userbase::pool",
                 url = %url,
                 "behind a connection pooler that shares server connections between transactions \
-                 (pgbouncer pool_mode = transaction): the statement cache is switched off for \
-                 this pool, its named prepared statements would fail there (\"prepared statement \
-                 does not exist\"). Set DB_STATEMENT_CACHE=off (PoolConfig::statement_cache) to \
-                 say so and skip this check"
+                 (pgbouncer pool_mode = transaction) and does not keep named prepared statements \
+                 (pgbouncer before 1.21, or max_prepared_statements = 0): the statement cache is \
+                 switched off for this pool, its statements would fail there (\"prepared \
+                 statement does not exist\"). Set DB_STATEMENT_CACHE=off \
+                 (PoolConfig::statement_cache) to say so and skip this check"
             );
             OFF
         }
         Ok(false) => KEEP,
         Err(error) => {
-            tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler shares server connections: the statement cache stays on");
+            tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
             KEEP
         }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// The protocol-level statements this transaction prepared under diesel's names.
+const OURS: &str = "SELECT name FROM pg_prepared_statements \
+     WHERE NOT from_sql AND prepare_time >= now() AND name LIKE '\\_\\_diesel\\_stmt\\_%'";
+
+/// Whether the pooler in front of `pg`, which shares server connections, keeps diesel's named
+/// prepared statements working: it tracks them itself (PgBouncer 1.21 and later with
+/// `max_prepared_statements`), preparing them on each server connection under names of its own.
+/// Asked in one transaction (so on one server connection): a statement diesel prepares there
+/// under its name `__diesel_stmt_N` shows in `pg_prepared_statements` under that very name
+/// when the pooler passed it on as it is; it is then deallocated again, so it cannot collide
+/// with another client's. A collision met on the way ("already exists": a name left by another
+/// client) is a no as well.
+///
+/// # Errors
+///
+/// A query's failure.
+fn keeps_named_statements(pg: &mut PgConnection) -> Result<bool> {
+    let outcome = pg.transaction::<_, diesel::result::Error, _>(|pg| {
+        // Cached by diesel: prepared under a name.
+        diesel::select(1_i32.into_sql::<Integer>()).get_result::<i32>(pg)?;
+        let ours = diesel::sql_query(OURS).load::<Prepared>(pg)?;
+        for statement in &ours {
+            // The pattern above admits only `_`, letters and digits after diesel's prefix here;
+            // anything else is not a name to quote blindly.
+            if statement
+                .name
+                .bytes()
+                .all(|b| b == b'_' || b.is_ascii_alphanumeric())
+            {
+                diesel::sql_query(format!("DEALLOCATE \"{}\"", statement.name)).execute(pg)?;
+            }
+        }
+        Ok(ours.is_empty())
+    });
+    match outcome {
+        Ok(kept) => Ok(kept),
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
     }
 }
 
