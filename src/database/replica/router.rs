@@ -488,3 +488,84 @@ fn spawn_monitor(router: Weak<Router>, interval: Duration) -> Result<()> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router over one replica that nothing listens for; its health thread sleeps an hour
+    /// before its first check, so only the test moves the replica's state.
+    fn router() -> Arc<Router> {
+        let url = DbUrl::parse("postgres://app@127.0.0.1:1/app").unwrap();
+        let config = ReplicaConfig::default()
+            .with_url(url)
+            .with_check_interval(Duration::from_secs(3600));
+        Router::start(&config, &PoolConfig::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    fn gone() -> Error {
+        Error::Connect {
+            url: "postgres://app@127.0.0.1:1/app".into(),
+            message: "connection refused".into(),
+        }
+    }
+
+    fn track(router: &Router) -> Track {
+        *router.replicas[0].lock()
+    }
+
+    #[test]
+    fn one_outage_is_one_failure_and_only_a_relapse_takes_the_next_step() {
+        let router = router();
+        let replica = &router.replicas[0];
+        let (_, seen) = replica.observe();
+        // Eight reads caught by one stop: one outage, at the first step.
+        for _ in 0..8 {
+            router.mark_down(replica, seen, &gone());
+        }
+        let out = track(&router);
+        assert!(matches!(out.health, Health::Down { .. }), "{out:?}");
+        assert_eq!((out.outages, out.step), (1, 0));
+        // Failed re-checks go on with the same step.
+        router.recheck_failed(replica, &gone());
+        assert_eq!((track(&router).outages, track(&router).step), (1, 0));
+        // A measurement made before the outage began does not end it.
+        assert!(!router.update(replica, seen, &Status::caught_up(100)));
+        assert!(matches!(track(&router).health, Health::Down { .. }));
+        // A check made since does; a failure on a connection from before the outage, arriving
+        // after, changes nothing.
+        assert!(router.update(replica, 1, &Status::caught_up(100)));
+        router.mark_down(replica, seen, &gone());
+        assert!(matches!(track(&router).health, Health::Usable { .. }));
+        // Failing again right after coming back is a relapse: the next step, doubling the wait.
+        router.mark_down(replica, 1, &gone());
+        let relapse = track(&router);
+        assert_eq!((relapse.outages, relapse.step), (2, 1));
+        assert!(router.update(replica, 2, &Status::caught_up(200)));
+        // Back for longer than the longest wait: the next outage starts from the first step.
+        replica.lock().back_since = Instant::now().checked_sub(MAX_BACKOFF);
+        router.mark_down(replica, 2, &gone());
+        assert_eq!((track(&router).outages, track(&router).step), (3, 0));
+    }
+
+    #[test]
+    fn the_wait_doubles_per_step_up_to_the_longest() {
+        let config = ReplicaConfig::default().with_check_interval(Duration::from_millis(500));
+        let router = Router {
+            replicas: Vec::new(),
+            config,
+            echo_pool: false,
+            written: AtomicU64::new(0),
+            written_unknown: AtomicBool::new(false),
+            next: AtomicUsize::new(0),
+            layout: OnceLock::new(),
+        };
+        let waits: Vec<u64> = (0..8)
+            .map(|step| router.backoff(step).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]);
+        assert_eq!(router.backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

@@ -31,6 +31,17 @@ pub(crate) struct Status {
 }
 
 impl Status {
+    /// A standby that has replayed (and received) up to `lsn`: usable, lag 0.
+    #[cfg(test)]
+    pub(crate) fn caught_up(lsn: u64) -> Status {
+        Status {
+            in_recovery: true,
+            replay: Some(PgLsn(lsn)),
+            receive: Some(PgLsn(lsn)),
+            lag_ms: None,
+        }
+    }
+
     /// The replay position; `None` on a server not in recovery (it has every write it has) or one
     /// that has replayed nothing yet.
     pub(crate) fn replay(&self) -> Option<u64> {
