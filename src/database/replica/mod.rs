@@ -287,6 +287,8 @@ impl Database {
 
     /// Records the primary's current WAL insert position as a write of this `Database`, after
     /// writes made on a [`Session`] outside [`transaction`](Database::transaction); returns it.
+    /// A position just past a WAL page header (an idle primary right after a segment switch) is
+    /// given as the page's start, which a standby that has replayed everything reaches.
     /// `None` on SQLite.
     ///
     /// # Errors
