@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
-use crate::transaction::{self, Isolation};
+use crate::transaction::Isolation;
 
 /// How [`Database::transaction_with_retry`] retries: at most `max_attempts` runs, waiting
 /// between them an exponential backoff (`base_backoff`, doubled at each retry, at most
@@ -159,16 +159,13 @@ impl Database {
         loop {
             let outcome = {
                 let mut session = self.session()?;
-                let outcome =
-                    transaction::run(session.repo_connection(), Isolation::Serializable, |conn| {
-                        f(&mut Repo::new(conn))
-                    });
-                crate::database::replica::after_transaction(
+                // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
+                crate::database::replica::transaction(
                     self,
                     session.repo_connection(),
-                    outcome.is_ok(),
-                );
-                outcome
+                    Isolation::Serializable,
+                    &mut f,
+                )
             };
             match outcome {
                 Err(error) if error.is_retryable() && attempt < policy.max_attempts => {

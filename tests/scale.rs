@@ -434,18 +434,10 @@ fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
 
     let off = through_pgbouncer(&bouncer, false);
     assert_eq!(off, Vec::<String>::new(), "cache off");
+    // With the cache on, the pool sees the transaction pooler at its first checkout and
+    // switches the cache off itself (tests/replicas.rs checks its warning).
     let on = through_pgbouncer(&bouncer, true);
-    assert!(
-        on.iter().any(|e| e.contains("prepared statement")),
-        "cache on: the collision was not reproduced ({} errors: {:?})",
-        on.len(),
-        on.first()
-    );
-    println!(
-        "cache on: {} errors of 640 cycles, e.g. {:?}",
-        on.len(),
-        on.first()
-    );
+    assert_eq!(on, Vec::<String>::new(), "cache on");
 }
 
 #[test]

@@ -54,6 +54,8 @@ struct Inner {
     replicas: Option<Arc<replica::Router>>,
     /// Where migrations run, when not the pool's URL.
     migration_url: Option<Arc<DbUrl>>,
+    /// Whether the statement cache must be off (behind a transaction pooler), once per pool.
+    statement_cache: replica::StatementCacheCheck,
 }
 
 impl AsRef<Pool> for Inner {
@@ -105,6 +107,7 @@ impl Database {
             pool: Pool::new(url, config, Box::new(engine::Unobserved)),
             replicas,
             migration_url: migration_url.map(Arc::new),
+            statement_cache: replica::StatementCacheCheck::default(),
         });
         Pool::start_keeper(&inner);
         Ok(Database { inner })
@@ -159,6 +162,9 @@ impl Database {
         loop {
             let mut session = self.checkout(deadline, location)?;
             if self.usable(&mut session) {
+                // Behind a pooler sharing server connections, the statement cache goes off.
+                let cache = &self.inner.statement_cache;
+                cache.apply(self.url(), self.config(), session.repo_connection());
                 self.pool().gate.observer().waited(started.elapsed());
                 return Ok(session);
             }
@@ -245,9 +251,9 @@ impl Database {
         E: From<Error>,
     {
         let mut session = self.session()?;
-        let outcome = session.transaction(f);
-        replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
-        outcome
+        // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
+        let isolation = crate::transaction::Isolation::Default;
+        replica::transaction(self, session.repo_connection(), isolation, f)
     }
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.
