@@ -5,8 +5,6 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -15,6 +13,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::models::NewUser;
+use userbase::testing::{Cluster, StopMode};
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
 use common::{admin, eventually, unique_name, Captured, TestDb};
@@ -324,135 +323,10 @@ fn pool_timeout_states_what_was_open_checked_out_and_pending() {
     drop(held);
 }
 
-/// A private PostgreSQL cluster for tests that stop the server; removed on `Drop`.
-struct PrivateServer {
-    dir: PathBuf,
-    port: u16,
-    _tmp: tempfile::TempDir,
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Runs a PostgreSQL tool as the `postgres` user when we are root (initdb refuses root).
-fn pg_tool(tool: &str, args: &[&str]) -> std::process::Output {
-    let path = Path::new(PG_BIN).join(tool);
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let mut command = if is_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
-    };
-    command.args(args).output().unwrap()
-}
-
-impl PrivateServer {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        Command::new("chmod")
-            .args(["755", tmp.path().to_str().unwrap()])
-            .status()
-            .unwrap();
-        Command::new("chown")
-            .args(["postgres", tmp.path().to_str().unwrap()])
-            .status()
-            .unwrap();
-        let init = pg_tool(
-            "initdb",
-            &["-A", "trust", "-U", "postgres", "-D", dir.to_str().unwrap()],
-        );
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = PrivateServer {
-            dir,
-            port,
-            _tmp: tmp,
-        };
-        server.run();
-        server
-    }
-
-    fn run(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.to_str().unwrap()
-        );
-        let log = self.dir.join("log");
-        let out = pg_tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn stop(&self) {
-        let out = pg_tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> DbUrl {
-        DbUrl::postgres()
-            .with_username("postgres")
-            .with_host("127.0.0.1")
-            .with_port(self.port)
-            .with_database("postgres")
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = pg_tool(
-            "pg_ctl",
-            &["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-    }
-}
-
 #[test]
 fn check_reaches_the_server_every_time() {
-    let server = PrivateServer::start();
+    // A private cluster (found like every other one of the suite's), as the test stops it.
+    let mut server = Cluster::start().unwrap();
     let db = Database::new(
         Settings::new(server.url())
             .with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(30))),
@@ -464,7 +338,7 @@ fn check_reaches_the_server_every_time() {
         diesel::sql_query("SELECT 1::bigint AS n")
             .get_result::<NoRow>(db.session().unwrap().connection())
             .unwrap();
-        server.stop();
+        server.stop_with(StopMode::Immediate).unwrap();
         let asked = Instant::now();
         let err = db.check().unwrap_err();
         assert!(
@@ -476,7 +350,7 @@ fn check_reaches_the_server_every_time() {
             "round {round}: {:?}",
             asked.elapsed()
         );
-        server.run();
+        server.start_again().unwrap();
         assert!(
             eventually(Duration::from_secs(5), || db.check().is_ok()),
             "round {round}"

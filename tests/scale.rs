@@ -409,6 +409,7 @@ fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> 
 }
 
 #[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test -- --include-ignored"]
 fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
     let server = Cluster::start().unwrap();
     let bouncer =

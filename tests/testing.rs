@@ -333,6 +333,7 @@ fn standby_apply_delay_makes_lag_until_it_is_lifted() {
 }
 
 #[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test -- --include-ignored"]
 fn pgbouncer_pools_in_transaction_mode_in_front_of_a_cluster() {
     let cluster = Cluster::start().unwrap();
     let bouncer = PgBouncer::start(&cluster.url()).unwrap();
