@@ -41,6 +41,17 @@ impl Rendezvous {
     }
 }
 
+/// How long a thread inside a transaction waits at a rendezvous for the other one. PostgreSQL:
+/// long, as the other one always arrives (neither blocks the other before the meeting), however
+/// slowly a loaded machine runs it. SQLite: short, as the other one cannot arrive (its IMMEDIATE
+/// transaction waits for the write lock this one holds) until this one gives up waiting.
+fn meeting_limit(backend: Backend) -> Duration {
+    match backend {
+        Backend::Sqlite => Duration::from_secs(2),
+        _ => Duration::from_secs(60),
+    }
+}
+
 fn rename(full_name: &str) -> UserChanges<'_> {
     UserChanges {
         full_name: Some(full_name),
@@ -71,6 +82,7 @@ fn opposite_order_updates(
         + Sync,
 ) -> Vec<Result<(), Error>> {
     let meet = Rendezvous::new(2);
+    let limit = meeting_limit(db.backend());
     std::thread::scope(|scope| {
         let handles: Vec<_> = [("a", 1, 2), ("b", 2, 1)]
             .into_iter()
@@ -80,7 +92,7 @@ fn opposite_order_updates(
                 scope.spawn(move || {
                     let body = |repo: &mut userbase::Repo<'_>| {
                         repo.update_user(first, &rename(&format!("{tag}{first}")))?;
-                        meet.wait(Duration::from_secs(2));
+                        meet.wait(limit);
                         repo.update_user(second, &rename(&format!("{tag}{second}")))?;
                         Ok(())
                     };
@@ -143,7 +155,7 @@ both_backends! {
                         scope.spawn(move || {
                             db.transaction_with_retry(policy, |repo| {
                                 let active = repo.users()?.iter().filter(|u| u.active).count();
-                                meet.wait(Duration::from_secs(2));
+                                meet.wait(meeting_limit(backend));
                                 if active == 2 {
                                     repo.deactivate_user(me)?;
                                 }
@@ -186,7 +198,8 @@ both_backends! {
                     .map(|(user, referrer)| {
                         let (meet, db) = (meet.clone(), &db);
                         scope.spawn(move || {
-                            meet.wait(Duration::from_secs(2));
+                            // Outside any transaction: both always arrive.
+                            meet.wait(Duration::from_secs(60));
                             db.transaction_with_retry(RetryPolicy::default().with_max_attempts(10), |repo| {
                                 repo.set_referrer(user, Some(referrer)).map(drop)
                             })

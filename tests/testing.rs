@@ -302,7 +302,9 @@ fn standby_is_in_recovery_and_replays_the_primarys_writes() {
 
 #[test]
 fn standby_apply_delay_makes_lag_until_it_is_lifted() {
-    let delay = Duration::from_secs(3);
+    // Long enough that the commit below is still pending when the standby is asked, however
+    // loaded the machine.
+    let delay = Duration::from_secs(10);
     let pair = PrimaryStandby::start_with(&StandbyOptions::new().apply_delay(delay)).unwrap();
     let mut standby = pair.standby().connect().unwrap();
     let applied: Setting = diesel::sql_query(
@@ -310,11 +312,11 @@ fn standby_apply_delay_makes_lag_until_it_is_lifted() {
     )
     .get_result(&mut standby)
     .unwrap();
-    assert_eq!(applied.value, "3000");
+    assert_eq!(applied.value, "10000");
 
     let mut primary = pair.primary().connect().unwrap();
     execute(&mut primary, "CREATE TABLE lagging (n int)");
-    // Three seconds of delay: the commit is not replayed right after it.
+    // Ten seconds of delay: the commit is not replayed right after it.
     assert!(
         !flag(
             &mut standby,
@@ -322,7 +324,7 @@ fn standby_apply_delay_makes_lag_until_it_is_lifted() {
         ),
         "the standby replayed a commit before its apply delay"
     );
-    pair.wait_for_replay(Duration::from_secs(30)).unwrap();
+    pair.wait_for_replay(Duration::from_secs(60)).unwrap();
     assert_eq!(count(&mut standby, "SELECT count(*) AS n FROM lagging"), 0);
 
     // Lifted at run time: replayed promptly.
@@ -333,6 +335,7 @@ fn standby_apply_delay_makes_lag_until_it_is_lifted() {
 }
 
 #[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test -- --include-ignored"]
 fn pgbouncer_pools_in_transaction_mode_in_front_of_a_cluster() {
     let cluster = Cluster::start().unwrap();
     let bouncer = PgBouncer::start(&cluster.url()).unwrap();

@@ -93,6 +93,12 @@ pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 impl Captured {
     /// Runs `work` with a subscriber at `level` writing into a new buffer; returns the text.
     pub fn run(level: tracing::Level, work: impl FnOnce()) -> String {
+        Captured::run_watching(level, |_| work())
+    }
+
+    /// As [`Captured::run`], with the buffer handed to `work` so that it can wait for a line
+    /// (see [`Captured::text`]) instead of sleeping.
+    pub fn run_watching(level: tracing::Level, work: impl FnOnce(&Captured)) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -100,8 +106,13 @@ impl Captured {
             .with_max_level(level)
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, work);
-        let bytes = captured.0.lock().expect("capture lock").clone();
+        tracing::subscriber::with_default(subscriber, || work(&captured));
+        captured.text()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().expect("capture lock").clone();
         String::from_utf8(bytes).expect("utf-8 log")
     }
 }
