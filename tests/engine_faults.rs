@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::models::NewUser;
-use userbase_testing::{Cluster, StopMode};
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
+use userbase_testing::{Cluster, StopMode};
 
 use common::{admin, eventually, unique_name, Captured, TestDb};
 

@@ -211,7 +211,7 @@ fn a_replica_back_from_an_outage_serves_reads_again_at_once() {
 /// with the statement cache on; returns the errors and what was logged at WARN.
 fn cycles_with_the_cache_on(bouncer: &PgBouncer) -> (Vec<String>, String) {
     let mut errors = Vec::new();
-    let log = Captured::run(tracing::Level::WARN, || {
+    let log = Captured::run_watching(tracing::Level::WARN, |captured| {
         let db = Database::new(
             Settings::new(bouncer.url("postgres"))
                 .with_pool(PoolConfig::default().with_pool_size(16)),
@@ -247,6 +247,15 @@ fn cycles_with_the_cache_on(bouncer: &PgBouncer) -> (Vec<String>, String) {
             .into_iter()
             .flat_map(|t| t.join().unwrap())
             .collect();
+        // The pool decides on a thread of its own (the checkouts meanwhile run with the cache
+        // off): wait for its verdict's warning.
+        assert!(
+            common::eventually(Duration::from_secs(60), || captured
+                .text()
+                .contains("DB_STATEMENT_CACHE")),
+            "no warning: {}",
+            captured.text()
+        );
     });
     (errors, log)
 }
@@ -264,7 +273,13 @@ fn behind_a_transaction_pooler_the_statement_cache_switches_itself_off() {
     // Deciding leaves nothing behind on the shared server connections: a client with its own
     // statement cache (names from `__diesel_stmt_1` on) meets no name of ours there.
     let first = Database::new(Settings::new(bouncer.url("postgres"))).unwrap();
-    drop(first.session().unwrap());
+    Captured::run_watching(tracing::Level::WARN, |captured| {
+        drop(first.session().unwrap());
+        // The pool decides on a thread of its own: wait for its verdict.
+        assert!(common::eventually(Duration::from_secs(60), || captured
+            .text()
+            .contains("DB_STATEMENT_CACHE")));
+    });
     let mut raw = PgConnection::establish(&bouncer.url("postgres").render(Secrets::Shown)).unwrap();
     for _ in 0..5 {
         let one = diesel::select(1_i32.into_sql::<Integer>()).get_result::<i32>(&mut raw);

@@ -69,6 +69,8 @@ fn pool(timeout: Duration) -> PoolConfig {
         .with_max_overflow(0)
         .with_pool_timeout(timeout)
         .with_pre_ping(false)
+        // No pooler probe through the forwarders: the accepted connects are the pool's own.
+        .with_statement_cache(false)
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! named prepared statements) switches its statement cache off.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
+use std::thread;
 
 use diesel::connection::CacheSize;
 use diesel::sql_types::{Integer, Nullable, Text};
@@ -97,6 +98,9 @@ const UNDECIDED: u8 = 0;
 const KEEP: u8 = 1;
 /// Behind a pooler that shares server connections between transactions: the cache is off.
 const OFF: u8 = 2;
+/// Something sits between the pool and the server; a thread is finding out what. The cache is
+/// off meanwhile.
+const PROBING: u8 = 3;
 
 /// How many times the probe of [`shares_server_connections`] asks before it concludes that
 /// the pooler gives each client its own server connection.
@@ -119,19 +123,18 @@ const PROBES: usize = 3;
 /// nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
 pub(crate) struct StatementCacheCheck {
-    verdict: AtomicU8,
-    /// Held while the first checkout decides: the others wait for the verdict, so none of them
-    /// uses the cache before it is known.
-    deciding: Mutex<()>,
+    verdict: Arc<AtomicU8>,
 }
 
 impl StatementCacheCheck {
     /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
-    /// `conn`: the first one decides (one query on `conn`; when its server port is not the
-    /// URL's, a second connection to compare server backends, and when they are shared, one
-    /// transaction on `conn` to see whether a named statement keeps its name), every later one
-    /// costs an atomic load, plus switching the cache off on `conn` when the verdict is so.
-    /// Nothing with the cache off in `config`, and nothing on SQLite.
+    /// `conn`. The first one asks `conn` for its server's port (one query): when it is one of
+    /// the URL's, the cache stays on and every later checkout costs an atomic load. When it is
+    /// not (something in between), a thread of its own decides, on connections of its own (a
+    /// second client connection compares server backends; when they are shared, one transaction
+    /// sees whether a named statement keeps its name), so the checkout stays within
+    /// `pool_timeout`; connections checked out until it has decided run with the cache off,
+    /// which is always safe. Nothing with the cache off in `config`, and nothing on SQLite.
     pub(crate) fn apply(&self, url: &DbUrl, config: &PoolConfig, conn: &mut AnyConnection) {
         if !config.statement_cache {
             return;
@@ -139,31 +142,64 @@ impl StatementCacheCheck {
         let AnyConnection::Pg(pg) = conn else {
             return;
         };
-        let mut verdict = self.verdict.load(Ordering::Acquire);
-        if verdict == UNDECIDED {
-            let _deciding = self.deciding.lock().unwrap_or_else(PoisonError::into_inner);
-            verdict = self.verdict.load(Ordering::Acquire);
-            if verdict == UNDECIDED {
-                verdict = decide(url, pg);
-                self.verdict.store(verdict, Ordering::Release);
-            }
+        match self.verdict.load(Ordering::Acquire) {
+            KEEP => {}
+            UNDECIDED => match foreign_port(url, pg) {
+                Ok(None) => {
+                    self.settle(KEEP);
+                }
+                Ok(Some(_)) => {
+                    if self.settle(PROBING) {
+                        self.probe_in_background(url);
+                    }
+                    pg.set_prepared_statement_cache_size(CacheSize::Disabled);
+                }
+                Err(error) => {
+                    tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
+                    self.settle(KEEP);
+                }
+            },
+            _ => pg.set_prepared_statement_cache_size(CacheSize::Disabled),
         }
-        if verdict == OFF {
-            pg.set_prepared_statement_cache_size(CacheSize::Disabled);
+    }
+
+    /// Moves an undecided check to `verdict`; whether this call did.
+    fn settle(&self, verdict: u8) -> bool {
+        self.verdict
+            .compare_exchange(UNDECIDED, verdict, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Decides on a thread of its own, logging to the caller's subscriber.
+    fn probe_in_background(&self, url: &DbUrl) {
+        let verdict = Arc::clone(&self.verdict);
+        let url = url.clone();
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let spawned = thread::Builder::new()
+            .name("userbase-pooler-probe".to_owned())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    verdict.store(decide(&url), Ordering::Release);
+                });
+            });
+        if let Err(error) = spawned {
+            // Undecided for good: the cache stays off, which is always safe.
+            tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache stays off for this pool");
+            self.verdict.store(OFF, Ordering::Release);
         }
     }
 }
 
-/// The verdict for a pool on `url`, from its first connection `pg`, with its warning.
-fn decide(url: &DbUrl, pg: &mut PgConnection) -> u8 {
-    let broken = match foreign_port(url, pg) {
-        Ok(None) => return KEEP,
-        Ok(Some(_)) => shares_server_connections(url, pg).and_then(|shared| {
+/// The verdict for a pool on `url`, whose server port is not the URL's, from connections of
+/// its own, with its warning.
+fn decide(url: &DbUrl) -> u8 {
+    let broken = PgConnection::establish(&url.driver_target())
+        .map_err(|e| Error::connect(url, e))
+        .and_then(|mut pg| {
+            let shared = shares_server_connections(url, &mut pg)?;
             // Shared server connections: the cache works only if the pooler keeps the names.
-            Ok(shared && !keeps_named_statements(pg)?)
-        }),
-        Err(error) => Err(error),
-    };
+            Ok(shared && !keeps_named_statements(&mut pg)?)
+        });
     match broken {
         Ok(true) => {
             tracing::warn!(
