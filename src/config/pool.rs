@@ -67,7 +67,10 @@ pub struct PoolConfig {
     /// `pool_size + max_overflow` at most [`MAX_CONNECTIONS`] and at least 1 (env
     /// `DB_MAX_OVERFLOW`).
     pub max_overflow: u32,
-    /// How long a checkout waits for a free connection before [`Error::PoolTimeout`].
+    /// How long a whole checkout may take: waiting for a free connection, and for a connect
+    /// made for it ([`Error::PoolTimeout`] when every slot stayed in use,
+    /// [`Error::ConnectTimeout`] when a connect had no answer yet; the pre-ping of an idle
+    /// connection is bounded by libpq's TCP timeouts instead).
     /// Default [`DEFAULT_POOL_TIMEOUT`] (30 s); above 0, at most [`MAX_DURATION`] (env
     /// `DB_POOL_TIMEOUT_SECS`).
     pub pool_timeout: Duration,
