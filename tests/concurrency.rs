@@ -252,7 +252,7 @@ both_backends! {
                 .user_locations_with_username(7)
                 .unwrap()
                 .into_iter()
-                .map(|(l, _)| l.location_id)
+                .map(|row| row.location.location_id)
                 .collect();
             assert!(inputs.contains(&stored), "run {run}: {stored:?} is no call's input");
         }

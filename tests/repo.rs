@@ -5,7 +5,9 @@ mod common;
 
 use chrono::NaiveDate;
 use diesel::connection::SimpleConnection;
-use userbase::models::{LocationCount, NewLocation, NewUser, User, UserLocation};
+use userbase::models::{
+    LocationCount, NewLocation, NewUser, User, UserLocation, UserLocationCount,
+};
 use userbase::{Backend, Error};
 
 use common::TestDb;
@@ -73,7 +75,7 @@ both_backends! {
         let rows = db.session().unwrap().repo().user_locations_with_username(6873).unwrap();
         let got: Vec<(String, String, Option<String>)> = rows
             .into_iter()
-            .map(|(l, username)| (l.to_string(), l.created_at.to_string(), username))
+            .map(|row| (row.location.to_string(), row.location.created_at.to_string(), row.username))
             .collect();
         let shane = Some("shaneramirez".to_owned());
         assert_eq!(
@@ -108,7 +110,8 @@ both_backends! {
         let test = TestDb::new(backend);
         let db = test.seeded();
         let rows = db.session().unwrap().repo().location_counts_by_user().unwrap();
-        assert_eq!(rows, vec![(1, 1169), (1, 5155), (2, 6873), (1, 9044)]);
+        let counted = |quantity, user_id| UserLocationCount { quantity, user_id };
+        assert_eq!(rows, vec![counted(1, 1169), counted(1, 5155), counted(2, 6873), counted(1, 9044)]);
     }
 
     fn location_counts_by_user_named_rows(backend: Backend) {

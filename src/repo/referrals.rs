@@ -8,7 +8,7 @@ use super::support::{placeholders, CountRow, References};
 use super::Repo;
 use crate::error::{Error, Result};
 use crate::models::user::UserUpdate;
-use crate::models::{user, User};
+use crate::models::{user, ReferralCount, User, UserWithReferrer};
 
 impl Repo<'_> {
     /// Sets (or with `None` clears) the referrer of user `user_id`; returns the stored row.
@@ -82,16 +82,16 @@ impl Repo<'_> {
     /// # Errors
     ///
     /// [`Error::Query`] when the database fails.
-    pub fn users_with_referrer_names(&mut self) -> Result<Vec<(User, Option<String>)>> {
+    pub fn users_with_referrer_names(&mut self) -> Result<Vec<UserWithReferrer>> {
         self.run(|c| dispatch!(c => user::with_referrer_names().load(c)))
     }
 
-    /// `(referrer_id, number of users referred)` for every referrer, ordered by referrer id.
+    /// How many users each referrer referred, ordered by referrer id.
     ///
     /// # Errors
     ///
     /// [`Error::Query`] when the database fails.
-    pub fn referral_counts(&mut self) -> Result<Vec<(i64, i64)>> {
+    pub fn referral_counts(&mut self) -> Result<Vec<ReferralCount>> {
         self.run(|c| dispatch!(c => user::referral_counts().load(c)))
     }
 }
