@@ -7,6 +7,7 @@ use super::support::{
     chunk_rows, delete_one, insert_chunks, missing_parent, References, LINK_USER_FKEY,
 };
 use super::Repo;
+use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
 use crate::models::{location, user_location, Location, NewLocation, UserLocation};
@@ -101,6 +102,10 @@ impl Repo<'_> {
     /// Links user `user_id` to location `location_id`. Linking twice is not an error: returns
     /// whether a new link was made.
     ///
+    /// Like every write of a user's links, it first locks the user's row (see
+    /// [`replace_user_locations`](Repo::replace_user_locations)), so it never deadlocks with
+    /// another one.
+    ///
     /// # Errors
     ///
     /// [`Error::ForeignKeyViolation`] when the user or the location does not exist.
@@ -109,33 +114,38 @@ impl Repo<'_> {
             location_id,
             user_id,
         };
-        let inserted = self.run(|c| {
-            dispatch!(c => diesel::insert_into(userlocations::table)
-                .values(&link)
-                .on_conflict_do_nothing()
-                .execute(c))
+        let inserted = self.write_links(user_id, |repo| {
+            repo.run(|c| {
+                dispatch!(c => diesel::insert_into(userlocations::table)
+                    .values(&link)
+                    .on_conflict_do_nothing()
+                    .execute(c))
+            })
         });
         Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
     }
 
-    /// Inserts a link, failing if it exists.
+    /// Inserts a link, failing if it exists. Locks the user's row first, as
+    /// [`link`](Repo::link) does.
     ///
     /// # Errors
     ///
     /// [`Error::UniqueViolation`] when the link exists; [`Error::ForeignKeyViolation`] when the
     /// user or the location does not.
     pub fn insert_user_location(&mut self, link: &UserLocation) -> Result<UserLocation> {
-        let inserted = self.run(|c| {
-            dispatch!(c => diesel::insert_into(userlocations::table)
-                .values(link)
-                .execute(c))
+        let inserted = self.write_links(link.user_id, |repo| {
+            repo.run(|c| {
+                dispatch!(c => diesel::insert_into(userlocations::table)
+                    .values(link)
+                    .execute(c))
+            })
         });
         self.name_reference(inserted, || References::links(&[*link]))?;
         Ok(*link)
     }
 
     /// Removes the link between user `user_id` and location `location_id`; returns whether
-    /// there was one.
+    /// there was one. Locks the user's row first, as [`link`](Repo::link) does.
     ///
     /// # Errors
     ///
@@ -145,16 +155,23 @@ impl Repo<'_> {
             location_id,
             user_id,
         };
-        Ok(self.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))? == 1)
+        let deleted = self.write_links(user_id, |repo| {
+            repo.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))
+        })?;
+        Ok(deleted == 1)
     }
 
     /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
     /// (a savepoint inside an open one): links not in the set go, missing ones are made.
     ///
-    /// Atomic and deadlock-free against concurrent calls: it first locks the user's row
-    /// (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's transactions hold the write lock), so calls
-    /// for one user run one after another, and it touches links in location-id order. Any
-    /// number of ids works: deletes and inserts are chunked under the bind limit.
+    /// Atomic, and deadlock-free against concurrent writes of the user's links: like
+    /// [`link`](Repo::link), [`unlink`](Repo::unlink) and
+    /// [`insert_user_location`](Repo::insert_user_location), it first locks the user's row
+    /// (`SELECT … FOR NO KEY UPDATE` on PostgreSQL, which foreign-key checks, taking `FOR KEY
+    /// SHARE`, do not wait for; SQLite's transactions hold the write lock), so the writes of one
+    /// user's links run one after another, each taking its locks in the same order. It touches
+    /// links in location-id order. Any number of ids works: deletes and inserts are chunked
+    /// under the bind limit.
     ///
     /// # Errors
     ///
@@ -165,7 +182,15 @@ impl Repo<'_> {
         wanted.sort_unstable();
         wanted.dedup();
         let replaced = self.transaction(|repo| {
-            repo.lock_user(user_id)?;
+            if !repo.lock_user(user_id)? {
+                return Err(missing_parent(
+                    "userlocations",
+                    LINK_USER_FKEY,
+                    "user_id",
+                    user_id,
+                    "users",
+                ));
+            }
             let current: Vec<i32> =
                 repo.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
             let gone: Vec<i32> = current
@@ -212,23 +237,37 @@ impl Repo<'_> {
         self.name_reference(replaced, || References::links(&links))
     }
 
-    /// Locks user `user_id`'s row until the transaction ends (`FOR UPDATE` on PostgreSQL; on
-    /// SQLite the transaction holds the database's write lock already).
-    fn lock_user(&mut self, user_id: i64) -> Result<()> {
+    /// Runs `write`, a write of user `user_id`'s links, after locking the user's row: on
+    /// PostgreSQL in a transaction (a savepoint inside an open one) that takes the row lock first
+    /// ([`lock_user`](Repo::lock_user)), so every write of one user's links takes its locks in
+    /// the same order and none can deadlock another (a link's foreign-key check would otherwise
+    /// take the row's lock after the link's, and a replacement takes them the other way round).
+    /// With no such user, `write` runs unlocked and reports what is missing as the database
+    /// does. On SQLite `write` runs as it is: its statements hold the database's write lock.
+    fn write_links<T>(
+        &mut self,
+        user_id: i64,
+        write: impl FnOnce(&mut Repo<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match self.backend() {
+            Backend::Postgres => self.transaction(|repo| {
+                repo.lock_user(user_id)?;
+                write(repo)
+            }),
+            Backend::Sqlite => write(self),
+        }
+    }
+
+    /// Locks user `user_id`'s row until the transaction ends (`FOR NO KEY UPDATE` on
+    /// PostgreSQL: it excludes the other writers of the user's links, not foreign-key checks;
+    /// on SQLite the transaction holds the database's write lock already); returns whether
+    /// there is such a user.
+    fn lock_user(&mut self, user_id: i64) -> Result<bool> {
         let query = users::table.find(user_id).select(users::user_id);
         let found: Option<i64> = self.run(|c| match c {
-            AnyConnection::Pg(c) => query.for_update().first(c).optional(),
+            AnyConnection::Pg(c) => query.for_no_key_update().first(c).optional(),
             AnyConnection::Sqlite(c) => query.first(c).optional(),
         })?;
-        match found {
-            Some(_) => Ok(()),
-            None => Err(missing_parent(
-                "userlocations",
-                LINK_USER_FKEY,
-                "user_id",
-                user_id,
-                "users",
-            )),
-        }
+        Ok(found.is_some())
     }
 }

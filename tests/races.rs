@@ -1,0 +1,208 @@
+//! Races between writers, provoked with real threads and repeated on PostgreSQL and SQLite:
+//! writes of one user's links (`link`, `unlink`, `replace_user_locations`) never deadlock one
+//! another and leave a link set some serial order of the calls produces.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Barrier;
+
+use userbase::models::{NewLocation, NewUser};
+use userbase::Database;
+
+use common::TestDb;
+
+// ---- links -------------------------------------------------------------------------------
+
+/// The user whose links the threads fight over.
+const BUSY_USER: i64 = 7;
+/// Locations 1..=LOCATIONS exist.
+const LOCATIONS: i32 = 12;
+const THREADS: u64 = 8;
+const CALLS_PER_THREAD: usize = 150;
+
+/// One call on the busy user's links, as a thread made it.
+#[derive(Debug, Clone)]
+enum LinkCall {
+    Link(i32),
+    Unlink(i32),
+    Replace(Vec<i32>),
+}
+
+impl LinkCall {
+    /// Whether the call leaves location `l` linked, or `None` when it does not touch `l`.
+    fn effect_on(&self, l: i32) -> Option<bool> {
+        match self {
+            LinkCall::Link(at) => (*at == l).then_some(true),
+            LinkCall::Unlink(at) => (*at == l).then_some(false),
+            LinkCall::Replace(set) => Some(set.contains(&l)),
+        }
+    }
+
+    fn is_replace(&self) -> bool {
+        matches!(self, LinkCall::Replace(_))
+    }
+}
+
+/// What the last call of `calls` touching `l` left, if one touched it.
+fn last_effect(calls: &[LinkCall], l: i32) -> Option<bool> {
+    calls.iter().rev().find_map(|call| call.effect_on(l))
+}
+
+/// Whether some serial order of the threads' calls (each thread's calls in its own order) can
+/// leave exactly `stored`, checked location by location: the last replacement `R` of a serial
+/// order is some thread's last one; after it come that thread's later calls and, from each other
+/// thread, calls made after its own last replacement, interleaved freely. So each location ends
+/// as `R` left it, or as the last call touching it after `R` left it, and any thread whose calls
+/// after its last replacement touch it may go last. A necessary condition of a serial order.
+fn serially_explainable(threads: &[Vec<LinkCall>], stored: &BTreeSet<i32>) -> bool {
+    threads.iter().enumerate().any(|(t, calls)| {
+        let Some(r) = calls.iter().rposition(LinkCall::is_replace) else {
+            return false;
+        };
+        let LinkCall::Replace(base) = &calls[r] else {
+            unreachable!("position of a replace")
+        };
+        (1..=LOCATIONS).all(|l| {
+            let mut allowed = BTreeSet::new();
+            allowed.insert(last_effect(&calls[r + 1..], l).unwrap_or(base.contains(&l)));
+            for (u, other) in threads.iter().enumerate() {
+                if u == t {
+                    continue;
+                }
+                let after_own = other
+                    .iter()
+                    .rposition(LinkCall::is_replace)
+                    .map_or(0, |i| i + 1);
+                allowed.extend(last_effect(&other[after_own..], l));
+            }
+            allowed.contains(&stored.contains(&l))
+        })
+    })
+}
+
+fn busy_user_locations(db: &Database) -> BTreeSet<i32> {
+    db.session()
+        .unwrap()
+        .repo()
+        .user_locations()
+        .unwrap()
+        .into_iter()
+        .filter(|link| link.user_id == BUSY_USER)
+        .map(|link| link.location_id)
+        .collect()
+}
+
+/// A xorshift step.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// One round: `THREADS` threads, started together, each making `CALLS_PER_THREAD` random calls
+/// (a session each). Returns each thread's calls and every error met.
+fn link_round(db: &Database, round: u64) -> (Vec<Vec<LinkCall>>, Vec<String>) {
+    let start = Barrier::new(THREADS as usize);
+    let per_thread: Vec<(Vec<LinkCall>, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (db, start) = (db, &start);
+                scope.spawn(move || {
+                    let mut seed =
+                        (round * THREADS + thread + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let mut calls = Vec::with_capacity(CALLS_PER_THREAD);
+                    let mut errors = Vec::new();
+                    start.wait();
+                    for _ in 0..CALLS_PER_THREAD {
+                        let r = next(&mut seed);
+                        let location = ((r >> 8) % LOCATIONS as u64) as i32 + 1;
+                        let call = match r % 3 {
+                            0 => LinkCall::Link(location),
+                            1 => LinkCall::Unlink(location),
+                            _ => {
+                                // A random subset, in a random order.
+                                let bits = next(&mut seed);
+                                let mut ids: Vec<i32> =
+                                    (1..=LOCATIONS).filter(|i| bits >> i & 1 == 1).collect();
+                                if bits & 1 == 1 {
+                                    ids.reverse();
+                                }
+                                LinkCall::Replace(ids)
+                            }
+                        };
+                        let mut session = db.session().unwrap();
+                        let mut repo = session.repo();
+                        let result = match &call {
+                            LinkCall::Link(l) => repo.link(BUSY_USER, *l).map(drop),
+                            LinkCall::Unlink(l) => repo.unlink(BUSY_USER, *l).map(drop),
+                            LinkCall::Replace(ids) => repo.replace_user_locations(BUSY_USER, ids),
+                        };
+                        if let Err(error) = result {
+                            errors.push(format!("{call:?}: {error:?}"));
+                        }
+                        calls.push(call);
+                    }
+                    (calls, errors)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut threads = Vec::new();
+    let mut errors = Vec::new();
+    for (calls, errs) in per_thread {
+        threads.push(calls);
+        errors.extend(errs);
+    }
+    (threads, errors)
+}
+
+both_backends! {
+    fn link_writes_never_deadlock(backend: Backend) {
+        let test = TestDb::new(backend);
+        let db = test.database();
+        {
+            let mut session = db.session().unwrap();
+            let mut repo = session.repo();
+            let names: Vec<String> = (1..=LOCATIONS).map(|i| format!("L{i}")).collect();
+            let new: Vec<NewLocation> = names.iter().map(|n| NewLocation::new(n, "Main Street")).collect();
+            repo.import_locations(&new).unwrap();
+            repo.insert_user(&NewUser::new(BUSY_USER, "Busy")).unwrap();
+        }
+        for round in 0..3 {
+            let (threads, errors) = link_round(&db, round);
+            let calls: usize = threads.iter().map(Vec::len).sum();
+            assert_eq!(calls, THREADS as usize * CALLS_PER_THREAD);
+            assert!(errors.is_empty(), "round {round}: {} errors: {errors:#?}", errors.len());
+            let stored = busy_user_locations(&db);
+            assert!(
+                serially_explainable(&threads, &stored),
+                "round {round}: no serial order of the calls leaves {stored:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn explanation_check_rejects_a_set_no_order_makes() {
+    // The check above can fail: thread 0 replaces with {1}, thread 1 replaces with {2} then
+    // unlinks 3. Any serial order ends with {1} or {2}.
+    let threads = vec![
+        vec![LinkCall::Replace(vec![1])],
+        vec![LinkCall::Replace(vec![2]), LinkCall::Unlink(3)],
+    ];
+    assert!(serially_explainable(&threads, &BTreeSet::from([1])));
+    assert!(serially_explainable(&threads, &BTreeSet::from([2])));
+    assert!(!serially_explainable(&threads, &BTreeSet::from([1, 2])));
+    assert!(!serially_explainable(&threads, &BTreeSet::new()));
+    // A link after thread 1's replacement may come last: {2, 4} is a serial outcome.
+    let threads = vec![
+        vec![LinkCall::Replace(vec![1]), LinkCall::Link(4)],
+        vec![LinkCall::Replace(vec![2])],
+    ];
+    assert!(serially_explainable(&threads, &BTreeSet::from([2, 4])));
+    assert!(serially_explainable(&threads, &BTreeSet::from([1, 4])));
+    assert!(!serially_explainable(&threads, &BTreeSet::from([1])));
+}
