@@ -1,16 +1,18 @@
 //! Races between writers, provoked with real threads and repeated on PostgreSQL and SQLite:
 //! writes of one user's links (`link`, `unlink`, `replace_user_locations`) never deadlock one
-//! another and leave a link set some serial order of the calls produces.
+//! another and leave a link set some serial order of the calls produces; concurrent referral
+//! changes, and bulk imports racing them, never store a referral cycle.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Barrier;
+use std::time::Duration;
 
 use userbase::models::{NewLocation, NewUser};
-use userbase::Database;
+use userbase::{Backend, Database, Error, RetryPolicy, UpsertOptions};
 
-use common::TestDb;
+use common::{eventually, Flag, TestDb};
 
 // ---- links -------------------------------------------------------------------------------
 
@@ -205,4 +207,195 @@ fn explanation_check_rejects_a_set_no_order_makes() {
     assert!(serially_explainable(&threads, &BTreeSet::from([2, 4])));
     assert!(serially_explainable(&threads, &BTreeSet::from([1, 4])));
     assert!(!serially_explainable(&threads, &BTreeSet::from([1])));
+}
+
+// ---- referrals -----------------------------------------------------------------------------
+
+const TRIALS: usize = 60;
+
+fn referrers(db: &Database, ids: &[i64]) -> Vec<Option<i64>> {
+    let mut session = db.session().unwrap();
+    let mut repo = session.repo();
+    ids.iter()
+        .map(|&id| repo.user(id).unwrap().referrer_id)
+        .collect()
+}
+
+/// How one side of a referral race changes user `user`'s referrer to `referrer`.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// `set_referrer`.
+    Plain,
+    /// `upsert_user_with` overwriting the referrer.
+    Upsert,
+    /// `set_referrer` inside `transaction_with_retry` (`SERIALIZABLE` on PostgreSQL).
+    Retried,
+}
+
+fn change(
+    db: &Database,
+    how: Change,
+    user: i64,
+    referrer: i64,
+    start: &Barrier,
+) -> Result<(), Error> {
+    let mut session = db.session().unwrap();
+    let mut repo = session.repo();
+    start.wait();
+    match how {
+        Change::Plain => repo.set_referrer(user, Some(referrer)).map(drop),
+        Change::Upsert => {
+            let name = format!("User {user}");
+            let new = NewUser::new(user, &name).referrer(referrer);
+            repo.upsert_user_with(&new, UpsertOptions::default().with_referrer(true))
+                .map(drop)
+        }
+        Change::Retried => {
+            let policy = RetryPolicy::default().with_max_attempts(20);
+            db.transaction_with_retry(policy, |repo| {
+                repo.set_referrer(user, Some(referrer)).map(drop)
+            })
+        }
+    }
+}
+
+both_backends! {
+    fn plain_set_referrer_never_stores_a_cycle(backend: Backend) {
+        let test = TestDb::new(backend);
+        let db = test.database();
+        {
+            let mut session = db.session().unwrap();
+            let mut repo = session.repo();
+            for id in [1, 2] {
+                repo.insert_user(&NewUser::new(id, &format!("User {id}"))).unwrap();
+            }
+        }
+        let mut first_won = 0;
+        for trial in 0..TRIALS {
+            // set_referrer races itself, the upsert that overwrites the referrer, and itself
+            // inside a SERIALIZABLE transaction (whose snapshot may predate the lock).
+            let second = match trial % 3 {
+                0 => Change::Plain,
+                1 => Change::Upsert,
+                _ => Change::Retried,
+            };
+            let start = Barrier::new(2);
+            let (one, two) = std::thread::scope(|scope| {
+                let one = scope.spawn(|| change(&db, Change::Plain, 1, 2, &start));
+                let two = scope.spawn(|| change(&db, second, 2, 1, &start));
+                (one.join().unwrap(), two.join().unwrap())
+            });
+            let stored = referrers(&db, &[1, 2]);
+            match (&one, &two) {
+                (Ok(()), Err(Error::ReferralCycle { user_id: 2, referrer_id: 1 })) => {
+                    first_won += 1;
+                    assert_eq!(stored, [Some(2), None], "trial {trial}");
+                }
+                (Err(Error::ReferralCycle { user_id: 1, referrer_id: 2 }), Ok(())) => {
+                    assert_eq!(stored, [None, Some(1)], "trial {trial}");
+                }
+                other => panic!("trial {trial} ({second:?}): {other:?}, stored {stored:?}"),
+            }
+            let mut session = db.session().unwrap();
+            session.repo().set_referrer(1, None).unwrap();
+            session.repo().set_referrer(2, None).unwrap();
+        }
+        println!("{backend:?}: the first caller won {first_won} of {TRIALS} trials");
+    }
+
+    fn import_racing_set_referrer_never_stores_a_cycle(backend: Backend) {
+        // Thread A imports new users, one of them (`new_id`) referred by user 1; thread B makes
+        // `new_id` user 1's referrer. Serially: B fails (no such user yet, or a cycle), never
+        // both succeed.
+        let test = TestDb::new(backend);
+        let db = test.database();
+        db.session().unwrap().repo().insert_user(&NewUser::new(1, "Root")).unwrap();
+        let (mut cycles, mut missing) = (0, 0);
+        for trial in 0..TRIALS as i64 {
+            let new_id = 1_000_000 + trial * 1_000;
+            let names: Vec<String> = (0..300).map(|k| format!("New {}", new_id + k)).collect();
+            // The referred user last, so the import runs a while before it is written.
+            let mut batch: Vec<NewUser> =
+                (1..300).map(|k| NewUser::new(new_id + k, &names[k as usize])).collect();
+            batch.push(NewUser::new(new_id, &names[0]).referrer(1));
+            let copy = trial % 2 == 1;
+            let start = Barrier::new(2);
+            let (imported, set) = std::thread::scope(|scope| {
+                let a = scope.spawn(|| {
+                    let mut session = db.session().unwrap();
+                    let mut repo = session.repo();
+                    start.wait();
+                    if copy { repo.copy_users(&batch) } else { repo.import_users(&batch) }
+                });
+                let b = scope.spawn(|| {
+                    let mut session = db.session().unwrap();
+                    let mut repo = session.repo();
+                    start.wait();
+                    repo.set_referrer(1, Some(new_id))
+                });
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            assert_eq!(imported.as_ref().ok(), Some(&300), "trial {trial}: {imported:?}");
+            match &set {
+                Err(Error::ReferralCycle { user_id: 1, referrer_id }) if *referrer_id == new_id => cycles += 1,
+                Err(Error::ForeignKeyViolation { .. }) => missing += 1,
+                other => panic!("trial {trial}: set_referrer gave {other:?}"),
+            }
+            assert_eq!(referrers(&db, &[1, new_id]), [None, Some(1)], "trial {trial}");
+        }
+        println!("{backend:?}: set_referrer saw a cycle {cycles} times, no user {missing} times");
+    }
+}
+
+#[test]
+fn set_referrer_waits_for_an_import_holding_the_referral_lock() {
+    // PostgreSQL: an import with referrals holds the referral lock until its transaction ends, so
+    // a set_referrer that would close a cycle through the imported user waits, then sees it.
+    let test = TestDb::new(Backend::Postgres);
+    let db = test.database();
+    db.session()
+        .unwrap()
+        .repo()
+        .insert_user(&NewUser::new(1, "Root"))
+        .unwrap();
+    let waiting = |db: &Database| {
+        db.session()
+            .unwrap()
+            .repo()
+            .load_sql::<Flag>(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND NOT l.granted \
+                 AND d.datname = current_database()) AS flag",
+            )
+            .unwrap()[0]
+            .flag
+    };
+    for round in 0..5_i64 {
+        let new_id = 100 + round;
+        let started = Barrier::new(2);
+        let set = std::thread::scope(|scope| {
+            let mut importer = db.session().unwrap();
+            let setter = scope.spawn(|| {
+                started.wait();
+                db.session().unwrap().repo().set_referrer(1, Some(new_id))
+            });
+            importer
+                .transaction(|repo| {
+                    repo.import_users(&[NewUser::new(new_id, "New").referrer(1)])?;
+                    started.wait();
+                    assert!(
+                        eventually(Duration::from_secs(30), || waiting(&db)),
+                        "round {round}: set_referrer never waited for the lock"
+                    );
+                    Ok::<_, Error>(())
+                })
+                .unwrap();
+            setter.join().unwrap()
+        });
+        assert!(
+            matches!(set, Err(Error::ReferralCycle { user_id: 1, referrer_id }) if referrer_id == new_id),
+            "round {round}: {set:?}"
+        );
+        assert_eq!(referrers(&db, &[1, new_id]), [None, Some(1)]);
+    }
 }

@@ -61,6 +61,8 @@ impl Repo<'_> {
         check_batch_referrals(&users)?;
         let users = &users;
         let imported = self.transaction(|repo| {
+            // Serialized with referral changes (see `Repo::lock_referrals`).
+            repo.lock_referrals_for(users)?;
             let now = repo.database_now()?;
             let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
             let per_chunk = chunk_rows(repo.backend(), USER_COLUMNS);
