@@ -52,7 +52,7 @@ fn run() -> Result<(), Error> {
     }
 
     let ramirez_forge = repo
-        .find_location_by_name(demo::LOCATIONS[0].0)?
+        .find_location_by_name(demo::LOCATIONS[0].name)?
         .ok_or(Error::NotFound)?;
     for user in repo.users_by_location(ramirez_forge.location_id)? {
         println!("{user}");

@@ -128,7 +128,7 @@ both_backends! {
         let mut repo = session.repo();
         let ids: Vec<i64> = repo.users_raw().unwrap().iter().map(|u| u.user_id).collect();
         assert_eq!(ids, [1, 1169, 1824, 5155, 6873, 9044, 12356]);
-        let mut expected: Vec<i64> = fixtures::DEMO_USERS.iter().map(|u| u.0).collect();
+        let mut expected: Vec<i64> = fixtures::DEMO_USERS.iter().map(|u| u.user_id).collect();
         expected.sort();
         assert_eq!(ids, expected);
         let counts = repo.location_counts_by_user().unwrap();
