@@ -114,6 +114,29 @@ both_backends! {
         assert_eq!(rows, vec![counted(1, 1169), counted(1, 5155), counted(2, 6873), counted(1, 9044)]);
     }
 
+    fn failed_link_or_referral_write_rolls_back_only_itself(backend: Backend) {
+        // Link writes and referral changes run in a savepoint inside an open transaction: when
+        // one fails, the transaction goes on, on both backends.
+        let test = TestDb::new(backend);
+        let db = test.seeded();
+        db.transaction(|repo| {
+            let missing = repo.link(1, 999).unwrap_err();
+            assert!(matches!(missing, Error::ForeignKeyViolation { .. }), "{missing:?}");
+            let taken = repo.insert_user_location(&UserLocation { location_id: 3, user_id: 6873 }).unwrap_err();
+            assert!(matches!(taken, Error::UniqueViolation { .. }), "{taken:?}");
+            let no_referrer = repo.set_referrer(1, Some(424_242)).unwrap_err();
+            assert!(matches!(no_referrer, Error::ForeignKeyViolation { .. }), "{no_referrer:?}");
+            assert!(repo.link(1, 1)?);
+            repo.set_referrer(1, Some(1824))?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let mut session = db.session().unwrap();
+        let mut repo = session.repo();
+        assert_eq!(repo.count_user_locations(1).unwrap(), 1);
+        assert_eq!(repo.user(1).unwrap().referrer_id, Some(1824));
+    }
+
     fn location_counts_by_user_named_rows(backend: Backend) {
         let test = TestDb::new(backend);
         let db = test.seeded();

@@ -237,25 +237,27 @@ impl Repo<'_> {
         self.name_reference(replaced, || References::links(&links))
     }
 
-    /// Runs `write`, a write of user `user_id`'s links, after locking the user's row: on
-    /// PostgreSQL in a transaction (a savepoint inside an open one) that takes the row lock first
-    /// ([`lock_user`](Repo::lock_user)), so every write of one user's links takes its locks in
-    /// the same order and none can deadlock another (a link's foreign-key check would otherwise
-    /// take the row's lock after the link's, and a replacement takes them the other way round).
-    /// With no such user, `write` runs unlocked and reports what is missing as the database
-    /// does. On SQLite `write` runs as it is: its statements hold the database's write lock.
+    /// Runs `write`, a write of user `user_id`'s links, in a transaction (a savepoint inside an
+    /// open one) that on PostgreSQL first locks the user's row ([`lock_user`](Repo::lock_user)):
+    /// so every write of one user's links takes its locks in the same order and none can
+    /// deadlock another (a link's foreign-key check would otherwise take the row's lock after the
+    /// link's, and a replacement takes them the other way round). With no such user, `write`
+    /// runs unlocked and reports what is missing as the database does. On SQLite the
+    /// transaction's write lock serializes the writes already.
+    ///
+    /// Like [`replace_user_locations`](Repo::replace_user_locations), a write that fails inside
+    /// an open transaction rolls back its savepoint only, on both backends.
     fn write_links<T>(
         &mut self,
         user_id: i64,
         write: impl FnOnce(&mut Repo<'_>) -> Result<T>,
     ) -> Result<T> {
-        match self.backend() {
-            Backend::Postgres => self.transaction(|repo| {
+        self.transaction(|repo| {
+            if matches!(repo.backend(), Backend::Postgres) {
                 repo.lock_user(user_id)?;
-                write(repo)
-            }),
-            Backend::Sqlite => write(self),
-        }
+            }
+            write(repo)
+        })
     }
 
     /// Locks user `user_id`'s row until the transaction ends (`FOR NO KEY UPDATE` on
