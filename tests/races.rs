@@ -1,6 +1,6 @@
 //! Races between writers, provoked with real threads and repeated on PostgreSQL and SQLite:
-//! writes of one user's links (`link`, `unlink`, `replace_user_locations`) never deadlock one
-//! another and leave a link set some serial order of the calls produces; concurrent referral
+//! writes of one user's links (`link`, `unlink`, `replace_user_locations`, `import_links`) never
+//! deadlock one another and leave a link set some serial order of the calls produces; concurrent referral
 //! changes, and bulk imports racing them, never store a referral cycle.
 
 mod common;
@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Barrier;
 use std::time::Duration;
 
-use userbase::models::{NewLocation, NewUser};
+use userbase::models::{NewLocation, NewUser, UserLocation};
 use userbase::{Backend, Database, Error, RetryPolicy, UpsertOptions};
 
 use common::{eventually, Flag, TestDb};
@@ -29,6 +29,8 @@ enum LinkCall {
     Link(i32),
     Unlink(i32),
     Replace(Vec<i32>),
+    /// `import_links` of these locations.
+    Import(Vec<i32>),
 }
 
 impl LinkCall {
@@ -38,6 +40,7 @@ impl LinkCall {
             LinkCall::Link(at) => (*at == l).then_some(true),
             LinkCall::Unlink(at) => (*at == l).then_some(false),
             LinkCall::Replace(set) => Some(set.contains(&l)),
+            LinkCall::Import(set) => set.contains(&l).then_some(true),
         }
     }
 
@@ -120,19 +123,18 @@ fn link_round(db: &Database, round: u64) -> (Vec<Vec<LinkCall>>, Vec<String>) {
                     for _ in 0..CALLS_PER_THREAD {
                         let r = next(&mut seed);
                         let location = ((r >> 8) % LOCATIONS as u64) as i32 + 1;
-                        let call = match r % 3 {
+                        // A random subset, in a random order.
+                        let bits = next(&mut seed);
+                        let mut ids: Vec<i32> =
+                            (1..=LOCATIONS).filter(|i| bits >> i & 1 == 1).collect();
+                        if bits & 1 == 1 {
+                            ids.reverse();
+                        }
+                        let call = match r % 4 {
                             0 => LinkCall::Link(location),
                             1 => LinkCall::Unlink(location),
-                            _ => {
-                                // A random subset, in a random order.
-                                let bits = next(&mut seed);
-                                let mut ids: Vec<i32> =
-                                    (1..=LOCATIONS).filter(|i| bits >> i & 1 == 1).collect();
-                                if bits & 1 == 1 {
-                                    ids.reverse();
-                                }
-                                LinkCall::Replace(ids)
-                            }
+                            2 => LinkCall::Replace(ids),
+                            _ => LinkCall::Import(ids),
                         };
                         let mut session = db.session().unwrap();
                         let mut repo = session.repo();
@@ -140,6 +142,16 @@ fn link_round(db: &Database, round: u64) -> (Vec<Vec<LinkCall>>, Vec<String>) {
                             LinkCall::Link(l) => repo.link(BUSY_USER, *l).map(drop),
                             LinkCall::Unlink(l) => repo.unlink(BUSY_USER, *l).map(drop),
                             LinkCall::Replace(ids) => repo.replace_user_locations(BUSY_USER, ids),
+                            LinkCall::Import(ids) => {
+                                let links: Vec<UserLocation> = ids
+                                    .iter()
+                                    .map(|&location_id| UserLocation {
+                                        location_id,
+                                        user_id: BUSY_USER,
+                                    })
+                                    .collect();
+                                repo.import_links(&links).map(drop)
+                            }
                         };
                         if let Err(error) = result {
                             errors.push(format!("{call:?}: {error:?}"));

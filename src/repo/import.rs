@@ -117,6 +117,8 @@ impl Repo<'_> {
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
         let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
         let imported = self.transaction(|repo| {
+            // Serialized with other writes of these users' links (see `Repo::lock_link_users`).
+            repo.lock_link_users(links)?;
             repo.run(|c| match c {
                 AnyConnection::Pg(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
                     diesel::insert_into(userlocations::table)
