@@ -5,7 +5,10 @@
 //! that the new referrer's chain does not lead back to the user, rolling the write back when it
 //! does. The lock serializes referral changes, so two of them (A refers B, B refers A) cannot each
 //! pass a check that does not see the other; checking after the write means the check reads every
-//! referral committed before the write, including those of users inserted meanwhile.
+//! referral committed before the write, including those of users inserted meanwhile. In a
+//! transaction whose snapshot may predate the lock (PostgreSQL's `REPEATABLE READ` and
+//! `SERIALIZABLE`), the check locks the chain's rows instead, which fails (retryably) on any row
+//! changed since the snapshot.
 
 use std::collections::HashSet;
 
@@ -37,7 +40,7 @@ pub(super) enum Reads {
 
 /// The isolation level the lock statement reports (its `locked` column, `void`, is not read).
 #[derive(QueryableByName)]
-struct Isolation {
+struct IsolationRow {
     #[diesel(sql_type = Text)]
     isolation: String,
 }
@@ -116,7 +119,7 @@ impl Repo<'_> {
     /// On PostgreSQL it is the transaction-scoped advisory lock `pg_advisory_xact_lock` with key
     /// 8463219666979219059 (the bytes of `"userrefs"`; an application taking advisory locks of
     /// its own should keep clear of it). On SQLite it takes nothing: a transaction that writes
-    /// holds the database's write lock until it ends (this crate's begin `IMMEDIATE`), and a
+    /// holds the database's write lock until it ends (this crate's transactions begin `IMMEDIATE`), and a
     /// referral change writes before it checks.
     ///
     /// Call it inside a transaction: outside one, PostgreSQL releases the lock at once.
@@ -127,11 +130,11 @@ impl Repo<'_> {
         )
         .bind::<BigInt, _>(REFERRAL_LOCK_KEY);
         let isolation = self.run(|c| match c {
-            AnyConnection::Pg(c) => lock.get_result::<Isolation>(c).map(Some),
+            AnyConnection::Pg(c) => lock.get_result::<IsolationRow>(c).map(Some),
             AnyConnection::Sqlite(_) => Ok(None),
         })?;
         Ok(match isolation {
-            Some(Isolation { isolation })
+            Some(IsolationRow { isolation })
                 if isolation == "repeatable read" || isolation == "serializable" =>
             {
                 Reads::Snapshot
