@@ -10,7 +10,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use userbase::models::{NewLocation, NewUser, UserLocation};
-use userbase::{Backend, Database, Error, RetryPolicy, UpsertOptions};
+use userbase::{Backend, Database, Error, Repo, RetryPolicy, UpsertOptions};
 
 use common::{eventually, Flag, TestDb};
 
@@ -106,8 +106,28 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// Makes `call` on the busy user's links.
+fn apply(repo: &mut Repo<'_>, call: &LinkCall) -> Result<(), Error> {
+    match call {
+        LinkCall::Link(l) => repo.link(BUSY_USER, *l).map(drop),
+        LinkCall::Unlink(l) => repo.unlink(BUSY_USER, *l).map(drop),
+        LinkCall::Replace(ids) => repo.replace_user_locations(BUSY_USER, ids),
+        LinkCall::Import(ids) => {
+            let links: Vec<UserLocation> = ids
+                .iter()
+                .map(|&location_id| UserLocation {
+                    location_id,
+                    user_id: BUSY_USER,
+                })
+                .collect();
+            repo.import_links(&links).map(drop)
+        }
+    }
+}
+
 /// One round: `THREADS` threads, started together, each making `CALLS_PER_THREAD` random calls
-/// (a session each). Returns each thread's calls and every error met.
+/// (a session each; half of the threads two calls in each transaction). Returns each thread's
+/// calls and every error met.
 fn link_round(db: &Database, round: u64) -> (Vec<Vec<LinkCall>>, Vec<String>) {
     let start = Barrier::new(THREADS as usize);
     let per_thread: Vec<(Vec<LinkCall>, Vec<String>)> = std::thread::scope(|scope| {
@@ -136,27 +156,24 @@ fn link_round(db: &Database, round: u64) -> (Vec<Vec<LinkCall>>, Vec<String>) {
                             2 => LinkCall::Replace(ids),
                             _ => LinkCall::Import(ids),
                         };
-                        let mut session = db.session().unwrap();
-                        let mut repo = session.repo();
-                        let result = match &call {
-                            LinkCall::Link(l) => repo.link(BUSY_USER, *l).map(drop),
-                            LinkCall::Unlink(l) => repo.unlink(BUSY_USER, *l).map(drop),
-                            LinkCall::Replace(ids) => repo.replace_user_locations(BUSY_USER, ids),
-                            LinkCall::Import(ids) => {
-                                let links: Vec<UserLocation> = ids
-                                    .iter()
-                                    .map(|&location_id| UserLocation {
-                                        location_id,
-                                        user_id: BUSY_USER,
-                                    })
-                                    .collect();
-                                repo.import_links(&links).map(drop)
-                            }
+                        calls.push(call);
+                        // Even threads make each call on its own; odd ones make two calls in
+                        // each transaction (where link writes take the user's lock first).
+                        let result = if thread % 2 == 0 {
+                            apply(&mut db.session().unwrap().repo(), &calls[calls.len() - 1])
+                        } else if calls.len() % 2 == 0 {
+                            let pair = &calls[calls.len() - 2..];
+                            db.transaction(|repo| {
+                                apply(repo, &pair[0])?;
+                                apply(repo, &pair[1])
+                            })
+                        } else {
+                            continue;
                         };
                         if let Err(error) = result {
-                            errors.push(format!("{call:?}: {error:?}"));
+                            let made = if thread % 2 == 0 { 1 } else { 2 };
+                            errors.push(format!("{:?}: {error:?}", &calls[calls.len() - made..]));
                         }
-                        calls.push(call);
                     }
                     (calls, errors)
                 })

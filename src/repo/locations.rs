@@ -1,5 +1,6 @@
 //! Locations, and the links between users and locations.
 
+use diesel::connection::TransactionManager;
 use diesel::prelude::*;
 
 use super::dispatch::dispatch;
@@ -102,9 +103,11 @@ impl Repo<'_> {
     /// Links user `user_id` to location `location_id`. Linking twice is not an error: returns
     /// whether a new link was made.
     ///
-    /// Like every write of a user's links, it first locks the user's row (see
-    /// [`replace_user_locations`](Repo::replace_user_locations)), so it never deadlocks with
-    /// another one.
+    /// Never deadlocks with another write of the user's links: on its own it is one statement
+    /// that holds no lock another such write waits for; inside a transaction it runs in a
+    /// savepoint that first locks the user's row, as
+    /// [`replace_user_locations`](Repo::replace_user_locations) does. When it fails inside a
+    /// transaction, only its savepoint is rolled back.
     ///
     /// # Errors
     ///
@@ -125,8 +128,8 @@ impl Repo<'_> {
         Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
     }
 
-    /// Inserts a link, failing if it exists. Locks the user's row first, as
-    /// [`link`](Repo::link) does.
+    /// Inserts a link, failing if it exists. Never deadlocks with another write of the user's
+    /// links, as [`link`](Repo::link).
     ///
     /// # Errors
     ///
@@ -145,7 +148,8 @@ impl Repo<'_> {
     }
 
     /// Removes the link between user `user_id` and location `location_id`; returns whether
-    /// there was one. Locks the user's row first, as [`link`](Repo::link) does.
+    /// there was one. Never deadlocks with another write of the user's links, as
+    /// [`link`](Repo::link).
     ///
     /// # Errors
     ///
@@ -164,14 +168,15 @@ impl Repo<'_> {
     /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
     /// (a savepoint inside an open one): links not in the set go, missing ones are made.
     ///
-    /// Atomic, and deadlock-free against concurrent writes of the user's links: like
-    /// [`link`](Repo::link), [`unlink`](Repo::unlink) and
-    /// [`insert_user_location`](Repo::insert_user_location), it first locks the user's row
-    /// (`SELECT … FOR NO KEY UPDATE` on PostgreSQL, which foreign-key checks, taking `FOR KEY
-    /// SHARE`, do not wait for; SQLite's transactions hold the write lock), so the writes of one
-    /// user's links run one after another, each taking its locks in the same order. It touches
-    /// links in location-id order. Any number of ids works: deletes and inserts are chunked
-    /// under the bind limit.
+    /// Atomic, and deadlock-free against concurrent writes of the user's links: it first locks
+    /// the user's row (`SELECT … FOR NO KEY UPDATE` on PostgreSQL, which foreign-key checks,
+    /// taking `FOR KEY SHARE`, do not wait for; SQLite's transactions hold the write lock), as
+    /// every transaction writing the user's links does ([`link`](Repo::link),
+    /// [`unlink`](Repo::unlink), [`insert_user_location`](Repo::insert_user_location) inside a
+    /// transaction, [`import_links`](Repo::import_links)), so those run one after another. It
+    /// touches links in location-id order; a link made meanwhile by a `link` outside a
+    /// transaction stays. Any number of ids works: deletes and inserts are chunked under the
+    /// bind limit.
     ///
     /// # Errors
     ///
@@ -218,12 +223,21 @@ impl Repo<'_> {
                 })?;
             }
             let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
-            repo.run(|c| {
-                dispatch!(c => insert_chunks(c, &made, per_chunk, |c, chunk| {
+            repo.run(|c| match c {
+                // A link made meanwhile by a call outside a transaction (which takes no lock) is
+                // kept, as if that call came just after this one.
+                AnyConnection::Pg(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
+                    diesel::insert_into(userlocations::table)
+                        .values(chunk)
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                }),
+                // SQLite's write lock keeps every other writer out since the read.
+                AnyConnection::Sqlite(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
                     diesel::insert_into(userlocations::table)
                         .values(chunk)
                         .execute(c)
-                }))
+                }),
             })?;
             Ok(())
         });
@@ -237,27 +251,44 @@ impl Repo<'_> {
         self.name_reference(replaced, || References::links(&links))
     }
 
-    /// Runs `write`, a write of user `user_id`'s links, in a transaction (a savepoint inside an
-    /// open one) that on PostgreSQL first locks the user's row ([`lock_user`](Repo::lock_user)):
-    /// so every write of one user's links takes its locks in the same order and none can
-    /// deadlock another (a link's foreign-key check would otherwise take the row's lock after the
-    /// link's, and a replacement takes them the other way round). With no such user, `write`
-    /// runs unlocked and reports what is missing as the database does. On SQLite the
-    /// transaction's write lock serializes the writes already.
+    /// Runs `write`, a write of one link of user `user_id` (one statement), so that it never
+    /// deadlocks with another write of the user's links.
     ///
-    /// Like [`replace_user_locations`](Repo::replace_user_locations), a write that fails inside
-    /// an open transaction rolls back its savepoint only, on both backends.
+    /// Outside a transaction the statement runs on its own: it waits for at most one lock while
+    /// holding none that another writer of the user's links waits for (its foreign-key check
+    /// takes `FOR KEY SHARE` on the user's row, which the `FOR NO KEY UPDATE` of
+    /// [`lock_user`](Repo::lock_user) does not block), so it cannot close a cycle of waits.
+    ///
+    /// Inside a transaction, whose earlier and later statements may hold and wait for other
+    /// locks, it runs in a savepoint that on PostgreSQL first locks the user's row, as
+    /// [`replace_user_locations`](Repo::replace_user_locations) does: every transaction writing
+    /// the user's links then takes that lock first. With no such user, `write` runs unlocked and
+    /// reports what is missing as the database does. A write that fails rolls back its
+    /// savepoint only, as a failed `replace_user_locations` does, on both backends. On SQLite
+    /// the transaction's write lock serializes the writes already.
     fn write_links<T>(
         &mut self,
         user_id: i64,
         write: impl FnOnce(&mut Repo<'_>) -> Result<T>,
     ) -> Result<T> {
+        if !self.in_transaction()? {
+            return write(self);
+        }
         self.transaction(|repo| {
             if matches!(repo.backend(), Backend::Postgres) {
                 repo.lock_user(user_id)?;
             }
             write(repo)
         })
+    }
+
+    /// Whether a transaction is open on the connection.
+    fn in_transaction(&mut self) -> Result<bool> {
+        let status =
+            <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(
+                self.conn,
+            );
+        Ok(status.transaction_depth()?.is_some())
     }
 
     /// Locks the rows of the users of `links` until the transaction ends, in user-id order (on
