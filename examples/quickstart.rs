@@ -60,25 +60,28 @@ fn run() -> Result<(), Error> {
     }
 
     let ramirez_forge = repo
-        .find_location_by_name(demo::LOCATIONS[0].0)?
+        .find_location_by_name(demo::LOCATIONS[0].name)?
         .ok_or(Error::NotFound)?;
     for user in repo.users_by_location(ramirez_forge.location_id)? {
         println!("{user}");
     }
 
     let user_id = 6873;
-    for (location, username) in repo.user_locations_with_username(user_id)? {
+    for row in repo.user_locations_with_username(user_id)? {
         println!(
             "# Location: {}: {}",
-            location.location_name,
-            username.as_deref().unwrap_or("None")
+            row.location.location_name,
+            row.username.as_deref().unwrap_or("None")
         );
     }
     let total = repo.count_user_locations(user_id)?;
     println!("[User: {user_id}] total number of Locations: {total}");
     println!("===========");
-    for (count, user_id) in repo.location_counts_by_user()? {
-        println!("Total number of Locations: {count} by {user_id}");
+    for row in repo.location_counts_by_user()? {
+        println!(
+            "Total number of Locations: {} by {}",
+            row.quantity, row.user_id
+        );
     }
     println!("===========");
     for row in repo.location_counts_by_user_named()? {

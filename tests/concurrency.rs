@@ -1,6 +1,7 @@
-//! Issue 10, items 2 and 3: deadlocks and serialization failures provoked for real with
-//! concurrent sessions, the retry loop, concurrent `replace_user_locations`, and migrations run by
-//! separate processes — on PostgreSQL and SQLite.
+//! Deadlocks and serialization failures provoked for real with concurrent sessions, the retry
+//! loop, referral changes inside retried transactions, concurrent `replace_user_locations`, and
+//! migrations run by separate processes — on PostgreSQL and SQLite. (Races of plain `Repo` calls:
+//! `tests/races.rs`.)
 
 mod common;
 
@@ -186,7 +187,7 @@ both_backends! {
         }
     }
 
-    fn concurrent_referrals_never_make_a_cycle(backend: Backend) {
+    fn concurrent_referrals_in_retried_transactions_never_make_a_cycle(backend: Backend) {
         let test = TestDb::new(backend);
         let db = test.database();
         two_users(&db);
@@ -265,7 +266,7 @@ both_backends! {
                 .user_locations_with_username(7)
                 .unwrap()
                 .into_iter()
-                .map(|(l, _)| l.location_id)
+                .map(|row| row.location.location_id)
                 .collect();
             assert!(inputs.contains(&stored), "run {run}: {stored:?} is no call's input");
         }
@@ -301,7 +302,7 @@ fn sqlite_stale_snapshot_is_a_serialization_failure() {
     assert_eq!(names(&db), ("A".to_owned(), "Two".to_owned()));
 }
 
-// ---- item 3: migrations from separate processes ------------------------------------------
+// ---- migrations from separate processes ------------------------------------------
 
 const CHILD_DB: &str = "USERBASE_TEST_MIGRATE_DB";
 const CHILD_AT: &str = "USERBASE_TEST_MIGRATE_AT_MS";

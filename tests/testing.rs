@@ -128,12 +128,13 @@ both_backends! {
         let mut repo = session.repo();
         let ids: Vec<i64> = repo.users_raw().unwrap().iter().map(|u| u.user_id).collect();
         assert_eq!(ids, [1, 1169, 1824, 5155, 6873, 9044, 12356]);
-        let mut expected: Vec<i64> = fixtures::DEMO_USERS.iter().map(|u| u.0).collect();
+        let mut expected: Vec<i64> = fixtures::DEMO_USERS.iter().map(|u| u.user_id).collect();
         expected.sort();
         assert_eq!(ids, expected);
         let counts = repo.location_counts_by_user().unwrap();
-        assert_eq!(counts, [(1, 1169), (1, 5155), (2, 6873), (1, 9044)]);
-        assert_eq!(counts.iter().map(|c| c.0).sum::<i64>(), fixtures::DEMO_LINKS.len() as i64);
+        let pairs: Vec<(i64, i64)> = counts.iter().map(|c| (c.quantity, c.user_id)).collect();
+        assert_eq!(pairs, [(1, 1169), (1, 5155), (2, 6873), (1, 9044)]);
+        assert_eq!(counts.iter().map(|c| c.quantity).sum::<i64>(), fixtures::DEMO_LINKS.len() as i64);
         // Loading again changes nothing.
         db.transaction(fixtures::load_demo).unwrap();
         assert_eq!(db.session().unwrap().repo().users_raw().unwrap().len(), 7);

@@ -61,6 +61,8 @@ impl Repo<'_> {
         check_batch_referrals(&users)?;
         let users = &users;
         let imported = self.transaction(|repo| {
+            // Serialized with referral changes (see `Repo::lock_referrals`).
+            repo.lock_referrals_for(users)?;
             let now = repo.database_now()?;
             let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
             let per_chunk = chunk_rows(repo.backend(), USER_COLUMNS);
@@ -115,6 +117,8 @@ impl Repo<'_> {
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
         let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
         let imported = self.transaction(|repo| {
+            // Serialized with other writes of these users' links (see `Repo::lock_link_users`).
+            repo.lock_link_users(links)?;
             repo.run(|c| match c {
                 AnyConnection::Pg(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
                     diesel::insert_into(userlocations::table)
