@@ -164,7 +164,12 @@ impl Database {
             if self.usable(&mut session) {
                 // Behind a pooler sharing server connections, the statement cache goes off.
                 let cache = &self.inner.statement_cache;
-                cache.apply(self.url(), self.config(), session.repo_connection());
+                cache.apply(
+                    self.url(),
+                    self.config(),
+                    session.repo_connection(),
+                    deadline,
+                );
                 self.pool().gate.observer().waited(started.elapsed());
                 return Ok(session);
             }

@@ -2,9 +2,9 @@
 //! behind a pooler that shares server connections between transactions (and does not keep
 //! named prepared statements) switches its statement cache off.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
+use std::time::Instant;
 
 use diesel::connection::CacheSize;
 use diesel::sql_types::{Integer, Nullable, Text};
@@ -123,69 +123,80 @@ const PROBES: usize = 3;
 /// nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
 pub(crate) struct StatementCacheCheck {
-    verdict: Arc<AtomicU8>,
+    /// The verdict (one of the constants above), and where checkouts wait for it.
+    verdict: Arc<(Mutex<u8>, Condvar)>,
 }
 
 impl StatementCacheCheck {
     /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
-    /// `conn`. The first one asks `conn` for its server's port (one query): when it is one of
-    /// the URL's, the cache stays on and every later checkout costs an atomic load. When it is
-    /// not (something in between), a thread of its own decides, on connections of its own (a
-    /// second client connection compares server backends; when they are shared, one transaction
-    /// sees whether a named statement keeps its name), so the checkout stays within
-    /// `pool_timeout`; connections checked out until it has decided run with the cache off,
-    /// which is always safe. Nothing with the cache off in `config`, and nothing on SQLite.
-    pub(crate) fn apply(&self, url: &DbUrl, config: &PoolConfig, conn: &mut AnyConnection) {
+    /// `conn`; `deadline` is the checkout's. The first one asks `conn` for its server's port (one
+    /// query): when it is one of the URL's, the cache stays on and every later checkout costs a
+    /// lock and a load. When it is not (something in between), a thread of its own decides, on
+    /// connections of its own (a second client connection compares server backends; when they
+    /// are shared, one transaction sees whether a named statement keeps its name), while this
+    /// pool's checkouts wait for the verdict (so their own load does not blur the probe), each
+    /// until its deadline at the latest: one that has to go on undecided runs with the cache
+    /// off, which is always safe. Nothing with the cache off in `config`, nothing on SQLite.
+    pub(crate) fn apply(
+        &self,
+        url: &DbUrl,
+        config: &PoolConfig,
+        conn: &mut AnyConnection,
+        deadline: Instant,
+    ) {
         if !config.statement_cache {
             return;
         }
         let AnyConnection::Pg(pg) = conn else {
             return;
         };
-        match self.verdict.load(Ordering::Acquire) {
-            KEEP => {}
-            UNDECIDED => match foreign_port(url, pg) {
-                Ok(None) => {
-                    self.settle(KEEP);
-                }
-                Ok(Some(_)) => {
-                    if self.settle(PROBING) {
-                        self.probe_in_background(url);
-                    }
-                    pg.set_prepared_statement_cache_size(CacheSize::Disabled);
-                }
+        let (lock, decided) = &*self.verdict;
+        let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if *verdict == UNDECIDED {
+            *verdict = match foreign_port(url, pg) {
+                Ok(None) => KEEP,
+                Ok(Some(_)) => self.probe_in_background(url),
                 Err(error) => {
                     tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
-                    self.settle(KEEP);
+                    KEEP
                 }
-            },
-            _ => pg.set_prepared_statement_cache_size(CacheSize::Disabled),
+            };
+        }
+        while *verdict == PROBING {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            verdict = decided
+                .wait_timeout(verdict, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if *verdict != KEEP {
+            pg.set_prepared_statement_cache_size(CacheSize::Disabled);
         }
     }
 
-    /// Moves an undecided check to `verdict`; whether this call did.
-    fn settle(&self, verdict: u8) -> bool {
-        self.verdict
-            .compare_exchange(UNDECIDED, verdict, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Decides on a thread of its own, logging to the caller's subscriber.
-    fn probe_in_background(&self, url: &DbUrl) {
+    /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
+    /// until it has: [`PROBING`], or [`OFF`] when it cannot start.
+    fn probe_in_background(&self, url: &DbUrl) -> u8 {
         let verdict = Arc::clone(&self.verdict);
         let url = url.clone();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let spawned = thread::Builder::new()
             .name("userbase-pooler-probe".to_owned())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
-                    verdict.store(decide(&url), Ordering::Release);
-                });
+                let decision = tracing::dispatcher::with_default(&dispatch, || decide(&url));
+                let (lock, decided) = &*verdict;
+                *lock.lock().unwrap_or_else(PoisonError::into_inner) = decision;
+                decided.notify_all();
             });
-        if let Err(error) = spawned {
-            // Undecided for good: the cache stays off, which is always safe.
-            tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache stays off for this pool");
-            self.verdict.store(OFF, Ordering::Release);
+        match spawned {
+            Ok(_) => PROBING,
+            Err(error) => {
+                tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache is off for this pool");
+                OFF
+            }
         }
     }
 }
