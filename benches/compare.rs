@@ -626,10 +626,19 @@ fn bulk(bench: &Bench, server: &DbUrl) {
                     n
                 )
             }));
-            psql_copy.push(timed(&mut || psql(&url, &["-c", &format!(
-                "\\copy users (user_id, username, full_name, language, active, logged_as, referrer_id, created_at) FROM '{}' WITH (FORMAT csv)",
-                csv.display()
-            )])));
+            psql_copy.push(timed(&mut || {
+                psql(
+                    &url,
+                    &[
+                        "-c",
+                        &format!(
+                            "\\copy users ({}) FROM '{}' WITH (FORMAT csv)",
+                            userbase::models::user::USER_COLUMNS,
+                            csv.display()
+                        ),
+                    ],
+                )
+            }));
         }
         // Correctness of the last load (psql's) is psql's; check ours once more.
         truncate();
