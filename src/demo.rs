@@ -169,7 +169,7 @@ fn location_created_at(index: usize) -> NaiveDateTime {
 /// # Errors
 ///
 /// Any database error; a location name taken by another row is an
-/// [`Error::UniqueViolation`](crate::Error::UniqueViolation).
+/// [`Error::UniqueViolation`].
 pub fn load(repo: &mut Repo<'_>) -> Result<()> {
     for demo in USERS {
         if repo.find_user(demo.user_id)?.is_none() {
