@@ -10,14 +10,18 @@
 //! - `referrals`: who referred whom, with cycle checks;
 //! - `locations`: locations and the links between users and locations;
 //! - `import`: bulk loads in chunks under the bind limit (and PostgreSQL's `COPY`);
-//! - `pages`: large reads, keyset pages and streaming.
+//! - `pages`: large reads, keyset pages and streaming;
+//! - `stream`: streaming imports from any iterator, in batches;
+//! - `export`: streaming exports as CSV or rows.
 
 mod dispatch;
+mod export;
 mod import;
 mod locations;
 mod pages;
 mod referrals;
 mod reports;
+mod stream;
 mod support;
 mod users;
 
