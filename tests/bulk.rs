@@ -194,6 +194,28 @@ both_backends! {
         }
     }
 
+    fn referral_cycle_among_many_pending_referrals_is_refused(backend: Backend) {
+        let test = TestDb::new(backend);
+        let db = test.database();
+        let mut session = db.session().unwrap();
+        let mut repo = session.repo();
+        // Users 1..=5 refer to 10..=14 (the next batch); 14 refers to 5: 5 -> 14 -> 5.
+        let first = (1..=5).map(|id| UserRecord { referrer_id: Some(id + 9), ..record(id, "Early") });
+        let second = (10..=14).map(|id| UserRecord { referrer_id: (id == 14).then_some(5), ..record(id, "Late") });
+        let rows: Vec<_> = first.chain(second).collect();
+        let error = repo
+            .import_users_from(rows.clone().into_iter().map(Ok::<_, std::io::Error>), ImportOptions::default().batch_size(5))
+            .unwrap_err();
+        assert!(matches!(error.database(), Some(Error::ReferralCycle { user_id: 5, referrer_id: 14 })), "{error:?}");
+        assert_eq!(count(&mut repo, "users"), 0);
+        // Without the closing referral, all ten go in with their referrers.
+        let mut rows = rows;
+        rows[9] = record(14, "Late");
+        repo.import_users_from(rows.into_iter().map(Ok::<_, std::io::Error>), ImportOptions::default().batch_size(5)).unwrap();
+        let referrers: Vec<_> = repo.users().unwrap().iter().map(|u| u.referrer_id).collect();
+        assert_eq!(referrers, [Some(10), Some(11), Some(12), Some(13), Some(14), None, None, None, None, None]);
+    }
+
     fn forward_referrals_across_batches_are_set_and_missing_ones_refused(backend: Backend) {
         let test = TestDb::new(backend);
         let db = test.database();

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt};
 
 use super::dispatch::dispatch;
 use super::import::{check_batch_referrals, ImportMethod};
@@ -12,6 +13,8 @@ use super::Repo;
 use crate::bulk::{
     AsNewLocation, AsNewUser, Commit, ImportCause, ImportError, ImportOptions, Imported, Reporter,
 };
+use crate::config::Backend;
+use crate::connection::AnyConnection;
 use crate::error::Error;
 use crate::models::{NewUser, UserLocation};
 use crate::schema::users;
@@ -78,6 +81,16 @@ fn fill<R, E>(
         }
     }
     Ok(())
+}
+
+/// Referrals a PostgreSQL `UPDATE` of [`Repo::apply_referrals`] sets.
+const REFERRALS_PER_UPDATE: usize = 10_000;
+
+/// A `… AS start` row of raw SQL.
+#[derive(QueryableByName)]
+struct StartRow {
+    #[diesel(sql_type = BigInt)]
+    start: i64,
 }
 
 /// Referrals of imported users whose referrer was not stored yet when their batch was written:
@@ -164,18 +177,14 @@ impl Repo<'_> {
                 .into_iter()
                 .partition(|(_, referrer_id)| ids.contains(referrer_id));
             pending.referrals = waiting;
-            for (user_id, referrer_id) in ready {
-                repo.set_referrer(user_id, Some(referrer_id))?;
-            }
+            repo.apply_referrals(&ready)?;
             Ok(written)
         };
         // Referrers still missing at the end: setting them fails the import with the
         // foreign-key error naming the first.
         let finish = |repo: &mut Repo<'_>, pending: &mut Pending| {
-            for (user_id, referrer_id) in std::mem::take(&mut pending.referrals) {
-                repo.set_referrer(user_id, Some(referrer_id))?;
-            }
-            Ok(())
+            let referrals = std::mem::take(&mut pending.referrals);
+            Ok(repo.apply_referrals(&referrals)?)
         };
         self.stream(rows, options, Pending::default(), write, finish)
     }
@@ -314,6 +323,60 @@ impl Repo<'_> {
             }
             Err(failure) => Err(failure.into_error(counts.committed)),
         }
+    }
+
+    /// Sets the referrer of each `(user_id, referrer_id)` of `referrals` (users written by this
+    /// import), refusing one that closes a referral cycle.
+    ///
+    /// SQLite: one [`set_referrer`](Repo::set_referrer) each. PostgreSQL: one `UPDATE … FROM
+    /// unnest(…)` a chunk, then one recursive walk up the chains of the updated users; as the
+    /// stored referrals had no cycle, a cycle now passes through an updated user, and the walk
+    /// from that user comes back to it.
+    fn apply_referrals(&mut self, referrals: &[(i64, i64)]) -> Result<(), Error> {
+        if self.backend() == Backend::Sqlite || referrals.len() < 4 {
+            for &(user_id, referrer_id) in referrals {
+                self.set_referrer(user_id, Some(referrer_id))?;
+            }
+            return Ok(());
+        }
+        for chunk in referrals.chunks(REFERRALS_PER_UPDATE) {
+            let (ids, referrers): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
+            let update = diesel::sql_query(
+                "UPDATE users SET referrer_id = v.referrer_id \
+                 FROM unnest($1, $2) AS v(user_id, referrer_id) WHERE users.user_id = v.user_id",
+            )
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<BigInt>, _>(&referrers);
+            // SQLite took the branch above.
+            self.run(|c| match c {
+                AnyConnection::Pg(c) => update.execute(c),
+                AnyConnection::Sqlite(_) => Ok(0),
+            })?;
+            let walk = diesel::sql_query(
+                "WITH RECURSIVE walk(start, id) AS ( \
+                     SELECT user_id, referrer_id FROM users WHERE user_id = ANY($1) \
+                     UNION \
+                     SELECT w.start, u.referrer_id FROM walk w JOIN users u ON u.user_id = w.id \
+                     WHERE u.referrer_id IS NOT NULL AND w.id <> w.start) \
+                 SELECT start FROM walk WHERE id = start ORDER BY start LIMIT 1",
+            )
+            .bind::<Array<BigInt>, _>(&ids);
+            let cycle: Option<StartRow> = self.run(|c| match c {
+                AnyConnection::Pg(c) => walk.get_result(c).optional(),
+                AnyConnection::Sqlite(_) => Ok(None),
+            })?;
+            if let Some(StartRow { start }) = cycle {
+                let referrer_id = chunk
+                    .iter()
+                    .find(|(user_id, _)| *user_id == start)
+                    .map_or(start, |&(_, referrer_id)| referrer_id);
+                return Err(Error::ReferralCycle {
+                    user_id: start,
+                    referrer_id,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Clears the referrer of each of `users` whose referrer is neither among them (`ids`) nor
