@@ -345,3 +345,41 @@ both_backends! {
         assert_eq!(count(&mut repo, "users"), 2);
     }
 }
+
+/// A `COPY … TO STDOUT` the server cancels (statement timeout) fails the export instead of
+/// reporting a short file as complete, and leaves the connection usable.
+#[test]
+fn postgres_export_cancelled_by_the_server_fails() {
+    use diesel::connection::SimpleConnection;
+
+    let test = TestDb::new(userbase::Backend::Postgres);
+    let db = test.database();
+    let mut session = db.session().unwrap();
+    session
+        .repo()
+        .import_users_from(users(200_000), ImportOptions::default())
+        .unwrap();
+    session
+        .connection()
+        .batch_execute("SET statement_timeout = 1")
+        .unwrap();
+    let mut out = Vec::new();
+    let result = session
+        .repo()
+        .export_users(&mut out, ExportOptions::default());
+    assert!(
+        matches!(result, Err(bulk::ExportError::Database(_))),
+        "{result:?} after {} bytes",
+        out.len()
+    );
+    session
+        .connection()
+        .batch_execute("SET statement_timeout = 0")
+        .unwrap();
+    let mut out = Vec::new();
+    let exported = session
+        .repo()
+        .export_users(&mut out, ExportOptions::default())
+        .unwrap();
+    assert_eq!(exported.rows, 200_000);
+}

@@ -14,6 +14,8 @@
 //!   SQLite a keyset walk) that the imports read back exactly; `each_user`, `each_location` and
 //!   `each_link` hand out rows instead.
 //! - Progress: every one of them reports to an optional [`Progress`] callback at a bounded rate.
+//!   (A slice imports with progress through the streaming methods:
+//!   `repo.import_users_from(users.iter().map(Ok::<_, Infallible>), options)`.)
 //! - CSV reading (feature `csv`): `bulk::csv` turns CSV files into rows for the imports, with line
 //!   and column in its errors.
 //!
@@ -150,8 +152,9 @@ impl fmt::Debug for ImportOptions<'_> {
 
 impl<'p> ImportOptions<'p> {
     /// Rows a batch holds: from 1 to [`MAX_BATCH_SIZE`] (values outside are clamped);
-    /// default [`DEFAULT_BATCH_SIZE`]. Memory grows with it; so does the speed, up to about
-    /// 10 000 rows.
+    /// default [`DEFAULT_BATCH_SIZE`]. Memory grows with it (a batch and its rows are held
+    /// while it is written); each batch costs a few round trips more, so small batches are
+    /// slower.
     pub fn batch_size(self, rows: usize) -> Self {
         ImportOptions {
             batch_size: rows.clamp(1, MAX_BATCH_SIZE),
