@@ -58,8 +58,12 @@ mod stage {
 const CREATE_LINKS_STAGE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS userbase_links_stage \
      (location_id INTEGER NOT NULL, user_id BIGINT NOT NULL) ON COMMIT DROP";
 
+/// In primary-key order: `ON CONFLICT` probes the key before each insert, and rows in key
+/// order keep its probes and inserts on the same index pages (a third faster than input order
+/// for links ordered by user).
 const INSERT_STAGED_LINKS: &str = "INSERT INTO userlocations (location_id, user_id) \
-     SELECT location_id, user_id FROM userbase_links_stage ON CONFLICT DO NOTHING";
+     SELECT location_id, user_id FROM userbase_links_stage ORDER BY location_id, user_id \
+     ON CONFLICT DO NOTHING";
 
 const CREATE_LOCATIONS_STAGE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS \
      userbase_locations_stage (ord BIGINT NOT NULL, location_id INTEGER, \
@@ -337,7 +341,9 @@ impl Repo<'_> {
         let written = self.run(|c| match c {
             AnyConnection::Pg(c) => {
                 diesel::sql_query(CREATE_LINKS_STAGE).execute(c)?;
-                let staged: Vec<LinkStageRow> = links.iter().map(LinkStageRow::from).collect();
+                // Sorted here already, the sort of the `INSERT` finds them in order.
+                let mut staged: Vec<LinkStageRow> = links.iter().map(LinkStageRow::from).collect();
+                staged.sort_unstable_by_key(|l| (l.location_id, l.user_id));
                 diesel::copy_from(stage::userbase_links_stage::table)
                     .from_insertable(&staged)
                     .execute(c)?;

@@ -112,7 +112,8 @@ impl Repo<'_> {
     /// written. A user may be referred by a user of any batch, earlier or later, as in one
     /// slice: a user whose referrer is not stored yet is written without it, and gets it as
     /// soon as the referrer's batch is written (with the cycle check of
-    /// [`set_referrer`](Repo::set_referrer)); a referrer that never comes fails the import.
+    /// [`set_referrer`](Repo::set_referrer), on PostgreSQL for all the batch's referrals in
+    /// one walk); a referrer that never comes fails the import.
     /// Those pending referrals are the one part of the memory that grows with the input (16
     /// bytes each).
     ///
