@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench compare` against the PostgreSQL named by `BENCH_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`): creates a scratch database, runs the
-//! migrations, loads `../shared/bench/dataset.sql` (or `BENCH_DATASET`) with `psql -v users=…
+//! migrations, loads `benches/data/dataset.sql` (or `BENCH_DATASET`) with `psql -v users=…
 //! -v locations=…`, then measures every Repo operation through userbase and through
 //! `pgbench -M prepared -n` running the very SQL userbase sent (captured with `echo`), bulk loads
 //! against `psql \copy`, and 16 threads on a 5 + 10 pool against `pgbench -c 15 -j 2`.
@@ -195,7 +195,7 @@ fn main() {
     )
     .expect("BENCH_DATABASE_URL");
     let dataset = std::env::var("BENCH_DATASET").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/dataset.sql").to_owned()
+        concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/dataset.sql").to_owned()
     });
     let name = format!("userbase_bench_{}", std::process::id());
     let mut admin = PgConnection::establish(&server.render(Secrets::Shown)).expect("connect");

@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench compare_sqlite` (add `--features bundled` for the bundled SQLite): makes a
 //! scratch SQLite file, runs the migrations, loads the benchmark dataset (the SQLite twin of
-//! `../shared/bench/dataset.sql`, `ANALYZE` included), then measures each operation of the
+//! `benches/data/dataset.sql`, `ANALYZE` included), then measures each operation of the
 //! SQLAlchemy tutorial's reports, the upsert and `import_users` through userbase (one held
 //! session) and through rusqlite (one held connection, the same pragmas, `prepare_cached` on the
 //! very SQL text userbase sent, captured with `DB_ECHO`), in pairs, run after run. rusqlite reads
@@ -52,7 +52,7 @@ fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The dataset of `../shared/bench/dataset.sql` in SQLite's dialect.
+/// The dataset of `benches/data/dataset.sql` in SQLite's dialect.
 fn dataset(users: i64, locations: i64, analyze: bool) -> String {
     let mut sql = format!(
         "BEGIN;

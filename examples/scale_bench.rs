@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use userbase::config::ReplicaConfig;
-use userbase::testing::{fixtures, PrimaryStandby};
 use userbase::{Database, PoolConfig, Settings};
+use userbase_testing::{fixtures, PrimaryStandby};
 
 fn reads_per_second(db: &Database, threads: usize, for_how_long: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         replicated.read(|repo| repo.find_user(1)).unwrap();
     });
     // Our own write recorded once: every later read is covered by the cached replay position.
-    replicated.transaction(|repo| repo.find_user(1).map(drop))?;
+    replicated.transaction(|repo| repo.set_referrer(1, None).map(drop))?;
     pair.wait_for_replay(Duration::from_secs(30))?;
     let covered = mean_us(n, || {
         replicated.read(|repo| repo.find_user(1)).unwrap();
@@ -97,15 +97,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .transaction(|repo| repo.find_user(1).map(drop))
             .unwrap();
     });
-    let tx_recorded = mean_us(500, || {
+    // With replicas a transaction is asked whether it wrote (one round trip before the commit);
+    // one that wrote records its WAL position (one more after it).
+    let tx_read_only = mean_us(500, || {
         replicated
             .transaction(|repo| repo.find_user(1).map(drop))
+            .unwrap();
+    });
+    let tx_write_primary_only = mean_us(500, || {
+        primary_only
+            .transaction(|repo| repo.set_referrer(1, None).map(drop))
+            .unwrap();
+    });
+    let tx_recorded = mean_us(500, || {
+        replicated
+            .transaction(|repo| repo.set_referrer(1, None).map(drop))
             .unwrap();
     });
     println!("point read, session on the primary: {plain:.0} µs");
     println!("db.read on the replica, no write pending: {read_no_token:.0} µs");
     println!("db.read after own write, covered by the cached replay position: {covered:.0} µs");
     println!("db.read_after(fresh token): check + wait for replay: {checked:.0} µs");
-    println!("transaction without replicas: {tx_primary_only:.0} µs; with the WAL position recorded: {tx_recorded:.0} µs");
+    println!("read-only transaction without replicas: {tx_primary_only:.0} µs; with replicas (asked whether it wrote): {tx_read_only:.0} µs");
+    println!("writing transaction without replicas: {tx_write_primary_only:.0} µs; with replicas (asked, WAL position recorded): {tx_recorded:.0} µs");
     Ok(())
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
 
+/// The underlying error an [`enum@Error`] variant keeps as its `source()`.
+pub type BoxedCause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// `Result` with [`enum@Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -78,13 +81,36 @@ pub enum Error {
         pending: u32,
     },
 
+    /// A checkout waited `pool_timeout` for a connect that had no answer from the server yet (a
+    /// server that accepts the TCP connection and never answers, a network partition): the
+    /// connect opened for it, or one holding the last free slot. The connect goes on in the
+    /// background, bounded by libpq's `connect_timeout`, and serves a later checkout if it
+    /// succeeds. [`Error::PoolTimeout`] is the other way a checkout times out: every slot in use.
+    #[error(
+        "timed out after {} s waiting for a connection: the connect to {url} had no answer yet",
+        timeout.as_secs_f64()
+    )]
+    ConnectTimeout {
+        /// The URL, password hidden.
+        url: String,
+        /// `PoolConfig::pool_timeout` of the pool: how long the checkout waited.
+        timeout: Duration,
+    },
+
     /// A connection could not be opened: refused, bad password, unknown database, bad file.
+    ///
+    /// `source()` is the driver's error (Diesel's `ConnectionError`), or the I/O error when the
+    /// connect could not even start; `message` is its text, kept in the `Display` so that a log
+    /// line printing only the error still says why.
     #[error("could not connect to {url}: {message}")]
     Connect {
         /// The URL, password hidden.
         url: String,
         /// The server's (or SQLite's) own message.
         message: String,
+        /// The driver's error.
+        #[source]
+        source: Option<BoxedCause>,
     },
 
     /// Applying or reverting a migration failed: names the migration; its `source()` is the
@@ -155,7 +181,8 @@ pub enum Error {
     /// A write was refused because the transaction is read-only (PostgreSQL's `25006`, "cannot
     /// execute … in a read-only transaction"): a write through
     /// [`Database::read`](crate::Database::read) or on a replica session, or on a primary that has
-    /// been demoted (see [`crate::replica`]).
+    /// been demoted (see [`crate::replica`]). On SQLite (`SQLITE_READONLY`) also a database file
+    /// that cannot be written (read-only file, directory or mount); the message says so.
     #[error("read-only transaction: {message}")]
     ReadOnly {
         /// The server's message.
@@ -171,6 +198,57 @@ pub enum Error {
         user_id: i64,
         /// How many times the upsert tried.
         attempts: u32,
+    },
+
+    // Deadlines (`PoolConfig::statement_timeout`, `lock_timeout`): the connection stays usable
+    // after either; a transaction in which one fired is rolled back like after any failure.
+    /// A statement ran longer than its `statement_timeout` and was cancelled (PostgreSQL's
+    /// `57014` "canceling statement due to statement timeout"): see
+    /// [`PoolConfig::statement_timeout`](crate::PoolConfig::statement_timeout) and
+    /// [`Repo::with_statement_timeout`](crate::Repo::with_statement_timeout).
+    #[error("statement_timeout fired: {message}")]
+    StatementTimeout {
+        /// The server's message.
+        message: String,
+    },
+
+    /// A statement waited for a lock longer than its `lock_timeout` (PostgreSQL's `55P03`
+    /// "canceling statement due to lock timeout", also raised by `NOWAIT`): see
+    /// [`PoolConfig::lock_timeout`](crate::PoolConfig::lock_timeout). SQLite reports its
+    /// `busy_timeout` running out as [`Error::SerializationFailure`] instead.
+    #[error("lock_timeout fired: {message}")]
+    LockTimeout {
+        /// The server's message.
+        message: String,
+    },
+
+    /// A PostgreSQL migration could not take the locks it needs: its short `lock_timeout` fired
+    /// on every attempt, because other transactions kept holding them (see
+    /// [`Database::run_pending_migrations`](crate::Database::run_pending_migrations)). Nothing
+    /// of this migration was applied; the ones before it were. Running the migrations again
+    /// once the long transactions are gone applies it.
+    #[error(
+        "migration {migration} could not take its locks: lock_timeout ({} ms) fired on each of \
+         {attempts} attempts (another transaction holds a lock on a table it changes)",
+        lock_timeout.as_millis()
+    )]
+    MigrationLockTimeout {
+        /// The migration's name (`2024-06-19-000001_create_users`).
+        migration: String,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The `lock_timeout` of each attempt.
+        lock_timeout: Duration,
+    },
+
+    /// The database has no room left for the write: SQLite's `SQLITE_FULL` (the disk is full,
+    /// or the file reached `max_page_count`), PostgreSQL's `53100` (`No space left on device`).
+    /// The statement was not applied; what was committed before is intact. Free space and run
+    /// it again.
+    #[error("storage full, the write was not applied (committed data is intact): {message}")]
+    StorageFull {
+        /// The backend's message.
+        message: String,
     },
 
     /// Any other error reported by Diesel or the database (its `source()`).
@@ -229,6 +307,16 @@ impl Error {
             Error::Deadlock { .. } | Error::SerializationFailure { .. } => true,
             Error::TransactionAborted { first } => first.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// A connect to `url` failed with `cause`.
+    pub(crate) fn connect(url: &crate::DbUrl, cause: impl Into<BoxedCause>) -> Self {
+        let source = cause.into();
+        Error::Connect {
+            url: url.to_string(),
+            message: source.to_string().trim().to_owned(),
+            source: Some(source),
         }
     }
 
@@ -293,7 +381,8 @@ impl From<diesel::result::Error> for Error {
                         constraint,
                         message,
                     },
-                    // 23503 (what ON DELETE RESTRICT raises) and 23001 (a deferred RESTRICT) alike.
+                    // PostgreSQL reports ON DELETE RESTRICT and NO ACTION as 23503; 23001
+                    // (restrict_violation, which core PostgreSQL never raises) is taken alike.
                     DatabaseErrorKind::ForeignKeyViolation
                     | DatabaseErrorKind::RestrictViolation => Error::ForeignKeyViolation {
                         constraint,
@@ -316,8 +405,29 @@ impl From<diesel::result::Error> for Error {
                     DatabaseErrorKind::Unknown if info.message().starts_with(DEADLOCK) => {
                         Error::Deadlock { message }
                     }
+                    // 57014 and 55P03: Diesel hides these SQLSTATEs too.
+                    DatabaseErrorKind::Unknown if info.message() == STATEMENT_TIMEOUT => {
+                        Error::StatementTimeout { message }
+                    }
+                    DatabaseErrorKind::Unknown
+                        if info.message() == LOCK_TIMEOUT
+                            || info.message().starts_with(LOCK_NOT_AVAILABLE) =>
+                    {
+                        Error::LockTimeout { message }
+                    }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_READONLY => {
-                        Error::ReadOnly { message }
+                        Error::ReadOnly {
+                            message: format!(
+                                "{message} (SQLite: the session is read-only, or the database \
+                                 file, its -wal/-shm files or their directory cannot be written)"
+                            ),
+                        }
+                    }
+                    DatabaseErrorKind::Unknown
+                        if info.message() == SQLITE_FULL
+                            || info.message().contains(NO_SPACE_LEFT) =>
+                    {
+                        Error::StorageFull { message }
                     }
                     DatabaseErrorKind::Unknown if info.message() == SQLITE_BUSY => {
                         Error::SerializationFailure { message }
@@ -332,8 +442,21 @@ impl From<diesel::result::Error> for Error {
 
 /// The start of PostgreSQL's message for `40P01`.
 const DEADLOCK: &str = "deadlock detected";
+/// PostgreSQL's message for `57014` raised by `statement_timeout` (not by a cancel request,
+/// "… due to user request").
+const STATEMENT_TIMEOUT: &str = "canceling statement due to statement timeout";
+/// PostgreSQL's message for `55P03` raised by `lock_timeout`.
+const LOCK_TIMEOUT: &str = "canceling statement due to lock timeout";
+/// The start of PostgreSQL's other `55P03` messages (`NOWAIT`, `SKIP LOCKED` cannot wait):
+/// "could not obtain lock on row in relation …", "could not obtain lock on relation …".
+const LOCK_NOT_AVAILABLE: &str = "could not obtain lock on ";
 /// SQLite's message for `SQLITE_READONLY` (a write under `PRAGMA query_only`).
 const SQLITE_READONLY: &str = "attempt to write a readonly database";
+/// SQLite's message for `SQLITE_FULL`.
+const SQLITE_FULL: &str = "database or disk is full";
+/// The end of PostgreSQL's message for `53100` (`could not extend file …: No space left on
+/// device`), from the operating system's `ENOSPC`.
+const NO_SPACE_LEFT: &str = "No space left on device";
 /// SQLite's message for `SQLITE_BUSY` (SQLite's messages are not translated).
 const SQLITE_BUSY: &str = "database is locked";
 

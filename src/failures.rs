@@ -74,12 +74,27 @@ impl DatabaseErrorInformation for Failure {
 /// The first failed statement of each open transaction level of one connection (index 0: the
 /// top level). Levels are opened and closed by [`transaction`]; statements that fail outside
 /// any level (autocommit) are not kept.
+///
+/// It also keeps the `SET LOCAL` statements the transaction helper sends with every top-level
+/// `BEGIN` of the connection (its pool's deadlines, see `crate::connection`): the one
+/// per-connection record the helper reads.
 #[derive(Debug, Default)]
 pub(crate) struct Failures {
     levels: Vec<Option<Failure>>,
+    transaction_settings: String,
 }
 
 impl Failures {
+    /// The `SET LOCAL …` statements for the start of each top-level transaction; empty: none.
+    pub(crate) fn transaction_settings(&self) -> &str {
+        &self.transaction_settings
+    }
+
+    /// Sets what [`transaction_settings`](Failures::transaction_settings) returns.
+    pub(crate) fn set_transaction_settings(&mut self, sql: String) {
+        self.transaction_settings = sql;
+    }
+
     /// Records a failed statement in the innermost open level, unless that level already has
     /// its first failure. Called for every event of the connection's instrumentation.
     pub(crate) fn observe(&mut self, event: &InstrumentationEvent<'_>) {

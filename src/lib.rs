@@ -14,7 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 mod failures;
-mod migrate;
+pub mod migrate;
 pub mod models;
 mod repo;
 mod retry;
@@ -22,8 +22,6 @@ mod retry;
 #[allow(missing_docs)]
 pub mod schema;
 pub mod session;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod transaction;
 pub mod validate;
 
@@ -32,7 +30,7 @@ pub use connection::{AnyConnection, MultiBackend};
 pub use database::replica;
 pub use database::Database;
 pub use engine::PoolStatus;
-pub use error::{Error, MigrationFailure, Result};
+pub use error::{BoxedCause, Error, MigrationFailure, Result};
 pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};
 pub use retry::RetryPolicy;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
-use crate::transaction::{self, Isolation};
+use crate::transaction::Isolation;
 
 /// How [`Database::transaction_with_retry`] retries: at most `max_attempts` runs, waiting
 /// between them an exponential backoff (`base_backoff`, doubled at each retry, at most
@@ -131,17 +131,20 @@ impl Database {
     /// committing a result no serial order gives. `f` may run several times: keep side effects
     /// outside the database out of it.
     ///
-    /// Use it for referral changes that may run concurrently: [`Repo::set_referrer`] (and an
-    /// upsert overwriting the referrer) check for cycles and then write, so at `READ COMMITTED`
-    /// two concurrent changes (A refers B, B refers A) can each pass their check and together
-    /// make a cycle; at `SERIALIZABLE` one of them fails and its retry sees the other.
+    /// Use it for a read-then-write of your own that must not interleave with another (two
+    /// transactions each deactivating a user if both are active). Single `Repo` calls need no
+    /// retry loop: [`Repo::set_referrer`], for one, serializes itself with concurrent referral
+    /// changes.
     ///
     /// ```no_run
     /// use userbase::{Database, RetryPolicy};
     ///
     /// let db = Database::from_env()?;
     /// db.transaction_with_retry(RetryPolicy::default(), |repo| {
-    ///     repo.set_referrer(1824, Some(1)).map(drop)
+    ///     if repo.users()?.iter().filter(|u| u.active).count() > 1 {
+    ///         repo.deactivate_user(1824)?;
+    ///     }
+    ///     Ok(())
     /// })?;
     /// # Ok::<(), userbase::Error>(())
     /// ```
@@ -159,16 +162,13 @@ impl Database {
         loop {
             let outcome = {
                 let mut session = self.session()?;
-                let outcome =
-                    transaction::run(session.repo_connection(), Isolation::Serializable, |conn| {
-                        f(&mut Repo::new(conn))
-                    });
-                crate::database::replica::after_transaction(
+                // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
+                crate::database::replica::transaction(
                     self,
                     session.repo_connection(),
-                    outcome.is_ok(),
-                );
-                outcome
+                    Isolation::Serializable,
+                    &mut f,
+                )
             };
             match outcome {
                 Err(error) if error.is_retryable() && attempt < policy.max_attempts => {

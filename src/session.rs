@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{Backend, PoolConfig};
 use crate::connection::AnyConnection;
-use crate::engine::{Gate, Invalidation, Manager, Pooled};
+use crate::engine::{Gate, Invalidation, LeaseId, Lent, Pooled};
 use crate::error::Error;
 use crate::repo::Repo;
 
@@ -15,80 +15,36 @@ use crate::repo::Repo;
 /// begun) is rolled back first, and a connection that died, was invalidated or could not be
 /// rolled back is closed instead. Queries go through [`Session::repo`].
 pub struct Session {
-    // Field order matters: `conn` goes back to r2d2 before `checkin` updates the gate.
-    conn: r2d2::PooledConnection<Manager>,
-    checkin: Checkin,
-}
-
-/// The gate's side of a check-in, run after the connection is back in r2d2 (or closed).
-struct Checkin {
+    conn: Lent,
     gate: Arc<Gate>,
     invalidation: Arc<Invalidation>,
     config: PoolConfig,
-    lease: Option<u64>,
-    kept: bool,
-}
-
-impl Drop for Checkin {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease {
-            self.gate.release(lease);
-        }
-        if self.kept {
-            self.gate.kept();
-        } else {
-            self.gate.discarded(1);
-        }
-    }
+    lease: Option<LeaseId>,
+    /// When the connection was handed to this session.
+    since: std::time::Instant,
 }
 
 impl Drop for Session {
-    /// The check-in work that may block (rollback), done before the connection goes back to
-    /// r2d2, whose `has_broken` then only reads the decision.
+    /// The check-in, in this order: the work that may block (rollback) and the decision to keep
+    /// or close, done here so that r2d2's `has_broken` only reads it; the gate told; then the
+    /// connection handed back to r2d2 as the `conn` field drops. A kept connection is counted
+    /// idle a moment before r2d2 has it back (a checkout woken by it waits inside r2d2 for the
+    /// push); a closed one stays counted as closing until r2d2 has closed it (see
+    /// `engine::manager::Closer`).
     fn drop(&mut self) {
-        let config = &self.checkin.config;
+        let keep = self.decide();
         let pooled: &mut Pooled = &mut self.conn;
-        let event = |event: &'static str| {
-            if config.echo_pool {
-                tracing::debug!(target: "userbase::pool", "{event}");
-            }
-        };
-        let keep = if pooled.is_discarded() {
-            false
-        } else if pooled.is_dead() {
-            self.checkin.invalidation.invalidate();
-            tracing::warn!(target: "userbase::pool", "a connection died: invalidating the pool's older connections");
-            false
-        } else {
-            match pooled.reset() {
-                Err(()) => {
-                    event("discarding a connection whose rollback failed");
-                    false
-                }
-                Ok(rolled_back) => {
-                    if rolled_back {
-                        event("reset: rolled back a transaction left open");
-                    }
-                    if self.checkin.invalidation.is_invalidated(pooled.created) {
-                        event("closing an invalidated connection at check-in");
-                        false
-                    } else if config.overflow_idle_timeout.is_zero()
-                        && self.checkin.gate.pool_size_idle()
-                    {
-                        event("overflow discard: pool_size connections are already idle");
-                        false
-                    } else {
-                        true
-                    }
-                }
-            }
-        };
         if keep {
             pooled.last_used = std::time::Instant::now();
+            self.gate.kept();
         } else {
             pooled.mark_discard();
+            self.gate.discarding();
         }
-        self.checkin.kept = keep;
+        if let Some(lease) = self.lease {
+            self.gate.release(lease);
+        }
+        self.gate.observer().used(self.since.elapsed());
     }
 }
 
@@ -102,21 +58,60 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(
-        conn: r2d2::PooledConnection<Manager>,
+        conn: Lent,
         gate: Arc<Gate>,
         invalidation: Arc<Invalidation>,
         config: PoolConfig,
-        lease: Option<u64>,
+        lease: Option<LeaseId>,
     ) -> Self {
         Session {
             conn,
-            checkin: Checkin {
-                gate,
-                invalidation,
-                config,
-                lease,
-                kept: false,
-            },
+            gate,
+            invalidation,
+            config,
+            lease,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether the connection goes back to the pool: not when it was marked for discard, died,
+    /// could not be rolled back, was invalidated, or (with `overflow_idle_timeout` zero) would be
+    /// above `pool_size` idle ones. Rolls back what the session left open.
+    fn decide(&mut self) -> bool {
+        let config = &self.config;
+        let pooled: &mut Pooled = &mut self.conn;
+        let event = |event: &'static str| {
+            if config.echo_pool {
+                tracing::debug!(target: "userbase::pool", "{event}");
+            }
+        };
+        if pooled.is_discarded() {
+            return false;
+        }
+        if pooled.is_dead() {
+            self.invalidation.invalidate();
+            tracing::warn!(target: "userbase::pool", "a connection died: invalidating the pool's older connections");
+            return false;
+        }
+        match pooled.reset() {
+            Err(()) => {
+                event("discarding a connection whose rollback failed");
+                false
+            }
+            Ok(rolled_back) => {
+                if rolled_back {
+                    event("reset: rolled back a transaction left open");
+                }
+                if self.invalidation.is_invalidated(pooled.created) {
+                    event("closing an invalidated connection at check-in");
+                    false
+                } else if config.overflow_idle_timeout.is_zero() && self.gate.pool_size_idle() {
+                    event("overflow discard: pool_size connections are already idle");
+                    false
+                } else {
+                    true
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel::result::Error as DieselError;
 
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, Deadlines, Scope};
 use crate::engine::Watch;
 use crate::error::{Error, Result};
 use crate::failures::{Failure, Failures};
@@ -38,10 +38,39 @@ pub(crate) fn record(conn: &mut AnyConnection, error: &DieselError) {
     }
 }
 
+/// Makes every top-level transaction of `conn` begin with `deadlines` as `SET LOCAL`s (in the
+/// same round trip as its `BEGIN`), so that they hold whichever server connection a pooler runs
+/// the transaction on. The pool calls this once per connection.
+pub(crate) fn set_deadlines(conn: &mut AnyConnection, deadlines: Deadlines) {
+    let sql = deadlines.sql(Scope::Transaction);
+    if sql.is_empty() || !matches!(conn, AnyConnection::Pg(_)) {
+        return;
+    }
+    if failures(conn).is_none() {
+        conn.set_instrumentation(Failures::default());
+    }
+    if let Some(failures) = failures(conn) {
+        failures.set_transaction_settings(sql);
+    }
+}
+
+/// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.
+fn begin_sql(conn: &mut AnyConnection, begin: &str) -> String {
+    match failures(conn).map(|f| f.transaction_settings()) {
+        Some(settings) if !settings.is_empty() => format!("{begin}; {settings}"),
+        _ => begin.to_owned(),
+    }
+}
+
 /// Diesel's transaction depth of `conn` (0: none open).
 fn depth(conn: &mut AnyConnection) -> Result<usize> {
     let depth = Tm::transaction_manager_status_mut(conn).transaction_depth()?;
     Ok(depth.map_or(0, |d| usize::try_from(d.get()).unwrap_or(usize::MAX)))
+}
+
+/// Whether a transaction is open on `conn` (through Diesel's transaction manager).
+pub(crate) fn is_open(conn: &mut AnyConnection) -> Result<bool> {
+    Ok(depth(conn)? > 0)
 }
 
 /// `Ok` when the innermost open transaction level of `conn` had no failed statement, else
@@ -85,17 +114,19 @@ fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
         (0, AnyConnection::Sqlite(sqlite), Isolation::ReadOnly) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN")?;
         }
-        (0, AnyConnection::Pg(pg), Isolation::ReadOnly) => {
-            AnsiTransactionManager::begin_transaction_sql(pg, "BEGIN READ ONLY")?;
+        (0, AnyConnection::Pg(_), _) => {
+            let begin = match isolation {
+                Isolation::Default => "BEGIN",
+                Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+                Isolation::ReadOnly => "BEGIN READ ONLY",
+            };
+            let sql = begin_sql(conn, begin);
+            if let AnyConnection::Pg(pg) = conn {
+                AnsiTransactionManager::begin_transaction_sql(pg, &sql)?;
+            }
         }
         (0, AnyConnection::Sqlite(sqlite), _) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
-        }
-        (0, AnyConnection::Pg(pg), Isolation::Serializable) => {
-            AnsiTransactionManager::begin_transaction_sql(
-                pg,
-                "BEGIN ISOLATION LEVEL SERIALIZABLE",
-            )?;
         }
         _ => Tm::begin_transaction(conn)?,
     }

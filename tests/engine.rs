@@ -26,11 +26,12 @@ fn server_connections(app: &str) -> i64 {
         .n
 }
 
+/// A pool that times out soon, though not before any connect of a loaded machine returns.
 fn short_pool(pool_size: u32, max_overflow: u32) -> PoolConfig {
     PoolConfig::default()
         .with_pool_size(pool_size)
         .with_max_overflow(max_overflow)
-        .with_pool_timeout(Duration::from_millis(300))
+        .with_pool_timeout(Duration::from_millis(2500))
 }
 
 #[test]
@@ -72,13 +73,13 @@ fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
             checked_out: 3,
             pending: 0,
         } => {
-            assert_eq!(*timeout, Duration::from_millis(300))
+            assert_eq!(*timeout, Duration::from_millis(2500))
         }
         other => panic!("expected PoolTimeout, got {other:?}"),
     }
     assert_eq!(
         err.to_string(),
-        "timed out after 0.3 s waiting for a connection (pool size 2, overflow 1: \
+        "timed out after 2.5 s waiting for a connection (pool size 2, overflow 1: \
          3 open, 3 checked out, 0 being opened)"
     );
     drop(held);
@@ -115,11 +116,21 @@ fn first_checkout_error(url: DbUrl) -> (Error, String) {
 fn unknown_database_is_a_connect_error_with_the_server_message() {
     // A Connect error with the server's message, not a PoolTimeout: the failure is not disguised.
     match first_checkout_error(common::database_url("userbase_no_such_database")) {
-        (Error::Connect { url, message }, _) => {
+        (
+            Error::Connect {
+                url,
+                message,
+                source,
+            },
+            _,
+        ) => {
             assert!(
                 message.contains("database \"userbase_no_such_database\" does not exist"),
                 "{message}"
             );
+            // The driver's error is kept as the cause.
+            let cause = source.expect("the driver's error as source");
+            assert_eq!(cause.to_string().trim(), message);
             assert!(url.ends_with("/userbase_no_such_database"), "{url}");
         }
         (_, shown) => panic!("expected Connect error, got {shown}"),
@@ -147,7 +158,14 @@ fn refused_connection_is_a_connect_error_that_hides_the_password() {
 #[test]
 fn unopenable_sqlite_file_is_a_connect_error() {
     match first_checkout_error(DbUrl::sqlite("/nonexistent-dir/sub/x.db")) {
-        (Error::Connect { url, message }, _) => {
+        (
+            Error::Connect {
+                url,
+                message,
+                source: Some(_),
+            },
+            _,
+        ) => {
             assert_eq!(url, "sqlite:///nonexistent-dir/sub/x.db");
             assert!(
                 message

@@ -5,8 +5,6 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -16,6 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::models::NewUser;
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
+use userbase_testing::{Cluster, StopMode};
 
 use common::{admin, eventually, unique_name, Captured, TestDb};
 
@@ -125,7 +124,7 @@ fn bursts_of_64_threads_stay_within_the_limit_and_settle_at_pool_size() {
             worker.join().unwrap();
         }
         // Let the overflow idle timeout pass while still watching.
-        let settled = eventually(Duration::from_secs(5), || {
+        let settled = eventually(Duration::from_secs(30), || {
             server_count(&app, None) == 5 && db.status().open == 5
         });
         let highest = watcher.highest();
@@ -153,15 +152,19 @@ both_backends! {
         );
         for round in 0..15 {
             let held = db.session().unwrap();
+            let (asking, asked) = std::sync::mpsc::channel();
             let waiter = {
                 let db = db.clone();
                 thread::spawn(move || {
                     let asked = Instant::now();
+                    asking.send(()).unwrap();
                     let mut session = db.session().unwrap();
                     session.repo().users().unwrap();
                     asked.elapsed()
                 })
             };
+            // The waiter is asking (however late its thread ran), and has been for 50 ms.
+            asked.recv().unwrap();
             thread::sleep(Duration::from_millis(50));
             // The held connection is invalidated: it is closed when it comes back, not kept.
             db.dispose();
@@ -170,8 +173,9 @@ both_backends! {
             let waited = waiter.join().unwrap();
             let after_return = returned.elapsed();
             assert!(waited >= Duration::from_millis(40), "round {round}: the waiter waited");
+            // Well within pool_timeout: woken by the return, not by the timeout.
             assert!(
-                after_return < Duration::from_secs(2),
+                after_return < Duration::from_secs(10),
                 "round {round}: served {after_return:?} after the return (pool_timeout 30 s)"
             );
         }
@@ -214,7 +218,8 @@ both_backends! {
                 .unwrap();
                 let started = Instant::now();
                 other.session().unwrap().repo().insert_user(&NewUser::new(100 + id, "Other")).unwrap();
-                assert!(started.elapsed() < Duration::from_secs(2), "{begin}: {:?}", started.elapsed());
+                // Below busy_timeout (5 s): it never waited for a lock.
+                assert!(started.elapsed() < Duration::from_secs(4), "{begin}: {:?}", started.elapsed());
                 other.session().unwrap().repo().delete_user(100 + id).unwrap();
             }
         }
@@ -223,7 +228,7 @@ both_backends! {
     fn a_session_held_too_long_is_reported_once_with_its_checkout_site(backend: Backend) {
         let test = TestDb::new(backend);
         let mut line = 0;
-        let log = Captured::run(tracing::Level::WARN, || {
+        let log = Captured::run_watching(tracing::Level::WARN, |log| {
             let (db, _app) = engine(
                 &test,
                 PoolConfig::default().with_leak_detection_threshold(Some(Duration::from_millis(150))),
@@ -232,6 +237,12 @@ both_backends! {
             drop(quick);
             line = line!() + 1;
             let held = db.session().unwrap();
+            // Held until reported, then four thresholds more: still reported once.
+            assert!(
+                eventually(Duration::from_secs(30), || log.text().contains("possible session leak")),
+                "no leak reported: {}",
+                log.text()
+            );
             thread::sleep(Duration::from_millis(600));
             drop(held);
             thread::sleep(Duration::from_millis(50));
@@ -283,8 +294,9 @@ fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
         .collect();
     for worker in workers {
         let slowest = worker.join().unwrap();
+        // Well within pool_timeout: every refusal came back as such, none waited for a slot.
         assert!(
-            slowest < Duration::from_secs(3),
+            slowest < Duration::from_secs(10),
             "a checkout took {slowest:?} (pool_timeout 30 s)"
         );
     }
@@ -300,7 +312,7 @@ fn pool_timeout_states_what_was_open_checked_out_and_pending() {
         PoolConfig::default()
             .with_pool_size(1)
             .with_max_overflow(1)
-            .with_pool_timeout(Duration::from_millis(200)),
+            .with_pool_timeout(Duration::from_millis(2500)),
     );
     let held = (db.session().unwrap(), db.session().unwrap());
     let err = db.session().unwrap_err();
@@ -324,135 +336,10 @@ fn pool_timeout_states_what_was_open_checked_out_and_pending() {
     drop(held);
 }
 
-/// A private PostgreSQL cluster for tests that stop the server; removed on `Drop`.
-struct PrivateServer {
-    dir: PathBuf,
-    port: u16,
-    _tmp: tempfile::TempDir,
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Runs a PostgreSQL tool as the `postgres` user when we are root (initdb refuses root).
-fn pg_tool(tool: &str, args: &[&str]) -> std::process::Output {
-    let path = Path::new(PG_BIN).join(tool);
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let mut command = if is_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
-    };
-    command.args(args).output().unwrap()
-}
-
-impl PrivateServer {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        Command::new("chmod")
-            .args(["755", tmp.path().to_str().unwrap()])
-            .status()
-            .unwrap();
-        Command::new("chown")
-            .args(["postgres", tmp.path().to_str().unwrap()])
-            .status()
-            .unwrap();
-        let init = pg_tool(
-            "initdb",
-            &["-A", "trust", "-U", "postgres", "-D", dir.to_str().unwrap()],
-        );
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = PrivateServer {
-            dir,
-            port,
-            _tmp: tmp,
-        };
-        server.run();
-        server
-    }
-
-    fn run(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.to_str().unwrap()
-        );
-        let log = self.dir.join("log");
-        let out = pg_tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn stop(&self) {
-        let out = pg_tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> DbUrl {
-        DbUrl::postgres()
-            .with_username("postgres")
-            .with_host("127.0.0.1")
-            .with_port(self.port)
-            .with_database("postgres")
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = pg_tool(
-            "pg_ctl",
-            &["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-    }
-}
-
 #[test]
 fn check_reaches_the_server_every_time() {
-    let server = PrivateServer::start();
+    // A private cluster (found like every other one of the suite's), as the test stops it.
+    let mut server = Cluster::start().unwrap();
     let db = Database::new(
         Settings::new(server.url())
             .with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(30))),
@@ -464,21 +351,22 @@ fn check_reaches_the_server_every_time() {
         diesel::sql_query("SELECT 1::bigint AS n")
             .get_result::<NoRow>(db.session().unwrap().connection())
             .unwrap();
-        server.stop();
+        server.stop_with(StopMode::Immediate).unwrap();
         let asked = Instant::now();
         let err = db.check().unwrap_err();
         assert!(
             matches!(err, Error::Connect { .. }),
             "round {round}: {err:?}"
         );
+        // Well within pool_timeout (30 s): the refusal, not a wait for a slot.
         assert!(
-            asked.elapsed() < Duration::from_secs(3),
+            asked.elapsed() < Duration::from_secs(10),
             "round {round}: {:?}",
             asked.elapsed()
         );
-        server.run();
+        server.start_again().unwrap();
         assert!(
-            eventually(Duration::from_secs(5), || db.check().is_ok()),
+            eventually(Duration::from_secs(30), || db.check().is_ok()),
             "round {round}"
         );
     }

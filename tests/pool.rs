@@ -71,14 +71,20 @@ fn lazy_until_check_then_one_connection() {
     assert_eq!(db.status().idle, 1);
 }
 
+/// The overflow idle timeout of `fifteen_holders_then_a_typed_timeout_then_pool_size_idle`.
+const OVERFLOW_IDLE: Duration = Duration::from_secs(1);
+
+/// Its pool timeout: no connect of a loaded machine takes as long.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[test]
 fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
     let test = TestDb::new(Backend::Postgres);
     let (db, app) = engine(
         &test,
         PoolConfig::default()
-            .with_pool_timeout(Duration::from_millis(400))
-            .with_overflow_idle_timeout(Duration::from_millis(500)),
+            .with_pool_timeout(POOL_TIMEOUT)
+            .with_overflow_idle_timeout(OVERFLOW_IDLE),
     );
     let hold = Arc::new(Barrier::new(16));
     let release = Arc::new(Barrier::new(16));
@@ -86,10 +92,13 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
         .map(|_| {
             let (db, hold, release) = (db.clone(), hold.clone(), release.clone());
             thread::spawn(move || {
-                let mut session = db.session().unwrap();
-                session.repo().count_user_locations(1).unwrap();
+                // A failure is reported after the barriers, so that it cannot hang the others.
+                let held = db.session().and_then(|mut session| {
+                    session.repo().count_user_locations(1).map(|_| session)
+                });
                 hold.wait();
                 release.wait();
+                held.map(drop)
             })
         })
         .collect();
@@ -109,25 +118,33 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
             checked_out: 15,
             pending: 0,
         }) => {
-            assert_eq!(timeout, Duration::from_millis(400))
+            assert_eq!(timeout, POOL_TIMEOUT)
         }
         other => panic!("expected PoolTimeout, got {other:?}"),
     }
+    // Every session comes back after this instant (the workers return them past the barrier).
+    let released = Instant::now();
     release.wait();
     for worker in workers {
-        worker.join().unwrap();
+        worker.join().unwrap().unwrap();
     }
     // Overflow connections stay until more than pool_size have been idle for the overflow idle
-    // timeout, then pool_size stay.
-    let released = Instant::now();
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(server_pids(&app).len(), 15, "no close before the timeout");
+    // timeout, then pool_size stay. Every count taken before the timeout has run out since
+    // `released` sees all 15 (a count finished later proves nothing and ends the loop).
+    loop {
+        let open = server_pids(&app).len();
+        if released.elapsed() >= OVERFLOW_IDLE {
+            break;
+        }
+        assert_eq!(open, 15, "no close before the timeout");
+        thread::sleep(Duration::from_millis(20));
+    }
     assert!(
-        eventually(Duration::from_secs(3), || server_pids(&app).len() == 5),
+        eventually(Duration::from_secs(30), || server_pids(&app).len() == 5),
         "{} connections after release",
         server_pids(&app).len()
     );
-    assert!(released.elapsed() >= Duration::from_millis(500));
+    assert!(released.elapsed() >= OVERFLOW_IDLE);
     let status = db.status();
     assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
     assert_eq!(
@@ -146,11 +163,18 @@ fn a_zero_overflow_idle_timeout_closes_overflow_at_once() {
     let sessions: Vec<_> = (0..15).map(|_| db.session().unwrap()).collect();
     assert_eq!(server_pids(&app).len(), 15);
     drop(sessions);
-    // SQLAlchemy's overflow discard: closed as they come back, pool_size stay.
+    // SQLAlchemy's overflow discard: closed as they come back, pool_size stay; sooner than the
+    // default timeout's timer could have closed them.
+    let released = Instant::now();
     assert!(
-        eventually(Duration::from_millis(200), || server_pids(&app).len() == 5),
+        eventually(Duration::from_secs(30), || server_pids(&app).len() == 5),
         "{} connections after release",
         server_pids(&app).len()
+    );
+    let closed_after = released.elapsed();
+    assert!(
+        closed_after < PoolConfig::default().overflow_idle_timeout,
+        "closed {closed_after:?} after the return"
     );
     let status = db.status();
     assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
@@ -174,13 +198,17 @@ fn base_connections_are_kept_through_idleness() {
 #[test]
 fn recycle_replaces_old_connections_at_checkout() {
     let test = TestDb::new(Backend::Postgres);
+    let recycle = Duration::from_secs(3);
     let (db, _app) = engine(
         &test,
-        PoolConfig::default().with_pool_recycle(Some(Duration::from_millis(300))),
+        PoolConfig::default().with_pool_recycle(Some(recycle)),
     );
     let first = backend_pid(&db);
+    // The connection was made before this instant.
+    let connected = Instant::now();
     assert_eq!(backend_pid(&db), first, "young connection reused");
-    thread::sleep(Duration::from_millis(400));
+    // Until the connection is surely older than `recycle`.
+    thread::sleep((recycle + Duration::from_millis(100)).saturating_sub(connected.elapsed()));
     assert_ne!(backend_pid(&db), first, "old connection replaced");
 }
 
@@ -197,7 +225,7 @@ fn terminated_backends_are_replaced_without_errors() {
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
         ))
         .unwrap();
-    assert!(eventually(Duration::from_secs(2), || server_pids(&app).is_empty()));
+    assert!(eventually(Duration::from_secs(30), || server_pids(&app).is_empty()));
     // Past the pre-ping bypass window every checkout pings; the first failed ping invalidates
     // the other four, which are replaced without a ping.
     thread::sleep(Duration::from_millis(600));
@@ -227,7 +255,7 @@ fn a_query_on_a_dead_connection_invalidates_the_pool() {
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
         ))
         .unwrap();
-    assert!(eventually(Duration::from_secs(2), || server_pids(&app).is_empty()));
+    assert!(eventually(Duration::from_secs(30), || server_pids(&app).is_empty()));
     // Without pre-ping the first query meets the dead connection and fails...
     assert!(db.session().unwrap().repo().users().is_err());
     // ...and invalidates the rest: nothing else fails.
@@ -335,11 +363,11 @@ fn dispose_closes_idle_connections_and_starts_afresh() {
     assert_eq!(before.len(), 3);
     let held = db.session().unwrap();
     db.dispose();
-    assert!(eventually(Duration::from_millis(500), || server_pids(&app)
+    assert!(eventually(Duration::from_secs(30), || server_pids(&app)
         .len()
         == 1));
     drop(held);
-    assert!(eventually(Duration::from_millis(500), || server_pids(&app).is_empty()));
+    assert!(eventually(Duration::from_secs(30), || server_pids(&app).is_empty()));
     assert_eq!(db.status().open, 0);
     let pid = backend_pid(&db);
     assert!(!before.contains(&pid));
@@ -384,15 +412,20 @@ fn pre_ping_skips_connections_used_within_the_bypass_window() {
             db.session().unwrap().repo().users().unwrap();
         }
     };
-    let window = PoolConfig::default();
-    assert_eq!(window.pre_ping_bypass, Duration::from_millis(500));
+    assert_eq!(
+        PoolConfig::default().pre_ping_bypass,
+        Duration::from_millis(500)
+    );
+    // A window no pause between two checkouts of a loaded machine outlasts.
+    let bypass = Duration::from_secs(2);
+    let window = PoolConfig::default().with_pre_ping_bypass(bypass);
     assert_eq!(pings_during(&test, window.clone(), checkouts), 0);
     let no_window = PoolConfig::default().with_pre_ping_bypass(Duration::ZERO);
     // A zero window pings on every checkout, the first one included.
     assert_eq!(pings_during(&test, no_window, checkouts), 10);
     let idle_then_used = |db: &Database| {
         checkouts(db);
-        thread::sleep(Duration::from_millis(600));
+        thread::sleep(bypass + Duration::from_millis(100));
         checkouts(db);
     };
     assert_eq!(pings_during(&test, window, idle_then_used), 1);

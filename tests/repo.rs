@@ -5,7 +5,9 @@ mod common;
 
 use chrono::NaiveDate;
 use diesel::connection::SimpleConnection;
-use userbase::models::{LocationCount, NewLocation, NewUser, User, UserLocation};
+use userbase::models::{
+    LocationCount, NewLocation, NewUser, User, UserLocation, UserLocationCount,
+};
 use userbase::{Backend, Error};
 
 use common::TestDb;
@@ -73,7 +75,7 @@ both_backends! {
         let rows = db.session().unwrap().repo().user_locations_with_username(6873).unwrap();
         let got: Vec<(String, String, Option<String>)> = rows
             .into_iter()
-            .map(|(l, username)| (l.to_string(), l.created_at.to_string(), username))
+            .map(|row| (row.location.to_string(), row.location.created_at.to_string(), row.username))
             .collect();
         let shane = Some("shaneramirez".to_owned());
         assert_eq!(
@@ -108,7 +110,31 @@ both_backends! {
         let test = TestDb::new(backend);
         let db = test.seeded();
         let rows = db.session().unwrap().repo().location_counts_by_user().unwrap();
-        assert_eq!(rows, vec![(1, 1169), (1, 5155), (2, 6873), (1, 9044)]);
+        let counted = |quantity, user_id| UserLocationCount { quantity, user_id };
+        assert_eq!(rows, vec![counted(1, 1169), counted(1, 5155), counted(2, 6873), counted(1, 9044)]);
+    }
+
+    fn failed_link_or_referral_write_rolls_back_only_itself(backend: Backend) {
+        // Link writes and referral changes run in a savepoint inside an open transaction: when
+        // one fails, the transaction goes on, on both backends.
+        let test = TestDb::new(backend);
+        let db = test.seeded();
+        db.transaction(|repo| {
+            let missing = repo.link(1, 999).unwrap_err();
+            assert!(matches!(missing, Error::ForeignKeyViolation { .. }), "{missing:?}");
+            let taken = repo.insert_user_location(&UserLocation { location_id: 3, user_id: 6873 }).unwrap_err();
+            assert!(matches!(taken, Error::UniqueViolation { .. }), "{taken:?}");
+            let no_referrer = repo.set_referrer(1, Some(424_242)).unwrap_err();
+            assert!(matches!(no_referrer, Error::ForeignKeyViolation { .. }), "{no_referrer:?}");
+            assert!(repo.link(1, 1)?);
+            repo.set_referrer(1, Some(1824))?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let mut session = db.session().unwrap();
+        let mut repo = session.repo();
+        assert_eq!(repo.count_user_locations(1).unwrap(), 1);
+        assert_eq!(repo.user(1).unwrap().referrer_id, Some(1824));
     }
 
     fn location_counts_by_user_named_rows(backend: Backend) {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use userbase::config::ReplicaConfig;
-use userbase::testing::{
+use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Session, Settings, WalPosition};
+use userbase_testing::{
     fixtures, Cluster, PgBouncer, PgBouncerOptions, PrimaryStandby, StandbyOptions, StopMode,
 };
-use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Session, Settings, WalPosition};
 
 use common::{eventually, Flag, Port};
 
@@ -110,7 +110,7 @@ fn reads_go_to_the_replica_and_writes_to_the_primary() {
 #[test]
 fn read_is_read_only_without_replicas_on_both_backends() {
     for backend in [userbase::Backend::Postgres, userbase::Backend::Sqlite] {
-        let test = userbase::testing::TestDb::new(backend);
+        let test = userbase_testing::TestDb::new(backend);
         let db = test.seeded();
         assert_eq!(db.read(|repo| Ok(repo.users_raw()?.len())).unwrap(), 7);
         let err = db
@@ -131,7 +131,7 @@ fn read_is_read_only_without_replicas_on_both_backends() {
 #[test]
 fn a_read_that_panics_leaves_its_connection_writable() {
     for backend in [userbase::Backend::Postgres, userbase::Backend::Sqlite] {
-        let test = userbase::testing::TestDb::new(backend);
+        let test = userbase_testing::TestDb::new(backend);
         let db = test.database_with(PoolConfig::default().with_pool_size(1).with_max_overflow(0));
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _: Result<(), Error> = db.read(|_| panic!("the read fails"));
@@ -154,7 +154,8 @@ fn cycles() -> i64 {
 
 #[test]
 fn read_your_writes_with_a_delayed_replica_sees_no_stale_row() {
-    let delay = Duration::from_millis(300);
+    // Long enough that the standby is still behind when it is asked, however loaded the machine.
+    let delay = Duration::from_secs(3);
     let (pair, db) = replicated(
         &StandbyOptions::new().apply_delay(delay),
         ReplicaConfig::default()
@@ -225,14 +226,15 @@ fn a_lagging_replica_is_skipped_and_comes_back() {
             .with_check_interval(Duration::from_millis(50)),
     );
     assert!(in_recovery(&mut db.read_session().unwrap()));
-    pair.set_apply_delay(Duration::from_secs(5)).unwrap();
+    // Lifted below; until then the standby stays behind however slowly the checks run.
+    pair.set_apply_delay(Duration::from_secs(120)).unwrap();
     // A write by someone else (no token here): the standby now lags.
     let writer = Database::new(Settings::new(pair.primary().url())).unwrap();
     writer
         .transaction(|repo| fixtures::user(1).insert(repo).map(drop))
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || !db.replicas()[0].usable),
+        eventually(Duration::from_secs(30), || !db.replicas()[0].usable),
         "{:?}",
         db.replicas()
     );
@@ -247,7 +249,7 @@ fn a_lagging_replica_is_skipped_and_comes_back() {
     }
     pair.set_apply_delay(Duration::ZERO).unwrap();
     assert!(
-        eventually(Duration::from_secs(15), || db.replicas()[0].usable),
+        eventually(Duration::from_secs(30), || db.replicas()[0].usable),
         "{:?}",
         db.replicas()
     );
@@ -281,14 +283,25 @@ fn a_stopped_replica_costs_no_failed_read() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Reads under way, then the standby stops under them.
+    assert!(eventually(Duration::from_secs(30), || reads
+        .load(Ordering::Relaxed)
+        > 20));
     pair.standby_mut().stop_with(StopMode::Immediate).unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    let before_restart = reads.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(30), || db.replicas()[0].down),
+        "{:?}",
+        db.replicas()
+    );
+    // Reads go on (on the primary) while the standby is down.
+    let when_down = reads.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(30), || {
+        reads.load(Ordering::Relaxed) > when_down + 20
+    }));
     assert!(db.replicas()[0].down, "{:?}", db.replicas());
     pair.standby_mut().start_again().unwrap();
     assert!(
-        eventually(Duration::from_secs(20), || db.replicas()[0].usable),
+        eventually(Duration::from_secs(30), || db.replicas()[0].usable),
         "{:?}",
         db.replicas()
     );
@@ -298,7 +311,6 @@ fn a_stopped_replica_costs_no_failed_read() {
         .flat_map(|r| r.join().unwrap())
         .collect();
     assert_eq!(failures, Vec::<String>::new());
-    assert!(before_restart > 20, "{before_restart} reads");
     assert!(in_recovery(&mut db.read_session().unwrap()));
 }
 
@@ -395,7 +407,7 @@ fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> 
                         .and_then(|found| found.ok_or(Error::NotFound).map(drop))
                         .and_then(|()| db.session()?.repo().count_user_locations(id).map(drop));
                     if let Err(e) = outcome {
-                        errors.push(userbase::testing::report(&e));
+                        errors.push(userbase_testing::report(&e));
                     }
                 }
                 errors
@@ -409,6 +421,7 @@ fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> 
 }
 
 #[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test -- --include-ignored"]
 fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
     let server = Cluster::start().unwrap();
     let bouncer =
@@ -434,18 +447,10 @@ fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
 
     let off = through_pgbouncer(&bouncer, false);
     assert_eq!(off, Vec::<String>::new(), "cache off");
+    // With the cache on, the pool sees the transaction pooler at its first checkout and
+    // switches the cache off itself (tests/replicas.rs checks its warning).
     let on = through_pgbouncer(&bouncer, true);
-    assert!(
-        on.iter().any(|e| e.contains("prepared statement")),
-        "cache on: the collision was not reproduced ({} errors: {:?})",
-        on.len(),
-        on.first()
-    );
-    println!(
-        "cache on: {} errors of 640 cycles, e.g. {:?}",
-        on.len(),
-        on.first()
-    );
+    assert_eq!(on, Vec::<String>::new(), "cache on");
 }
 
 #[test]

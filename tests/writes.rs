@@ -3,7 +3,7 @@
 
 mod common;
 
-use userbase::models::{NewLocation, NewUser, User, UserChanges, UserLocation};
+use userbase::models::{NewLocation, NewUser, ReferralCount, User, UserChanges, UserLocation};
 use userbase::{Backend, Error, UpsertOptions};
 
 use common::TestDb;
@@ -110,12 +110,13 @@ both_backends! {
         assert_eq!(set.referrer_id, Some(1824));
         assert_eq!(ids(&repo.referrals(1).unwrap()), [1824, 5155]);
         assert_eq!(ids(&repo.referrals(6873).unwrap()), Vec::<i64>::new());
-        assert_eq!(repo.referral_counts().unwrap(), vec![(1, 2), (1824, 1)]);
+        let counted = |referrer_id, referred| ReferralCount { referrer_id, referred };
+        assert_eq!(repo.referral_counts().unwrap(), vec![counted(1, 2), counted(1824, 1)]);
         let named: Vec<(i64, Option<String>)> = repo
             .users_with_referrer_names()
             .unwrap()
             .into_iter()
-            .map(|(u, referrer)| (u.user_id, referrer))
+            .map(|row| (row.user.user_id, row.referrer_name))
             .collect();
         let john = Some("John Doe".to_owned());
         assert_eq!(
@@ -142,7 +143,7 @@ both_backends! {
         // Clearing; deleting a referrer sets NULL.
         assert_eq!(repo.set_referrer(1, None).unwrap().referrer_id, None);
         repo.delete_user(1).unwrap();
-        assert_eq!(repo.referral_counts().unwrap(), vec![(1824, 1)]);
+        assert_eq!(repo.referral_counts().unwrap(), vec![ReferralCount { referrer_id: 1824, referred: 1 }]);
         assert_eq!(repo.user(5155).unwrap().referrer_id, None);
     }
 
@@ -181,12 +182,12 @@ both_backends! {
         assert!(repo.unlink(1, 1).unwrap());
         assert!(!repo.unlink(1, 1).unwrap());
         repo.replace_user_locations(6873, &[1, 4, 2]).unwrap();
-        let got: Vec<i32> = repo.user_locations_with_username(6873).unwrap().into_iter().map(|(l, _)| l.location_id).collect();
+        let got: Vec<i32> = repo.user_locations_with_username(6873).unwrap().into_iter().map(|row| row.location.location_id).collect();
         assert_eq!(got, [1, 2, 4]);
         // A missing location: nothing changes.
         let err = repo.replace_user_locations(6873, &[3, 99]).unwrap_err();
         assert!(matches!(err, Error::ForeignKeyViolation { .. }), "{err:?}");
-        let got: Vec<i32> = repo.user_locations_with_username(6873).unwrap().into_iter().map(|(l, _)| l.location_id).collect();
+        let got: Vec<i32> = repo.user_locations_with_username(6873).unwrap().into_iter().map(|row| row.location.location_id).collect();
         assert_eq!(got, [1, 2, 4]);
     }
 
@@ -287,7 +288,7 @@ both_backends! {
         let page = session.repo().users_page(Some(19_997), 10).unwrap();
         assert_eq!(ids(&page), [19_998, 19_999, 20_000]);
         assert!(page.iter().all(|u| u.referrer_id == Some(1) && u.username.as_deref() == Some("u") && u.language == "en"));
-        assert_eq!(session.repo().referral_counts().unwrap(), vec![(1, 19_999)]);
+        assert_eq!(session.repo().referral_counts().unwrap(), vec![ReferralCount { referrer_id: 1, referred: 19_999 }]);
     }
 
     fn a_failing_import_persists_nothing(backend: Backend) {

@@ -5,13 +5,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::pool::{
-    Knob, Source, LEAK_DETECTION, MAX_OVERFLOW, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
-    POOL_TIMEOUT, PRE_PING_BYPASS,
+    Knob, Source, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION, LOCK_TIMEOUT, MAX_OVERFLOW,
+    OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE, POOL_TIMEOUT, PRE_PING_BYPASS,
+    STATEMENT_TIMEOUT,
 };
 use super::replica::split_replica_urls;
+use super::tls::check_sslmode;
 use super::url::Invalid;
 use super::MAX_DURATION;
-use super::{DbUrl, PoolConfig, ReplicaConfig, Settings};
+use super::{Backend, DbUrl, PoolConfig, ReplicaConfig, Settings, SqliteSynchronous};
 use crate::error::{Error, Result};
 
 /// The SQLite file used when neither `DATABASE_URL` nor any `DB_*` part is set.
@@ -65,6 +67,16 @@ impl Settings {
     ///
     /// [`Error::Config`] naming the variable when a value is malformed.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        // The secrets that may come from files (`DB_PASS_FILE`, …) are read once, here; the
+        // rest of the function sees them as if the variable itself were set.
+        let from_files = SECRET_FILE_VARIABLES
+            .iter()
+            .map(|name| Ok((*name, secret_from_file(&lookup, name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let lookup = |name: &str| match from_files.iter().find(|(n, _)| *n == name) {
+            Some((_, Some(value))) => Some(value.clone()),
+            _ => lookup(name),
+        };
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let url = match lookup("DATABASE_URL") {
             Some(raw) if raw.trim().is_empty() => {
@@ -89,6 +101,8 @@ impl Settings {
             }
             None => DbUrl::sqlite(DEFAULT_SQLITE_PATH),
         };
+
+        let url = with_tls_env(url, &var)?;
 
         let defaults = PoolConfig::default();
         let pool = PoolConfig {
@@ -115,13 +129,33 @@ impl Settings {
             },
             statement_cache: parse_bool(&var, "DB_STATEMENT_CACHE")?
                 .unwrap_or(defaults.statement_cache),
+            statement_timeout: millis(&var, STATEMENT_TIMEOUT)?.or(defaults.statement_timeout),
+            lock_timeout: millis(&var, LOCK_TIMEOUT)?.or(defaults.lock_timeout),
+            idle_in_transaction_timeout: millis(&var, IDLE_IN_TRANSACTION_TIMEOUT)?
+                .or(defaults.idle_in_transaction_timeout),
+            sqlite_synchronous: match var("DB_SQLITE_SYNCHRONOUS") {
+                None => defaults.sqlite_synchronous,
+                Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                    "normal" => SqliteSynchronous::Normal,
+                    "full" => SqliteSynchronous::Full,
+                    _ => {
+                        return Err(Error::config(
+                            "DB_SQLITE_SYNCHRONOUS",
+                            format!("`{}` is not allowed; allowed: normal, full", raw.trim()),
+                        ))
+                    }
+                },
+            },
         };
         pool.check(Source::Env)?;
 
         let replica_defaults = ReplicaConfig::default();
         let replicas = ReplicaConfig {
             urls: match var("DATABASE_REPLICA_URLS") {
-                Some(raw) => split_replica_urls(&raw)?,
+                Some(raw) => split_replica_urls(&raw)?
+                    .into_iter()
+                    .map(|url| with_tls_env(url, &var))
+                    .collect::<Result<_>>()?,
                 None => Vec::new(),
             },
             wait: millis(&var, REPLICA_WAIT)?.unwrap_or(replica_defaults.wait),
@@ -137,6 +171,8 @@ impl Settings {
         }
         let migration_url = var("DATABASE_MIGRATION_URL")
             .map(|raw| DbUrl::parse_in(&raw, "DATABASE_MIGRATION_URL"))
+            .transpose()?
+            .map(|url| with_tls_env(url, &var))
             .transpose()?;
         Ok(Settings {
             url,
@@ -145,6 +181,77 @@ impl Settings {
             migration_url,
         })
     }
+}
+
+/// The variables whose value may instead be read from the file named by `<variable>_FILE` (the
+/// convention of the official PostgreSQL image and of Docker and Kubernetes secrets).
+pub const SECRET_FILE_VARIABLES: [&str; 3] = ["DB_PASS", "DATABASE_URL", "DATABASE_REPLICA_URLS"];
+
+/// The value of `name` read from the file `<name>_FILE` names, when that is set (and not empty):
+/// the file's content with one trailing newline (`\n` or `\r\n`) removed. `None` when
+/// `<name>_FILE` is unset.
+///
+/// Errors name the variable and the path, never the content: both `name` and `<name>_FILE` set,
+/// or a file that cannot be read as UTF-8 text.
+fn secret_from_file(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<String>> {
+    let file_variable = format!("{name}_FILE");
+    let Some(path) = lookup(&file_variable).filter(|p| !p.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if lookup(name).is_some() {
+        return Err(Error::config(
+            file_variable,
+            format!("{name} is set too: set either {name} or {name}_FILE, not both"),
+        ));
+    }
+    let content = std::fs::read_to_string(&path).map_err(|e| {
+        Error::config(
+            file_variable.as_str(),
+            format!(
+                "cannot read the file `{}`: {}",
+                path.escape_debug(),
+                io_reason(&e)
+            ),
+        )
+    })?;
+    let value = content
+        .strip_suffix("\r\n")
+        .or_else(|| content.strip_suffix('\n'))
+        .unwrap_or(&content);
+    Ok(Some(value.to_owned()))
+}
+
+/// Why a file could not be read, without anything of its content (an invalid UTF-8 error
+/// carries none, but is worded here so that no future message could).
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+/// A PostgreSQL URL with `DB_SSLMODE` and `DB_SSLROOTCERT` as its `sslmode` and `sslrootcert`
+/// where it sets none itself (the URL's own win).
+fn with_tls_env(mut url: DbUrl, var: &impl Fn(&str) -> Option<String>) -> Result<DbUrl> {
+    if url.backend() != Backend::Postgres {
+        return Ok(url);
+    }
+    if let Some(mode) = var("DB_SSLMODE") {
+        let mode = mode.trim();
+        check_sslmode("DB_SSLMODE", mode)?;
+        if url.query_value("sslmode").is_none() {
+            url = url.with_query_param("sslmode", mode);
+        }
+    }
+    if let Some(root) = var("DB_SSLROOTCERT") {
+        if url.query_value("sslrootcert").is_none() {
+            url = url.with_query_param("sslrootcert", root.trim());
+        }
+    }
+    Ok(url)
 }
 
 fn parse_var<T: FromStr>(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>>

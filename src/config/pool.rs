@@ -67,7 +67,10 @@ pub struct PoolConfig {
     /// `pool_size + max_overflow` at most [`MAX_CONNECTIONS`] and at least 1 (env
     /// `DB_MAX_OVERFLOW`).
     pub max_overflow: u32,
-    /// How long a checkout waits for a free connection before [`Error::PoolTimeout`].
+    /// How long a whole checkout may take: waiting for a free connection, and for a connect
+    /// made for it ([`Error::PoolTimeout`] when every slot stayed in use,
+    /// [`Error::ConnectTimeout`] when a connect had no answer yet; the pre-ping of an idle
+    /// connection is bounded by libpq's TCP timeouts instead).
     /// Default [`DEFAULT_POOL_TIMEOUT`] (30 s); above 0, at most [`MAX_DURATION`] (env
     /// `DB_POOL_TIMEOUT_SECS`).
     pub pool_timeout: Duration,
@@ -107,6 +110,59 @@ pub struct PoolConfig {
     /// parse, bind and execute in one round trip. No effect on SQLite. Default `true` (env
     /// `DB_STATEMENT_CACHE`).
     pub statement_cache: bool,
+
+    // Deadlines and SQLite durability: kept together (see `crate::connection` for how each is
+    // applied).
+    /// PostgreSQL's `statement_timeout`: a statement running longer is cancelled with
+    /// [`Error::StatementTimeout`]. Default `None`: the server's own setting (unbounded unless
+    /// the server or role sets one); `Some(0)`: no limit; at most [`MAX_DURATION`], whole
+    /// milliseconds (env `DB_STATEMENT_TIMEOUT_MS`). No effect on SQLite, which cannot bound a
+    /// statement's running time. One call may run longer with
+    /// [`Repo::with_statement_timeout`](crate::Repo::with_statement_timeout).
+    pub statement_timeout: Option<Duration>,
+    /// How long a statement waits for a lock before giving up with [`Error::LockTimeout`]:
+    /// PostgreSQL's `lock_timeout`; on SQLite, `busy_timeout` (how long a writer waits for the
+    /// database's write lock; it then fails with [`Error::SerializationFailure`]). Default
+    /// `None`: the server's own setting on PostgreSQL (no limit by default), 5 s on SQLite;
+    /// `Some(0)`: no limit on PostgreSQL, no wait at all on SQLite; at most [`MAX_DURATION`],
+    /// whole milliseconds (env `DB_LOCK_TIMEOUT_MS`).
+    pub lock_timeout: Option<Duration>,
+    /// PostgreSQL's `idle_in_transaction_session_timeout`: the server closes a connection whose
+    /// transaction stays open without a statement this long (its locks are released; the pool
+    /// replaces the connection). Default `None`: the server's own setting; `Some(0)`: no limit;
+    /// at most [`MAX_DURATION`], whole milliseconds (env `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`).
+    /// No effect on SQLite.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// SQLite's `synchronous` pragma. Default [`SqliteSynchronous::Normal`]: with WAL, a crash
+    /// of the process never loses a committed transaction, but a power loss or an operating
+    /// system crash may lose the last ones (never corrupts the file);
+    /// [`SqliteSynchronous::Full`] syncs the WAL at every commit, so those survive too, at the
+    /// cost of one `fsync` per commit (env `DB_SQLITE_SYNCHRONOUS`: `normal` or `full`). No
+    /// effect on PostgreSQL.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` setting: how hard a commit waits for the disk (see
+/// [`PoolConfig::sqlite_synchronous`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqliteSynchronous {
+    /// `NORMAL` (the default): with WAL, committed transactions survive a crash of the
+    /// process; the last ones may be lost on a power loss.
+    #[default]
+    Normal,
+    /// `FULL`: every commit is synced to disk before it returns; survives a power loss.
+    Full,
+}
+
+impl SqliteSynchronous {
+    /// The pragma's value: `NORMAL` or `FULL`.
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+        }
+    }
 }
 
 impl Default for PoolConfig {
@@ -124,6 +180,10 @@ impl Default for PoolConfig {
             overflow_idle_timeout: DEFAULT_OVERFLOW_IDLE_TIMEOUT,
             leak_detection_threshold: None,
             statement_cache: true,
+            statement_timeout: None,
+            lock_timeout: None,
+            idle_in_transaction_timeout: None,
+            sqlite_synchronous: SqliteSynchronous::Normal,
         }
     }
 }
@@ -219,6 +279,25 @@ pub(crate) const LEAK_DETECTION: Knob = Knob {
     env_range: "whole milliseconds from 0 (off) to 86400000",
 };
 
+pub(crate) const STATEMENT_TIMEOUT: Knob = Knob {
+    field: "PoolConfig::statement_timeout",
+    env: "DB_STATEMENT_TIMEOUT_MS",
+    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
+    env_range: "whole milliseconds from 0 (no limit) to 86400000",
+};
+pub(crate) const LOCK_TIMEOUT: Knob = Knob {
+    field: "PoolConfig::lock_timeout",
+    env: "DB_LOCK_TIMEOUT_MS",
+    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
+    env_range: "whole milliseconds from 0 (no limit) to 86400000",
+};
+pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Knob = Knob {
+    field: "PoolConfig::idle_in_transaction_timeout",
+    env: "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
+    env_range: "whole milliseconds from 0 (no limit) to 86400000",
+};
+
 impl PoolConfig {
     /// Sets `pool_size` (default 5; 0 to 10 000, see the field).
     pub fn with_pool_size(mut self, pool_size: u32) -> Self {
@@ -292,6 +371,33 @@ impl PoolConfig {
         self
     }
 
+    /// Sets `statement_timeout` (default `None`: the server's setting; `Some(0)`: no limit; at
+    /// most 1 day, whole milliseconds).
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets `lock_timeout` (default `None`: the server's setting, 5 s on SQLite; at most 1 day,
+    /// whole milliseconds).
+    pub fn with_lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Sets `idle_in_transaction_timeout` (default `None`: the server's setting; `Some(0)`: no
+    /// limit; at most 1 day, whole milliseconds).
+    pub fn with_idle_in_transaction_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_in_transaction_timeout = timeout;
+        self
+    }
+
+    /// Sets `sqlite_synchronous` (default [`SqliteSynchronous::Normal`]).
+    pub fn with_sqlite_synchronous(mut self, synchronous: SqliteSynchronous) -> Self {
+        self.sqlite_synchronous = synchronous;
+        self
+    }
+
     /// The most connections open at once: `pool_size + max_overflow`.
     pub fn max_connections(&self) -> u32 {
         self.pool_size.saturating_add(self.max_overflow)
@@ -304,7 +410,9 @@ impl PoolConfig {
     /// [`Error::Config`] whose `variable` names the field (`PoolConfig::pool_size`, …) and whose
     /// message states the allowed range: a size above [`MAX_CONNECTIONS`], `pool_size +
     /// max_overflow` of 0 or above [`MAX_CONNECTIONS`], a zero `pool_timeout`, `pool_recycle` or
-    /// `leak_detection_threshold`, or any duration above [`MAX_DURATION`].
+    /// `leak_detection_threshold`, any duration above [`MAX_DURATION`], or a deadline
+    /// (`statement_timeout`, `lock_timeout`, `idle_in_transaction_timeout`) that is not a whole
+    /// number of milliseconds.
     pub fn validate(&self) -> Result<()> {
         self.check(Source::Code)
     }
@@ -341,6 +449,20 @@ impl PoolConfig {
             .filter(|d| !in_range(*d, false))
         {
             return Err(LEAK_DETECTION.error(source, shown(threshold, source, Unit::Millis)));
+        }
+        for (knob, deadline) in [
+            (STATEMENT_TIMEOUT, self.statement_timeout),
+            (LOCK_TIMEOUT, self.lock_timeout),
+            (
+                IDLE_IN_TRANSACTION_TIMEOUT,
+                self.idle_in_transaction_timeout,
+            ),
+        ] {
+            if let Some(d) = deadline
+                .filter(|d| !in_range(*d, true) || !d.subsec_nanos().is_multiple_of(1_000_000))
+            {
+                return Err(knob.error(source, shown(d, source, Unit::Millis)));
+            }
         }
         Ok(())
     }

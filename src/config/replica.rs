@@ -52,7 +52,8 @@ pub struct ReplicaConfig {
     /// everything it received (an idle primary).
     pub max_lag: Duration,
     /// How often a background thread measures each replica's lag and re-checks a replica that
-    /// is down (with a backoff doubling up to 30 s). Default [`DEFAULT_REPLICA_CHECK_INTERVAL`]
+    /// is down: every interval during an outage, the wait doubling (up to 30 s) only for a
+    /// replica that goes down again within 30 s of coming back. Default [`DEFAULT_REPLICA_CHECK_INTERVAL`]
     /// (500 ms); [`MIN_REPLICA_CHECK_INTERVAL`] (10 ms) to [`MAX_DURATION`] (env
     /// `DB_REPLICA_CHECK_MS`).
     pub check_interval: Duration,

@@ -116,12 +116,18 @@ pub enum Secrets {
 /// # Exactness
 ///
 /// The builder methods store exactly what they are given (only `[…]` around an IPv6 host is
-/// dropped, on every path alike) and never fail; [`DbUrl::validate`] says whether the parts make a
-/// URL that means what they say, and [`parse`](DbUrl::parse) and
-/// [`Settings::from_lookup`](crate::Settings::from_lookup) refuse what it refuses. For every URL
-/// that passes, `DbUrl::parse(&url.render(Secrets::Shown))` gives back an equal `DbUrl`, and
-/// libpq reads the rendered string as exactly these parts: no user, password, host, database or
-/// query value can end up as another part, whatever characters it holds.
+/// dropped, on every path alike) and never fail, so they chain; [`DbUrl::validate`] is the one
+/// gate that says whether the parts make a URL that means what they say. Everything that uses a
+/// URL passes through it: [`parse`](DbUrl::parse),
+/// [`Settings::from_lookup`](crate::Settings::from_lookup) and
+/// [`Database::new`](crate::Database::new) (for the URL, the migration URL and every replica)
+/// refuse what it refuses, with the same [`Error::Config`] naming the part. What it refuses is
+/// exactly what could not survive rendering: an empty user name, password, host or database
+/// (libpq reads an empty part as absent), a NUL anywhere, port 0, a host that is not a name, an
+/// address or a socket directory, an empty query parameter name, and on SQLite any part but the
+/// path. For every URL that passes, `DbUrl::parse(&url.render(Secrets::Shown))` gives back an
+/// equal `DbUrl`, and libpq reads the rendered string as exactly these parts: no user, password,
+/// host, database or query value can end up as another part, whatever characters it holds.
 ///
 /// ```
 /// use userbase::config::Secrets;
@@ -192,13 +198,16 @@ impl DbUrl {
         }
     }
 
-    /// Sets the user name (any characters but NUL; not empty: see [`validate`](DbUrl::validate)).
+    /// Sets the user name: any characters but NUL, not empty ([`validate`](DbUrl::validate)
+    /// refuses the empty name, which libpq would read as no user, and a NUL).
     pub fn with_username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
-    /// Sets the password (hidden by `Display` and `Debug`; any characters but NUL, not empty).
+    /// Sets the password (hidden by `Display` and `Debug`): any characters but NUL, not empty
+    /// ([`validate`](DbUrl::validate) refuses the empty password, which libpq would read as no
+    /// password, and a NUL).
     pub fn with_password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
         self
@@ -213,7 +222,7 @@ impl DbUrl {
         self
     }
 
-    /// Sets the port (1 to 65535) of the first host.
+    /// Sets the port of the first host: 1 to 65535 ([`validate`](DbUrl::validate) refuses 0).
     pub fn with_port(mut self, port: u16) -> Self {
         self.first_host().port = Some(port);
         self
@@ -221,7 +230,8 @@ impl DbUrl {
 
     /// Adds a host to try after the ones already set, with its own port or libpq's default:
     /// libpq's multi-host URLs (`postgres://h1:5432,h2:5433/db?target_session_attrs=read-write`).
-    /// The host is normalised and validated like [`with_host`](DbUrl::with_host)'s.
+    /// The host is normalised and validated like [`with_host`](DbUrl::with_host)'s, the port
+    /// like [`with_port`](DbUrl::with_port)'s.
     pub fn with_additional_host(mut self, host: impl Into<String>, port: Option<u16>) -> Self {
         self.hosts.push(HostPort {
             host: Some(unbracketed(host.into())),
@@ -238,14 +248,17 @@ impl DbUrl {
         &mut self.hosts[0]
     }
 
-    /// Sets the database name (PostgreSQL) or file path (SQLite); any characters but NUL, not
-    /// empty.
+    /// Sets the database name (PostgreSQL) or file path (SQLite): any characters but NUL, not
+    /// empty ([`validate`](DbUrl::validate) refuses the empty name, which libpq would read as no
+    /// database, and a NUL).
     pub fn with_database(mut self, database: impl Into<String>) -> Self {
         self.database = Some(database.into());
         self
     }
 
     /// Adds a query parameter (`?sslmode=require`, `?application_name=bot`, …); PostgreSQL only.
+    /// The name is not empty; neither name nor value holds a NUL (an empty value is a value);
+    /// [`validate`](DbUrl::validate) refuses the rest.
     pub fn with_query_param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.query.push((key.into(), value.into()));
         self
@@ -513,8 +526,8 @@ impl DbUrl {
         Ok(())
     }
 
-    /// The string the driver opens: for PostgreSQL the URL with its password and the
-    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set; for SQLite the file path (a relative path
+    /// The string the driver opens: for PostgreSQL the URL with its password, the
+    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set and the default `sslmode` (`config::tls`); for SQLite the file path (a relative path
     /// starting with `file:` prefixed with `./`, so that SQLite never reads it as a URI), or a
     /// shared `memdb` database for `:memory:`. Never printed.
     pub(crate) fn driver_target(&self) -> String {
@@ -525,6 +538,9 @@ impl DbUrl {
                     if with_defaults.query_value(key).is_none() {
                         with_defaults = with_defaults.with_query_param(key, value);
                     }
+                }
+                if let Some(mode) = super::tls::default_sslmode(self) {
+                    with_defaults = with_defaults.with_query_param("sslmode", mode);
                 }
                 with_defaults.render(Secrets::Shown)
             }
@@ -995,7 +1011,7 @@ mod tests {
         assert_eq!(
             url.driver_target(),
             "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000"
+             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
         );
     }
 
@@ -1034,13 +1050,14 @@ mod tests {
             target,
             "postgres://bot@[::1%5D:6000%2Fotherdb%3Fsslmode%3Ddisable%26x%3D]:5432/app\
              ?connect_timeout=10&keepalives=1&keepalives_idle=30&keepalives_interval=10\
-             &keepalives_count=3&tcp_user_timeout=30000"
+             &keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
         );
         let read = parse_unchecked(&target).unwrap();
         assert_eq!(read.host(), Some(evil));
         assert_eq!(read.port(), Some(5432));
         assert_eq!(read.database(), Some("app"));
-        assert_eq!(read.query_value("sslmode"), None);
-        assert_eq!(read.query().len(), LIBPQ_SAFETY_DEFAULTS.len());
+        // The host is a name, not this machine: TLS is required (`config::tls`).
+        assert_eq!(read.query_value("sslmode"), Some("require"));
+        assert_eq!(read.query().len(), LIBPQ_SAFETY_DEFAULTS.len() + 1);
     }
 }

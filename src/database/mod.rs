@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
-use crate::engine::{self, Grant, Pool, PoolStatus, Refusal};
+use crate::engine::{self, Pool, PoolStatus};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::session::Session;
@@ -54,6 +54,8 @@ struct Inner {
     replicas: Option<Arc<replica::Router>>,
     /// Where migrations run, when not the pool's URL.
     migration_url: Option<Arc<DbUrl>>,
+    /// Whether the statement cache must be off (behind a transaction pooler), once per pool.
+    statement_cache: replica::StatementCacheCheck,
 }
 
 impl AsRef<Pool> for Inner {
@@ -102,9 +104,10 @@ impl Database {
         }
         let replicas = replica::Router::start(&replicas, &config)?;
         let inner = Arc::new(Inner {
-            pool: Pool::new(url, config),
+            pool: Pool::new(url, config, Box::new(engine::Unobserved)),
             replicas,
             migration_url: migration_url.map(Arc::new),
+            statement_cache: replica::StatementCacheCheck::default(),
         });
         Pool::start_keeper(&inner);
         Ok(Database { inner })
@@ -143,94 +146,53 @@ impl Database {
     /// # Errors
     ///
     /// [`Error::Connect`] with the server's message as soon as the connect made for this
-    /// checkout fails; [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay
-    /// checked out for `pool_timeout`.
+    /// checkout fails; [`Error::ConnectTimeout`] when a connect that would serve it still has no
+    /// answer after `pool_timeout` (it goes on, and serves a later checkout if it succeeds);
+    /// [`Error::PoolTimeout`] when `pool_size + max_overflow` connections stay checked out for
+    /// `pool_timeout`. The whole checkout is bounded by
+    /// `pool_timeout`, except the pre-ping of an idle connection, which libpq's TCP timeouts
+    /// bound.
     #[track_caller]
     pub fn session(&self) -> Result<Session> {
         let location = Location::caller();
         let deadline = Instant::now()
             .checked_add(self.pool().config.pool_timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        let started = Instant::now();
         loop {
             let mut session = self.checkout(deadline, location)?;
             if self.usable(&mut session) {
+                // Behind a pooler sharing server connections, the statement cache goes off.
+                let cache = &self.inner.statement_cache;
+                cache.apply(
+                    self.url(),
+                    self.config(),
+                    session.repo_connection(),
+                    deadline,
+                );
+                self.pool().gate.observer().waited(started.elapsed());
                 return Ok(session);
             }
             session.discard();
         }
     }
 
-    /// Waits in the gate, then pops the reserved idle connection from r2d2.
+    /// Waits in the gate, then takes the reserved connection from r2d2 as a [`Session`].
     fn checkout(&self, deadline: Instant, location: &'static Location<'static>) -> Result<Session> {
         let pool = self.pool();
-        match pool.gate.acquire(deadline) {
-            Ok(Grant::Idle) => {}
-            Err(Refusal::Connect(message)) => {
-                return Err(engine::connect_error(&pool.url, message))
-            }
-            Err(Refusal::Timeout {
-                open,
-                checked_out,
-                pending,
-            }) => {
-                tracing::warn!(target: "userbase::pool", open, checked_out, pending, "checkout timed out");
-                return Err(self.pool_timeout(open, checked_out, pending));
-            }
-        }
-        let Some(conn) = engine::pop_reserved(&pool.r2d2, pool.config.pool_timeout) else {
-            // Unreachable by the gate's bookkeeping; give the reservation back as closed.
-            pool.gate.discarded(1);
-            let (open, _, checked_out) = pool.gate.figures();
-            return Err(self.pool_timeout(open, checked_out, 0));
-        };
-        let lease = pool.gate.lease(location);
+        let conn = pool.checkout(deadline)?;
         Ok(Session::new(
             conn,
             pool.gate.clone(),
             pool.invalidation.clone(),
             pool.config.clone(),
-            lease,
+            pool.lease(location),
         ))
-    }
-
-    fn pool_timeout(&self, open: u32, checked_out: u32, pending: u32) -> Error {
-        let config = &self.pool().config;
-        Error::PoolTimeout {
-            pool_size: config.pool_size,
-            max_overflow: config.max_overflow,
-            timeout: config.pool_timeout,
-            open,
-            checked_out,
-            pending,
-        }
     }
 
     /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
     fn usable(&self, session: &mut Session) -> bool {
-        let config = &self.pool().config;
-        let now = Instant::now();
-        let pooled = session.pooled();
-        if self.pool().invalidation.is_invalidated(pooled.created) {
-            self.pool()
-                .event("replacing a connection invalidated earlier");
-            return false;
-        }
-        if let Some(recycle) = config.pool_recycle {
-            if now.duration_since(pooled.created) >= recycle {
-                self.pool()
-                    .event("recycle: replacing a connection older than pool_recycle");
-                return false;
-            }
-        }
-        if config.pre_ping && now.duration_since(pooled.last_used) >= config.pre_ping_bypass {
-            if let Err(error) = pooled.ping() {
-                self.pool().invalidation.invalidate();
-                tracing::warn!(target: "userbase::pool", %error, "pre-ping failed: invalidating the pool's older connections");
-                return false;
-            }
-        }
-        pooled.last_used = now;
-        true
+        self.pool().validate(session.pooled())
     }
 
     /// Checks the server answers: checks a connection out and pings it, always (no bypass
@@ -261,15 +223,15 @@ impl Database {
 
     /// The pool's figures: SQLAlchemy's `engine.pool.status()`.
     pub fn status(&self) -> PoolStatus {
-        let (open, idle, checked_out) = self.pool().gate.figures();
+        let figures = self.pool().gate.figures();
         let config = &self.pool().config;
         PoolStatus {
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
-            open,
-            idle,
-            checked_out,
-            overflow: i64::from(open) - i64::from(config.pool_size),
+            open: figures.open,
+            idle: figures.idle,
+            checked_out: figures.checked_out,
+            overflow: i64::from(figures.open) - i64::from(config.pool_size),
         }
     }
 
@@ -277,8 +239,7 @@ impl Database {
     /// checkouts open fresh connections (SQLAlchemy's `engine.dispose()`).
     pub fn dispose(&self) {
         self.pool().invalidation.invalidate();
-        let count = self.pool().gate.reserve_all_idle();
-        engine::close_reserved(&self.pool().r2d2, &self.pool().gate, count);
+        self.pool().close_idle();
         self.pool().event("dispose: idle connections closed");
     }
 
@@ -295,9 +256,9 @@ impl Database {
         E: From<Error>,
     {
         let mut session = self.session()?;
-        let outcome = session.transaction(f);
-        replica::after_transaction(self, session.repo_connection(), outcome.is_ok());
-        outcome
+        // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
+        let isolation = crate::transaction::Isolation::Default;
+        replica::transaction(self, session.repo_connection(), isolation, f)
     }
 
     /// Applies the embedded migrations that are not applied yet, returning their versions.
@@ -306,9 +267,15 @@ impl Database {
     /// through an advisory lock, on SQLite through an exclusive transaction. They run through
     /// [`Settings::migration_url`] when set (a connection of their own), else on the primary.
     ///
+    /// On PostgreSQL each migration runs with a short `lock_timeout` and is retried with backoff
+    /// when it fires, so that a migration waiting behind a long transaction never makes every
+    /// other query of its table queue behind its lock request (see [`crate::migrate`]).
+    ///
     /// # Errors
     ///
-    /// [`Error::Migration`] when a migration fails (it is rolled back), or a checkout error;
+    /// [`Error::MigrationLockTimeout`] naming the migration whose locks stayed taken through
+    /// every attempt; [`Error::Migration`] when a migration fails (it is rolled back), or a
+    /// checkout error;
     /// [`Error::Config`] when the connection goes through a pooler such as pgbouncer (its
     /// session advisory lock would not hold): set [`Settings::migration_url`].
     #[track_caller]

@@ -1,143 +1,115 @@
-//! The admission gate in front of r2d2: the pool's exact bookkeeping, where checkouts wait.
+//! The gate: the [`Admission`] state machine behind a mutex, where checkouts, connect threads,
+//! r2d2's connect calls and the keeper wait for each other.
 //!
-//! r2d2 keeps the idle connections and hands them out, but it cannot wake a waiting checkout
-//! when a returned connection is discarded, nor hand it a connect error (it retries in the
-//! background while the caller sleeps until its timeout). So checkouts never wait inside r2d2:
-//! they wait here, on one condition variable, for one of three things:
+//! - A checkout waits on `callers` for its [`Step`]: an idle connection reserved for it, a
+//!   ticket to open one (it starts a connect thread, see `manager`), or its deadline.
+//! - A connect thread hands the connection it opened to `ready` and wakes `connectors`: r2d2's
+//!   [`connect`](r2d2::ManageConnection::connect) calls wait there and return it, and r2d2 puts it
+//!   in its idle list.
+//! - The keeper waits on `keeper` for overflow connections to close and leaks to report.
 //!
-//! - an idle connection (`idle` counts only connections already in r2d2's idle list, or
-//!   connected and about to be pushed there; each is reserved by one checkout before it pops);
-//! - room to open one more (`open + pending < pool_size + max_overflow`): the checkout queues a
-//!   connect *ticket*, which a connector (r2d2's `ManageConnection::connect`, see `manager`)
-//!   takes, opens, and either pushes into r2d2's idle list or fails with the driver's message;
-//! - its ticket's failure, returned to it as [`Error::Connect`](crate::Error::Connect).
-//!
-//! Waiters take idle connections in arrival order. A waiter is woken whenever a session comes
-//! back (kept or discarded), a connect lands or fails, or another waiter leaves.
+//! Nothing here sleeps for a fixed time or polls: every wait is on a condition variable, bounded
+//! by a deadline where there is one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::Location;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::admission::{Admission, Due, Figures, LeaseId, Limits, Refusal, Step, Ticket};
+use super::pooled::Pooled;
 use crate::config::PoolConfig;
 
-/// A session checked out for longer than the leak detection threshold is reported once.
-struct Lease {
-    since: Instant,
-    location: &'static Location<'static>,
-    /// The subscriber in force where the session was checked out: the warning goes there.
-    dispatch: tracing::Dispatch,
-    warned: bool,
-}
+/// What a failed connect reports to its checkout: the driver's error.
+pub(crate) type ConnectFailure = crate::error::BoxedCause;
 
-/// What a waiting checkout was granted.
-pub(crate) enum Grant {
-    /// One of the idle connections is reserved for it: pop it from r2d2.
-    Idle,
-}
-
-/// Why a waiting checkout gave up.
-pub(crate) enum Refusal {
-    /// Its connect failed with this message.
-    Connect(String),
-    /// Nothing became available in time; the figures at that moment.
-    Timeout {
-        open: u32,
-        checked_out: u32,
-        pending: u32,
-    },
-}
-
-#[derive(Default)]
-struct State {
-    /// Connections held by sessions (or by the pool while it closes them).
-    out: u32,
-    /// Connections in r2d2's idle list, not reserved.
-    idle: u32,
-    /// Connect tickets nobody has taken yet.
-    queued: VecDeque<u64>,
-    /// Connect tickets a connector is working on.
-    connecting: HashSet<u64>,
-    /// Tickets whose checkout is still waiting for them.
-    owned: HashSet<u64>,
-    /// Connect failures for waiting checkouts, by ticket.
-    failures: HashMap<u64, String>,
-    /// Waiting checkouts, oldest first.
-    waiters: VecDeque<u64>,
-    next_id: u64,
-    /// Since when more than `pool_size` connections have been idle.
-    excess_since: Option<Instant>,
-    leases: HashMap<u64, Lease>,
-    closed: bool,
-}
-
-impl State {
-    fn pending(&self) -> u32 {
-        let pending = self.queued.len().saturating_add(self.connecting.len());
-        u32::try_from(pending).unwrap_or(u32::MAX)
+/// Where the pool's figures and timings go (the metrics instruments), told under the gate's
+/// lock after every change, so that a sequence of figures is the sequence of states.
+pub(crate) trait Observer: Send + Sync {
+    /// The figures changed (or may have).
+    fn figures(&self, figures: &Figures);
+    /// A checkout gave up at its deadline.
+    fn timeout(&self) {}
+    /// A connect thread opened a connection in `took`.
+    fn created(&self, took: Duration) {
+        let _ = took;
     }
-
-    /// Connections open or on their way: what counts against `pool_size + max_overflow`.
-    fn committed(&self) -> u32 {
-        self.out
-            .saturating_add(self.idle)
-            .saturating_add(self.pending())
+    /// A checkout obtained its connection after waiting `took`.
+    fn waited(&self, took: Duration) {
+        let _ = took;
     }
-
-    fn id(&mut self) -> u64 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
+    /// A session held its connection for `held`, checkout to return.
+    fn used(&self, held: Duration) {
+        let _ = held;
     }
 }
 
-/// The gate: shared by the [`Database`](crate::Database), its sessions and its connectors.
+/// No instruments.
+pub(crate) struct Unobserved;
+
+impl Observer for Unobserved {
+    fn figures(&self, _figures: &Figures) {}
+}
+
+struct Inner {
+    admission: Admission<ConnectFailure, tracing::Dispatch>,
+    /// Connections opened by connect threads, waiting for one of r2d2's connect calls.
+    ready: VecDeque<Pooled>,
+}
+
+/// The gate: shared by the pool, its sessions, its connect threads and r2d2's connect calls.
 pub(crate) struct Gate {
-    state: Mutex<State>,
-    /// Checkouts waiting for a connection.
+    inner: Mutex<Inner>,
+    /// Checkouts waiting for a step.
     callers: Condvar,
-    /// Connectors waiting for a ticket.
+    /// r2d2's connect calls waiting for an opened connection.
     connectors: Condvar,
-    /// The keeper thread (overflow idle timeout, leak detection).
+    /// The keeper thread.
     keeper: Condvar,
-    pool_size: u32,
-    max: u32,
-    overflow_idle_timeout: Duration,
-    leak_threshold: Option<Duration>,
+    observer: Box<dyn Observer>,
 }
 
-/// Work the keeper thread found due.
-pub(crate) enum Due {
-    /// Close this many idle connections (already reserved).
-    Close(u32),
-    /// Emit these leak warnings.
-    Leaks(Vec<(tracing::Dispatch, &'static Location<'static>, Duration)>),
-    /// The pool is closed: stop.
-    Stop,
+/// A checkout's outcome in the gate.
+pub(crate) enum Admitted {
+    /// An idle connection is reserved for it: take it from r2d2.
+    Take,
+    /// It gave up.
+    Refused(Refusal<ConnectFailure>),
 }
 
 impl Gate {
-    pub(crate) fn new(config: &PoolConfig) -> Self {
+    pub(crate) fn new(config: &PoolConfig, observer: Box<dyn Observer>) -> Self {
         Gate {
-            state: Mutex::new(State::default()),
+            observer,
+            inner: Mutex::new(Inner {
+                admission: Admission::new(Limits::new(config)),
+                ready: VecDeque::new(),
+            }),
             callers: Condvar::new(),
             connectors: Condvar::new(),
             keeper: Condvar::new(),
-            pool_size: config.pool_size,
-            max: config.max_connections(),
-            overflow_idle_timeout: config.overflow_idle_timeout,
-            leak_threshold: config.leak_detection_threshold,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes the waiting checkouts, if any, after a change they may be waiting for.
-    fn wake_callers(&self, st: MutexGuard<'_, State>) {
-        let waiting = !st.waiters.is_empty();
-        drop(st);
+    /// The instruments.
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        &*self.observer
+    }
+
+    /// Tells the observer the figures, under the lock.
+    fn publish(&self, inner: &Inner) {
+        self.observer.figures(&inner.admission.figures());
+    }
+
+    /// Publishes the figures, releases the lock and wakes the waiting checkouts, if any.
+    fn wake_callers(&self, inner: MutexGuard<'_, Inner>) {
+        self.publish(&inner);
+        let waiting = inner.admission.has_waiters();
+        drop(inner);
         if waiting {
             self.callers.notify_all();
         }
@@ -145,249 +117,218 @@ impl Gate {
 
     /// Whether a keeper thread has work to do for this configuration.
     pub(crate) fn needs_keeper(&self) -> bool {
-        self.max > self.pool_size || self.leak_threshold.is_some()
+        self.lock().admission.needs_keeper()
     }
 
-    fn track_excess(&self, st: &mut State) {
-        if st.idle > self.pool_size {
-            if st.excess_since.is_none() {
-                st.excess_since = Some(Instant::now());
-                self.keeper.notify_one();
-            }
-        } else {
-            st.excess_since = None;
-        }
+    /// The pool's figures now.
+    pub(crate) fn figures(&self) -> Figures {
+        self.lock().admission.figures()
     }
 
-    /// Waits until an idle connection is reserved for the caller, queuing a connect ticket when
-    /// there is room for one more connection.
-    pub(crate) fn acquire(&self, deadline: Instant) -> Result<Grant, Refusal> {
-        let mut st = self.lock();
-        let me = st.id();
-        st.waiters.push_back(me);
-        let mut ticket: Option<u64> = None;
-        let outcome = loop {
-            if let Some(message) = ticket.and_then(|t| st.failures.remove(&t)) {
-                break Err(Refusal::Connect(message));
-            }
-            let position = st.waiters.iter().position(|w| *w == me).unwrap_or(0);
-            if u32::try_from(position).is_ok_and(|p| p < st.idle) {
-                st.idle -= 1;
-                st.out += 1;
-                self.track_excess(&mut st);
-                break Ok(Grant::Idle);
-            }
-            if let Some(t) = ticket {
-                // Its connection landed and went to an earlier waiter: room for another ticket.
-                if !st.queued.contains(&t) && !st.connecting.contains(&t) {
-                    st.owned.remove(&t);
-                    ticket = None;
+    // ---- checkouts ----------------------------------------------------------------------------
+
+    /// Waits until an idle connection is reserved for the caller or it gives up at `deadline`.
+    /// `open` starts a connect thread for a ticket the caller was given (called without the lock
+    /// held); when it cannot, it returns the failure, which refuses the checkout.
+    pub(crate) fn admit(
+        &self,
+        deadline: Instant,
+        open: impl Fn(Ticket) -> Result<(), ConnectFailure>,
+    ) -> Admitted {
+        let mut inner = self.lock();
+        let me = inner.admission.arrive();
+        self.publish(&inner);
+        // Leaves the queue however this ends (an `open` that panics included).
+        let mut guard = Leave {
+            gate: self,
+            me,
+            done: false,
+        };
+        loop {
+            let now = Instant::now();
+            match inner.admission.poll(me, now, deadline) {
+                Step::Take => {
+                    guard.done = true;
+                    self.wake_callers(inner);
+                    return Admitted::Take;
+                }
+                Step::Refuse(refusal) => {
+                    guard.done = true;
+                    self.wake_callers(inner);
+                    return Admitted::Refused(refusal);
+                }
+                Step::Open(ticket) => {
+                    self.publish(&inner);
+                    drop(inner);
+                    if let Err(failure) = open(ticket) {
+                        self.failed(ticket, failure);
+                    }
+                    inner = self.lock();
+                }
+                Step::Wait(until) => {
+                    let timeout = until.saturating_duration_since(now);
+                    inner = self
+                        .callers
+                        .wait_timeout(inner, timeout)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
             }
-            if ticket.is_none() && st.committed() < self.max {
-                let t = st.id();
-                st.queued.push_back(t);
-                st.owned.insert(t);
-                ticket = Some(t);
-                self.connectors.notify_one();
-                continue;
-            }
-            let now = Instant::now();
-            // A connect already opening for this checkout is waited for, like SQLAlchemy's
-            // overflow connect: `pool_timeout` bounds the wait for room, the driver's
-            // `connect_timeout` bounds the connect. So `PoolTimeout` means the limit was in use
-            // (or no connector was free to start a connect) for the whole timeout.
-            let connecting_for_me = ticket.is_some_and(|t| st.connecting.contains(&t));
-            if now >= deadline && connecting_for_me {
-                st = self
-                    .callers
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            if now >= deadline {
-                break Err(Refusal::Timeout {
-                    open: st.out.saturating_add(st.idle),
-                    checked_out: st.out,
-                    pending: st.pending(),
-                });
-            }
-            st = self
-                .callers
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        };
-        st.waiters.retain(|w| *w != me);
-        if let Some(t) = ticket {
-            // Served otherwise: a ticket nobody took is withdrawn; one under way lands as idle.
-            st.owned.remove(&t);
-            st.failures.remove(&t);
-            st.queued.retain(|q| *q != t);
         }
-        // Positions moved (and a withdrawn ticket freed room): let the others look again.
-        self.wake_callers(st);
-        outcome
     }
 
-    /// A checked-out connection (or one the pool was closing) is gone: room for another.
-    pub(crate) fn discarded(&self, count: u32) {
-        let mut st = self.lock();
-        st.out = st.out.saturating_sub(count);
-        self.wake_callers(st);
-    }
-
-    /// A checked-out connection is back in r2d2's idle list.
+    /// A checked-out connection goes back to r2d2's idle list (it is pushed right after: a
+    /// checkout woken by this takes it from r2d2, whose own wait covers the moment between).
     pub(crate) fn kept(&self) {
-        let mut st = self.lock();
-        st.out = st.out.saturating_sub(1);
-        st.idle = st.idle.saturating_add(1);
-        self.track_excess(&mut st);
-        self.wake_callers(st);
+        let mut inner = self.lock();
+        if inner.admission.kept(Instant::now()) {
+            self.keeper.notify_one();
+        }
+        self.wake_callers(inner);
     }
 
-    /// Whether `pool_size` connections are idle (for the immediate overflow close).
+    /// Whether `pool_size` connections are idle already.
     pub(crate) fn pool_size_idle(&self) -> bool {
-        self.lock().idle >= self.pool_size
+        self.lock().admission.pool_size_idle()
     }
 
-    /// Reserves every idle connection for closing (dispose); returns how many.
-    pub(crate) fn reserve_all_idle(&self) -> u32 {
-        let mut st = self.lock();
-        let count = st.idle;
-        st.idle = 0;
-        st.out = st.out.saturating_add(count);
-        self.track_excess(&mut st);
+    /// A checked-out connection is about to be closed instead of kept.
+    pub(crate) fn discarding(&self) {
+        let mut inner = self.lock();
+        inner.admission.discarding();
+        self.publish(&inner);
+    }
+
+    /// A connection being closed is gone: room for another.
+    pub(crate) fn closed_one(&self) {
+        let mut inner = self.lock();
+        inner.admission.closed_one();
+        self.wake_callers(inner);
+    }
+
+    /// Moves every idle connection to closing (dispose); returns how many to take from r2d2.
+    pub(crate) fn close_all_idle(&self) -> u32 {
+        let mut inner = self.lock();
+        let count = inner.admission.close_all_idle(Instant::now());
+        self.publish(&inner);
         count
     }
 
-    // ---- connectors ------------------------------------------------------------------------
+    // ---- connects ------------------------------------------------------------------------------
 
-    /// Blocks a connector until a ticket is queued; `None` once the pool is closed.
-    pub(crate) fn next_ticket(&self) -> Option<u64> {
-        let mut st = self.lock();
+    /// A connect thread opened `conn` for `ticket`: it goes to r2d2 through `ready`. When the
+    /// pool is closed it is handed back, to be closed by the caller.
+    pub(crate) fn opened(&self, ticket: Ticket, conn: Pooled) -> Option<Pooled> {
+        let mut inner = self.lock();
+        if !inner.admission.opened(ticket, Instant::now()) {
+            self.publish(&inner);
+            return Some(conn);
+        }
+        inner.ready.push_back(conn);
+        self.connectors.notify_one();
+        self.keeper.notify_one();
+        self.wake_callers(inner);
+        None
+    }
+
+    /// The connect for `ticket` failed: its checkout (if still waiting) gets the message.
+    /// Returns the message when no checkout waits for it.
+    pub(crate) fn failed(&self, ticket: Ticket, failure: ConnectFailure) -> Option<ConnectFailure> {
+        let mut inner = self.lock();
+        let unclaimed = inner.admission.failed(ticket, failure);
+        self.wake_callers(inner);
+        unclaimed
+    }
+
+    /// For r2d2's connect calls: waits for a connection a connect thread opened; `None` once the
+    /// pool is closed.
+    pub(crate) fn next_ready(&self) -> Option<Pooled> {
+        let mut inner = self.lock();
         loop {
-            if st.closed {
+            if let Some(conn) = inner.ready.pop_front() {
+                return Some(conn);
+            }
+            if inner.admission.is_closed() {
                 return None;
             }
-            if let Some(t) = st.queued.pop_front() {
-                st.connecting.insert(t);
-                return Some(t);
-            }
-            st = self
+            inner = self
                 .connectors
-                .wait(st)
+                .wait(inner)
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// The ticket's connection is made; r2d2 pushes it into its idle list right after.
-    pub(crate) fn landed(&self, ticket: u64) {
-        let mut st = self.lock();
-        st.connecting.remove(&ticket);
-        st.idle = st.idle.saturating_add(1);
-        self.track_excess(&mut st);
-        self.wake_callers(st);
-    }
-
-    /// The ticket's connect failed: its checkout (if still waiting) gets the message.
-    pub(crate) fn failed(&self, ticket: u64, message: String) {
-        let mut st = self.lock();
-        st.connecting.remove(&ticket);
-        if st.owned.contains(&ticket) {
-            st.failures.insert(ticket, message);
-        }
-        self.wake_callers(st);
-    }
-
-    /// Closes the gate: connectors and the keeper stop.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
+    /// Closes the gate: no more connects; r2d2's connect calls and the keeper stop. Returns the
+    /// opened connections r2d2 never took, to be closed by the caller.
+    pub(crate) fn close(&self) -> Vec<Pooled> {
+        let mut inner = self.lock();
+        inner.admission.close();
+        let unclaimed: Vec<Pooled> = inner.ready.drain(..).collect();
+        drop(inner);
         self.connectors.notify_all();
         self.keeper.notify_all();
-    }
-
-    // ---- figures -----------------------------------------------------------------------------
-
-    /// `(open, idle, checked_out)`.
-    pub(crate) fn figures(&self) -> (u32, u32, u32) {
-        let st = self.lock();
-        (st.out.saturating_add(st.idle), st.idle, st.out)
+        self.callers.notify_all();
+        unclaimed
     }
 
     // ---- leak detection ------------------------------------------------------------------------
 
-    /// Registers a checkout for leak detection; `None` when detection is off.
-    pub(crate) fn lease(&self, location: &'static Location<'static>) -> Option<u64> {
-        self.leak_threshold?;
+    /// Watches a checkout for leaks; `None` when detection is off.
+    pub(crate) fn lease(&self, location: &'static Location<'static>) -> Option<LeaseId> {
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let mut st = self.lock();
-        let id = st.id();
-        st.leases.insert(
-            id,
-            Lease {
-                since: Instant::now(),
-                location,
-                dispatch,
-                warned: false,
-            },
-        );
-        drop(st);
-        self.keeper.notify_one();
-        Some(id)
+        let mut inner = self.lock();
+        let lease = inner.admission.lease(location, dispatch, Instant::now());
+        drop(inner);
+        if lease.is_some() {
+            self.keeper.notify_one();
+        }
+        lease
     }
 
-    pub(crate) fn release(&self, lease: u64) {
-        self.lock().leases.remove(&lease);
+    pub(crate) fn release(&self, lease: LeaseId) {
+        self.lock().admission.release(lease);
     }
 
     // ---- the keeper --------------------------------------------------------------------------
 
     /// Waits for the keeper's next piece of work.
-    pub(crate) fn next_due(&self) -> Due {
-        let mut st = self.lock();
+    pub(crate) fn next_due(&self) -> Due<tracing::Dispatch> {
+        let mut inner = self.lock();
         loop {
-            if st.closed {
-                return Due::Stop;
-            }
             let now = Instant::now();
-            let mut next: Option<Instant> = None;
-            if let (Some(since), true) = (st.excess_since, st.idle > self.pool_size) {
-                let at = since.checked_add(self.overflow_idle_timeout).unwrap_or(now);
-                if at <= now {
-                    let count = st.idle - self.pool_size;
-                    st.idle = self.pool_size;
-                    st.out = st.out.saturating_add(count);
-                    st.excess_since = None;
-                    return Due::Close(count);
-                }
-                next = Some(at);
-            }
-            if let Some(threshold) = self.leak_threshold {
-                let mut leaks = Vec::new();
-                for lease in st.leases.values_mut().filter(|l| !l.warned) {
-                    let held = now.saturating_duration_since(lease.since);
-                    if held >= threshold {
-                        lease.warned = true;
-                        leaks.push((lease.dispatch.clone(), lease.location, held));
-                    } else {
-                        let at = lease.since.checked_add(threshold).unwrap_or(now);
-                        next = Some(next.map_or(at, |n| n.min(at)));
-                    }
-                }
-                if !leaks.is_empty() {
-                    return Due::Leaks(leaks);
-                }
-            }
-            st = match next {
-                Some(at) => {
+            inner = match inner.admission.due(now) {
+                Due::Wait(Some(at)) => {
                     self.keeper
-                        .wait_timeout(st, at.saturating_duration_since(now))
+                        .wait_timeout(inner, at.saturating_duration_since(now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
-                None => self.keeper.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Due::Wait(None) => self
+                    .keeper
+                    .wait(inner)
+                    .unwrap_or_else(PoisonError::into_inner),
+                due => {
+                    self.publish(&inner);
+                    return due;
+                }
             };
+        }
+    }
+}
+
+/// Takes a checkout out of the queue if it leaves the gate without a decision.
+struct Leave<'g> {
+    gate: &'g Gate,
+    me: u64,
+    done: bool,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut inner = self.gate.lock();
+            inner.admission.abandon(self.me);
+            self.gate.wake_callers(inner);
         }
     }
 }

@@ -1,53 +1,37 @@
-//! Taking reserved connections out of r2d2, and the keeper thread: closes connections above
-//! `pool_size` once more than `pool_size` have stayed idle for `overflow_idle_timeout`, and
-//! reports sessions held longer than `leak_detection_threshold`.
+//! Closing idle connections, and the keeper thread: closes connections above `pool_size` once
+//! more than `pool_size` have stayed idle for `overflow_idle_timeout`, and reports sessions held
+//! longer than `leak_detection_threshold`.
 
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::gate::{Due, Gate};
+use super::admission::Due;
+use super::gate::Gate;
 use super::{Manager, Pool};
 
-/// Pops an idle connection the gate reserved for the caller.
-///
-/// The gate counts a new connection as idle when its connect returns, a moment before r2d2
-/// pushes it into its idle list, so the pop may briefly find the list empty; it then retries
-/// until the push (microseconds). `None` only if nothing arrives within `limit`, which the gate's
-/// bookkeeping rules out.
-pub(crate) fn pop_reserved(
-    pool: &r2d2::Pool<Manager>,
-    limit: Duration,
-) -> Option<r2d2::PooledConnection<Manager>> {
-    let started = Instant::now();
-    let mut spins = 0_u32;
-    loop {
-        if let Some(conn) = pool.try_get() {
-            return Some(conn);
-        }
-        if started.elapsed() >= limit {
-            return None;
-        }
-        spins = spins.saturating_add(1);
-        if spins < 100 {
-            thread::yield_now();
-        } else {
-            thread::sleep(Duration::from_micros(100));
-        }
-    }
-}
+/// How long taking a connection the gate moved to `closing` out of r2d2 may wait: r2d2 has it
+/// already or is pushing it (a check-in counted a moment before its push), so this is never
+/// reached while the pool works.
+const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Closes `count` idle connections the gate reserved for closing.
-pub(crate) fn close_reserved(pool: &r2d2::Pool<Manager>, gate: &Gate, count: u32) {
-    let mut closed = 0;
+/// Closes `count` idle connections the gate moved to `closing`: each is taken from r2d2 and
+/// handed back marked for discard, so r2d2 removes it and [`Closer`](super::manager::Closer)
+/// closes it and tells the gate.
+pub(crate) fn close_idle(pool: &r2d2::Pool<Manager>, gate: &Gate, count: u32) {
     for _ in 0..count {
-        if let Some(mut conn) = pop_reserved(pool, Duration::from_secs(1)) {
-            conn.mark_discard();
-            drop(conn);
+        match pool.get_timeout(TAKE_LIMIT) {
+            Ok(mut conn) => {
+                conn.mark_discard();
+                drop(conn);
+            }
+            Err(error) => {
+                // The count is given back so the figures stay bounded by what exists.
+                tracing::warn!(target: "userbase::pool", %error, "an idle connection to close was not in the pool");
+                gate.closed_one();
+            }
         }
-        closed += 1;
     }
-    gate.discarded(closed);
 }
 
 /// Starts the keeper thread of the pool `owner` holds; it stops when the engine is dropped.
@@ -74,11 +58,12 @@ fn run<T: AsRef<Pool>>(gate: &Gate, owner: &Weak<T>) {
                 if pool.config.echo_pool {
                     tracing::debug!(target: "userbase::pool", count, "overflow idle timeout: closing connections above pool_size");
                 }
-                close_reserved(&pool.r2d2, gate, count);
+                close_idle(&pool.r2d2, gate, count);
             }
             Due::Leaks(leaks) => {
-                for (dispatch, location, held) in leaks {
-                    tracing::dispatcher::with_default(&dispatch, || {
+                for leak in leaks {
+                    let (location, held) = (leak.location, leak.held);
+                    tracing::dispatcher::with_default(&leak.dispatch, || {
                         tracing::warn!(
                             target: "userbase::pool",
                             checked_out_at = %location,
@@ -89,6 +74,7 @@ fn run<T: AsRef<Pool>>(gate: &Gate, owner: &Weak<T>) {
                     });
                 }
             }
+            Due::Wait(_) => {}
         }
     }
 }

@@ -7,11 +7,12 @@
 //!   (or being opened) at any moment. Connections above `pool_size` are closed once more than
 //!   `pool_size` have stayed idle for `overflow_idle_timeout` (zero: at once as they come back,
 //!   as SQLAlchemy does); `pool_size` idle connections are never closed by a timer.
-//! - **`pool_timeout`**: a waiting checkout is woken as soon as a connection comes back (kept or
-//!   closed), a connect lands or fails; it fails with
-//!   [`Error::PoolTimeout`](crate::Error::PoolTimeout) only when the limit stayed in use for the
-//!   whole timeout, and with [`Error::Connect`](crate::Error::Connect) (the server's message) as
-//!   soon as the connect made for it fails.
+//! - **`pool_timeout`** bounds the whole checkout: a waiting checkout is woken as soon as a
+//!   connection comes back (kept or closed), a connect lands or fails. It fails with
+//!   [`Error::Connect`] (the server's message) as soon as the connect made for it fails; at the
+//!   deadline, with [`Error::ConnectTimeout`] naming the host when a connect that would serve it
+//!   had no answer yet (that connect goes on, and serves a later checkout if it succeeds), else
+//!   with [`Error::PoolTimeout`] and the figures: the limit stayed in use.
 //! - **`pool_recycle`**: older connections are replaced at checkout.
 //! - **`pre_ping`**: idle connections are pinged at checkout unless used within
 //!   `pre_ping_bypass`; a failed ping or a query on a dead connection invalidates every older
@@ -23,12 +24,15 @@
 //!   through `tracing`, naming where it was checked out.
 //! - **`echo` / `echo_pool`**: statements and pool events through `tracing`, never the password.
 //!
-//! How the pieces fit: `gate` keeps the exact figures and is where checkouts wait; `manager`
-//! opens connections for the gate's tickets on r2d2's worker threads; r2d2 keeps the idle
-//! connections; `keeper` is the thread that closes overflow connections and reports leaks;
-//! `pooled` and `watch` are what the pool knows of each connection. The engine imports none of
-//! the layers above it (session, transaction, repo, the `Database` façade).
+//! How the pieces fit: `admission` is the pool's bookkeeping as a state machine with the clock
+//! injected (every rule that counts or times, unit-tested without a server); `gate` puts it
+//! behind a mutex and is where checkouts, connect threads and the keeper wait; `manager` opens
+//! connections on connect threads and hands them to r2d2, which keeps the idle ones; `keeper` is
+//! the thread that closes overflow connections and reports leaks; `pooled` and `watch` are what
+//! the pool knows of each connection. The engine imports none of the layers above it (session,
+//! transaction, repo, the `Database` façade).
 
+mod admission;
 mod gate;
 mod keeper;
 mod manager;
@@ -36,17 +40,26 @@ mod pooled;
 mod watch;
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub(crate) use self::gate::{Gate, Grant, Refusal};
-pub(crate) use self::keeper::{close_reserved, pop_reserved};
-pub(crate) use self::manager::{connect_error, Manager};
+pub(crate) use self::admission::LeaseId;
+use self::admission::{Refusal, Verdict};
+use self::gate::{Admitted, ConnectFailure};
+pub(crate) use self::gate::{Gate, Observer, Unobserved};
+pub(crate) use self::manager::Manager;
+use self::manager::{Closer, Opener};
 pub(crate) use self::pooled::{Invalidation, Pooled};
 pub(crate) use self::watch::Watch;
 pub use crate::config::url::LIBPQ_SAFETY_DEFAULTS;
 pub use crate::migrate::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 
 use crate::config::{DbUrl, PoolConfig};
+use crate::error::{Error, Result};
+
+/// A connection taken from r2d2 for a checkout.
+pub(crate) type Lent = r2d2::PooledConnection<Manager>;
 
 /// The pool's parts, owned by the [`Database`](crate::Database) (shared by its clones); dropping
 /// it stops the pool's threads.
@@ -56,26 +69,31 @@ pub(crate) struct Pool {
     pub(crate) config: PoolConfig,
     pub(crate) gate: Arc<Gate>,
     pub(crate) invalidation: Arc<Invalidation>,
+    opener: Arc<Opener>,
 }
 
 impl Drop for Pool {
-    /// Closes the idle connections in the dropping thread, then stops the connectors. r2d2
+    /// Closes the idle connections in the dropping thread, then stops the connect calls. r2d2
     /// frees its own pool only once its worker threads let go of it, which may come after the
     /// process has exited: an SQLite file would then keep its `-wal` and `-shm` files.
     fn drop(&mut self) {
-        let idle = self.gate.reserve_all_idle();
-        close_reserved(&self.r2d2, &self.gate, idle);
-        self.gate.close();
+        let idle = self.gate.close_all_idle();
+        keeper::close_idle(&self.r2d2, &self.gate, idle);
+        drop(self.gate.close());
     }
 }
 
+/// How long taking a reserved idle connection out of r2d2 may wait (see [`keeper`]'s limit):
+/// r2d2 has it, or is pushing it.
+const TAKE_LIMIT: Duration = Duration::from_secs(5);
+
 impl Pool {
     /// Builds the pool for `url` (validated) without opening any connection.
-    pub(crate) fn new(url: DbUrl, config: PoolConfig) -> Self {
-        let gate = Arc::new(Gate::new(&config));
-        let manager = Manager::new(url.clone(), config.clone(), gate.clone());
+    pub(crate) fn new(url: DbUrl, config: PoolConfig, observer: Box<dyn Observer>) -> Self {
+        let gate = Arc::new(Gate::new(&config, observer));
+        let opener = Arc::new(Opener::new(url.clone(), config.clone(), gate.clone()));
         // r2d2 keeps the idle connections; `min_idle` at the maximum keeps a connect call
-        // outstanding for every connection not yet open, each waiting for a checkout's ticket
+        // outstanding for every connection not yet open, each taking what a connect thread opened
         // (see `manager`). No reaper: `keeper` closes overflow connections.
         let r2d2 = r2d2::Pool::builder()
             .max_size(config.max_connections())
@@ -85,16 +103,18 @@ impl Pool {
             .connection_timeout(config.pool_timeout)
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
+            .connection_customizer(Box::new(Closer { gate: gate.clone() }))
             .event_handler(Box::new(watch::PoolEvents {
                 echo_pool: config.echo_pool,
             }))
-            .build_unchecked(manager);
+            .build_unchecked(Manager::new(url.clone(), gate.clone()));
         Pool {
             r2d2,
             url,
             config,
             gate,
             invalidation: Arc::new(Invalidation::new()),
+            opener,
         }
     }
 
@@ -111,6 +131,111 @@ impl Pool {
         if self.config.echo_pool {
             tracing::debug!(target: "userbase::pool", "{event}");
         }
+    }
+
+    /// Waits in the gate until a connection is reserved for the caller (opening one when there is
+    /// room), then takes it from r2d2. Gives up at `deadline`, even while a connect it started is
+    /// still under way (that connect goes on and serves a later checkout).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] as soon as the connect started for this checkout fails;
+    /// [`Error::ConnectTimeout`] at the deadline while that connect still had no answer;
+    /// [`Error::PoolTimeout`] at the deadline when every slot stayed in use.
+    pub(crate) fn checkout(&self, deadline: Instant) -> Result<Lent> {
+        match self
+            .gate
+            .admit(deadline, |ticket| self.opener.start(ticket))
+        {
+            Admitted::Take => {}
+            Admitted::Refused(refusal) => return Err(self.refusal(refusal)),
+        }
+        match self.r2d2.get_timeout(TAKE_LIMIT) {
+            Ok(conn) => Ok(conn),
+            Err(error) => {
+                // Unreachable by the gate's bookkeeping; give the reservation back as closed.
+                self.gate.discarding();
+                self.gate.closed_one();
+                tracing::warn!(target: "userbase::pool", %error, "a reserved idle connection was not in the pool");
+                Err(self.refusal(Refusal::Timeout(self.gate.figures())))
+            }
+        }
+    }
+
+    fn refusal(&self, refusal: Refusal<ConnectFailure>) -> Error {
+        match refusal {
+            Refusal::Connect(cause) => Error::connect(&self.url, cause),
+            Refusal::Timeout(figures) if figures.waited_on_connect => {
+                self.gate.observer().timeout();
+                tracing::warn!(target: "userbase::pool", url = %self.url, "checkout timed out: a connect that would serve it had no answer yet");
+                Error::ConnectTimeout {
+                    url: self.url.to_string(),
+                    timeout: self.config.pool_timeout,
+                }
+            }
+            Refusal::Timeout(figures) => {
+                self.gate.observer().timeout();
+                tracing::warn!(
+                    target: "userbase::pool",
+                    open = figures.open,
+                    checked_out = figures.checked_out,
+                    pending = figures.pending,
+                    "checkout timed out"
+                );
+                Error::PoolTimeout {
+                    pool_size: self.config.pool_size,
+                    max_overflow: self.config.max_overflow,
+                    timeout: self.config.pool_timeout,
+                    open: figures.open,
+                    checked_out: figures.checked_out,
+                    pending: figures.pending,
+                }
+            }
+        }
+    }
+
+    /// Checkout-time validation, in the caller's thread (invalidation, recycle, pre-ping):
+    /// whether `pooled` may be handed out. A failed ping invalidates the pool's older connections.
+    pub(crate) fn validate(&self, pooled: &mut Pooled) -> bool {
+        let now = Instant::now();
+        let invalidated = self.invalidation.is_invalidated(pooled.created);
+        match admission::verdict(
+            &self.config,
+            pooled.created,
+            pooled.last_used,
+            invalidated,
+            now,
+        ) {
+            Verdict::Invalidated => {
+                self.event("replacing a connection invalidated earlier");
+                return false;
+            }
+            Verdict::Recycle => {
+                self.event("recycle: replacing a connection older than pool_recycle");
+                return false;
+            }
+            Verdict::Ping => {
+                if let Err(error) = pooled.ping() {
+                    self.invalidation.invalidate();
+                    tracing::warn!(target: "userbase::pool", %error, "pre-ping failed: invalidating the pool's older connections");
+                    return false;
+                }
+            }
+            Verdict::Use => {}
+        }
+        pooled.last_used = now;
+        true
+    }
+
+    /// Closes every idle connection now (dispose).
+    pub(crate) fn close_idle(&self) {
+        let count = self.gate.close_all_idle();
+        keeper::close_idle(&self.r2d2, &self.gate, count);
+    }
+
+    /// Watches a checkout made at `location` for leaks; `None` when detection is off.
+    pub(crate) fn lease(&self, location: &'static Location<'static>) -> Option<LeaseId> {
+        self.gate.lease(location)
     }
 }
 

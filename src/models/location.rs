@@ -42,6 +42,19 @@ impl fmt::Display for Location {
     }
 }
 
+/// A location with the username of the user it was reached through: a row of
+/// [`Repo::user_locations_with_username`](crate::Repo::user_locations_with_username).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
+pub struct LocationWithUsername {
+    /// The location.
+    #[diesel(embed)]
+    pub location: Location,
+    /// The user's handle, if they have one.
+    #[diesel(select_expression = users::username)]
+    pub username: Option<String>,
+}
+
 /// A location to insert; `None` fields take the column default (`has_solarium` `true`,
 /// `created_at` now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Insertable)]
@@ -173,16 +186,19 @@ where
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn of_user_with_username<DB: Backend>(user_id: i64) -> _
 where
-    Location: Selectable<DB, SelectExpression = LocationColumns>,
+    LocationWithUsername: Selectable<DB, SelectExpression = LocationWithUsernameColumns>,
 {
-    let columns: AsSelect<Location, DB> = Location::as_select();
+    let columns: AsSelect<LocationWithUsername, DB> = LocationWithUsername::as_select();
     userlocations::table
         .inner_join(locations::table)
         .inner_join(users::table)
         .filter(users::user_id.eq(user_id))
         .order(locations::location_id)
-        .select((columns, users::username))
+        .select(columns)
 }
+
+/// The columns a [`LocationWithUsername`] query selects, the same on every backend.
+pub type LocationWithUsernameColumns = <LocationWithUsername as Selectable<Pg>>::SelectExpression;
 
 /// `(user_id, location)` for every link of the users with ids from `first` to `last`, ordered
 /// by user id then location id: the second query of

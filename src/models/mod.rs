@@ -7,6 +7,6 @@ mod timestamp;
 pub mod user;
 pub mod user_location;
 
-pub use location::{Location, NewLocation};
-pub use user::{NewUser, User, UserChanges};
-pub use user_location::{LocationCount, UserLocation, UserWithLocations};
+pub use location::{Location, LocationWithUsername, NewLocation};
+pub use user::{NewUser, ReferralCount, User, UserChanges, UserWithReferrer};
+pub use user_location::{LocationCount, UserLocation, UserLocationCount, UserWithLocations};

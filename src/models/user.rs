@@ -484,19 +484,57 @@ where
         .select(columns)
 }
 
-/// `(referrer_id, number of users referred)` per referrer, ordered by referrer id.
+/// How many users one referrer referred: a row of
+/// [`Repo::referral_counts`](crate::Repo::referral_counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Queryable, Selectable)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
+pub struct ReferralCount {
+    /// The referrer's id.
+    #[diesel(select_expression = users::referrer_id.assume_not_null())]
+    #[diesel(select_expression_type = diesel::dsl::AssumeNotNull<users::referrer_id>)]
+    pub referrer_id: i64,
+    /// How many users name them as their referrer.
+    #[diesel(select_expression = diesel::dsl::count(users::user_id))]
+    #[diesel(select_expression_type = diesel::dsl::count<users::user_id>)]
+    pub referred: i64,
+}
+
+/// The columns a [`ReferralCount`] query selects, the same on every backend.
+pub type ReferralCountColumns = <ReferralCount as Selectable<Pg>>::SelectExpression;
+
+/// [`ReferralCount`] per referrer, ordered by referrer id.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn referral_counts() -> _ {
-    let referred: diesel::dsl::count<users::user_id> = diesel::dsl::count(users::user_id);
+pub fn referral_counts<DB: Backend>() -> _
+where
+    ReferralCount: Selectable<DB, SelectExpression = ReferralCountColumns>,
+{
+    let columns: AsSelect<ReferralCount, DB> = ReferralCount::as_select();
     users::table
         .filter(users::referrer_id.is_not_null())
         .group_by(users::referrer_id)
         .order(users::referrer_id)
-        .select((users::referrer_id.assume_not_null(), referred))
+        .select(columns)
 }
 
 /// `referrers.<column>`, nullable (the left-joined side).
 type ReferrerField<C> = diesel::dsl::Nullable<diesel::query_source::AliasedField<ReferrerAlias, C>>;
+
+/// A user with their referrer's full name: a row of
+/// [`Repo::users_with_referrer_names`](crate::Repo::users_with_referrer_names).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
+pub struct UserWithReferrer {
+    /// The user.
+    #[diesel(embed)]
+    pub user: User,
+    /// The full name of the user who referred them; `None` without a referrer.
+    #[diesel(select_expression = REFERRERS.field(users::full_name).nullable())]
+    #[diesel(select_expression_type = ReferrerField<users::full_name>)]
+    pub referrer_name: Option<String>,
+}
+
+/// The columns a [`UserWithReferrer`] query selects, the same on every backend.
+pub type UserWithReferrerColumns = <UserWithReferrer as Selectable<Pg>>::SelectExpression;
 
 /// The query [`with_referrer_names`] returns, for backend `DB`.
 pub type WithReferrerNames<DB> = diesel::dsl::Select<
@@ -508,22 +546,19 @@ pub type WithReferrerNames<DB> = diesel::dsl::Select<
         >,
         users::user_id,
     >,
-    (AsSelect<User, DB>, ReferrerField<users::full_name>),
+    AsSelect<UserWithReferrer, DB>,
 >;
 
 /// Every user with their referrer's full name (`None` without a referrer), ordered by id: one
 /// query, a self-join through an alias of `users`.
 pub fn with_referrer_names<DB: Backend>() -> WithReferrerNames<DB>
 where
-    User: Selectable<DB, SelectExpression = UserColumns>,
+    UserWithReferrer: Selectable<DB, SelectExpression = UserWithReferrerColumns>,
 {
     users::table
         .left_join(REFERRERS.on(users::referrer_id.eq(REFERRERS.field(users::user_id).nullable())))
         .order(users::user_id)
-        .select((
-            User::as_select(),
-            REFERRERS.field(users::full_name).nullable(),
-        ))
+        .select(UserWithReferrer::as_select())
 }
 
 /// The raw SQL of the tutorial's `SELECT * FROM users`: ordered, so the output is stable, and

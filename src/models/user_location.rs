@@ -74,6 +74,20 @@ pub struct LocationCount {
     pub name: String,
 }
 
+/// A user's number of locations, by user id: a row of
+/// [`Repo::location_counts_by_user`](crate::Repo::location_counts_by_user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Queryable, Selectable)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite, crate::MultiBackend))]
+pub struct UserLocationCount {
+    /// How many locations the user has.
+    #[diesel(select_expression = count(userlocations::location_id))]
+    #[diesel(select_expression_type = count<userlocations::location_id>)]
+    pub quantity: i64,
+    /// The user's id.
+    #[diesel(select_expression = users::user_id)]
+    pub user_id: i64,
+}
+
 /// The ids of user `user_id`'s locations, ordered.
 #[diesel::dsl::auto_type(no_type_alias)]
 pub fn location_ids_of(user_id: i64) -> _ {
@@ -92,16 +106,22 @@ pub fn count_for_user(user_id: i64) -> _ {
         .select(location_count)
 }
 
-/// `(count, user_id)` per user with locations, ordered by user id: the tutorial's
+/// The columns a [`UserLocationCount`] query selects, the same on every backend.
+pub type UserLocationCountColumns = <UserLocationCount as Selectable<Pg>>::SelectExpression;
+
+/// [`UserLocationCount`] per user with locations, ordered by user id: the tutorial's
 /// `get_total_number_of_locations_by_user`.
 #[diesel::dsl::auto_type(no_type_alias)]
-pub fn counts_by_user() -> _ {
-    let location_count: count<userlocations::location_id> = count(userlocations::location_id);
+pub fn counts_by_user<DB: Backend>() -> _
+where
+    UserLocationCount: Selectable<DB, SelectExpression = UserLocationCountColumns>,
+{
+    let columns: AsSelect<UserLocationCount, DB> = UserLocationCount::as_select();
     userlocations::table
         .inner_join(users::table)
         .group_by(users::user_id)
         .order(users::user_id)
-        .select((location_count, users::user_id))
+        .select(columns)
 }
 
 /// The columns a [`LocationCount`] query selects, the same on every backend.

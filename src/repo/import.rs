@@ -214,8 +214,8 @@ impl Repo<'_> {
         check_batch_referrals(&users)?;
         let users = &users;
         self.transaction(|repo| {
-            // Referral lock: a lock serializing this import against concurrent `set_referrer`
-            // calls belongs here, taken first in the import's transaction.
+            // Serialized with referral changes (see `Repo::lock_referrals`).
+            repo.lock_referrals_for(users)?;
             repo.write_users(users, method)
         })
     }
@@ -331,12 +331,14 @@ impl Repo<'_> {
     ///
     /// [`Error::ForeignKeyViolation`] when a user or location does not exist (nothing is kept).
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
-        self.transaction(|repo| repo.write_links(links))
+        self.transaction(|repo| repo.store_links(links))
     }
 
     /// Writes `links` in the open transaction, skipping those that exist; returns how many
     /// were made.
-    pub(super) fn write_links(&mut self, links: &[UserLocation]) -> Result<usize> {
+    pub(super) fn store_links(&mut self, links: &[UserLocation]) -> Result<usize> {
+        // Serialized with other writes of these users' links (see `Repo::lock_link_users`).
+        self.lock_link_users(links)?;
         let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
         let written = self.run(|c| match c {
             AnyConnection::Pg(c) => {

@@ -1,5 +1,6 @@
 //! Locations, and the links between users and locations.
 
+use diesel::connection::TransactionManager;
 use diesel::prelude::*;
 
 use super::dispatch::dispatch;
@@ -7,6 +8,7 @@ use super::support::{
     chunk_rows, delete_one, insert_chunks, missing_parent, References, LINK_USER_FKEY,
 };
 use super::Repo;
+use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
 use crate::models::{location, user_location, Location, NewLocation, UserLocation};
@@ -101,6 +103,12 @@ impl Repo<'_> {
     /// Links user `user_id` to location `location_id`. Linking twice is not an error: returns
     /// whether a new link was made.
     ///
+    /// Never deadlocks with another write of the user's links: on its own it is one statement
+    /// that holds no lock another such write waits for; inside a transaction it runs in a
+    /// savepoint that first locks the user's row, as
+    /// [`replace_user_locations`](Repo::replace_user_locations) does. When it fails inside a
+    /// transaction, only its savepoint is rolled back.
+    ///
     /// # Errors
     ///
     /// [`Error::ForeignKeyViolation`] when the user or the location does not exist.
@@ -109,33 +117,39 @@ impl Repo<'_> {
             location_id,
             user_id,
         };
-        let inserted = self.run(|c| {
-            dispatch!(c => diesel::insert_into(userlocations::table)
-                .values(&link)
-                .on_conflict_do_nothing()
-                .execute(c))
+        let inserted = self.write_links(user_id, |repo| {
+            repo.run(|c| {
+                dispatch!(c => diesel::insert_into(userlocations::table)
+                    .values(&link)
+                    .on_conflict_do_nothing()
+                    .execute(c))
+            })
         });
         Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
     }
 
-    /// Inserts a link, failing if it exists.
+    /// Inserts a link, failing if it exists. Never deadlocks with another write of the user's
+    /// links, as [`link`](Repo::link).
     ///
     /// # Errors
     ///
     /// [`Error::UniqueViolation`] when the link exists; [`Error::ForeignKeyViolation`] when the
     /// user or the location does not.
     pub fn insert_user_location(&mut self, link: &UserLocation) -> Result<UserLocation> {
-        let inserted = self.run(|c| {
-            dispatch!(c => diesel::insert_into(userlocations::table)
-                .values(link)
-                .execute(c))
+        let inserted = self.write_links(link.user_id, |repo| {
+            repo.run(|c| {
+                dispatch!(c => diesel::insert_into(userlocations::table)
+                    .values(link)
+                    .execute(c))
+            })
         });
         self.name_reference(inserted, || References::links(&[*link]))?;
         Ok(*link)
     }
 
     /// Removes the link between user `user_id` and location `location_id`; returns whether
-    /// there was one.
+    /// there was one. Never deadlocks with another write of the user's links, as
+    /// [`link`](Repo::link).
     ///
     /// # Errors
     ///
@@ -145,16 +159,24 @@ impl Repo<'_> {
             location_id,
             user_id,
         };
-        Ok(self.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))? == 1)
+        let deleted = self.write_links(user_id, |repo| {
+            repo.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))
+        })?;
+        Ok(deleted == 1)
     }
 
     /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
     /// (a savepoint inside an open one): links not in the set go, missing ones are made.
     ///
-    /// Atomic and deadlock-free against concurrent calls: it first locks the user's row
-    /// (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's transactions hold the write lock), so calls
-    /// for one user run one after another, and it touches links in location-id order. Any
-    /// number of ids works: deletes and inserts are chunked under the bind limit.
+    /// Atomic, and deadlock-free against concurrent writes of the user's links: it first locks
+    /// the user's row (`SELECT … FOR NO KEY UPDATE` on PostgreSQL, which foreign-key checks,
+    /// taking `FOR KEY SHARE`, do not wait for; SQLite's transactions hold the write lock), as
+    /// every transaction writing the user's links does ([`link`](Repo::link),
+    /// [`unlink`](Repo::unlink), [`insert_user_location`](Repo::insert_user_location) inside a
+    /// transaction, [`import_links`](Repo::import_links)), so those run one after another. It
+    /// touches links in location-id order; a link made meanwhile by a `link` outside a
+    /// transaction stays. Any number of ids works: deletes and inserts are chunked under the
+    /// bind limit.
     ///
     /// # Errors
     ///
@@ -165,7 +187,15 @@ impl Repo<'_> {
         wanted.sort_unstable();
         wanted.dedup();
         let replaced = self.transaction(|repo| {
-            repo.lock_user(user_id)?;
+            if !repo.lock_user(user_id)? {
+                return Err(missing_parent(
+                    "userlocations",
+                    LINK_USER_FKEY,
+                    "user_id",
+                    user_id,
+                    "users",
+                ));
+            }
             let current: Vec<i32> =
                 repo.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
             let gone: Vec<i32> = current
@@ -193,12 +223,21 @@ impl Repo<'_> {
                 })?;
             }
             let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
-            repo.run(|c| {
-                dispatch!(c => insert_chunks(c, &made, per_chunk, |c, chunk| {
+            repo.run(|c| match c {
+                // A link made meanwhile by a call outside a transaction (which takes no lock) is
+                // kept, as if that call came just after this one.
+                AnyConnection::Pg(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
+                    diesel::insert_into(userlocations::table)
+                        .values(chunk)
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                }),
+                // SQLite's write lock keeps every other writer out since the read.
+                AnyConnection::Sqlite(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
                     diesel::insert_into(userlocations::table)
                         .values(chunk)
                         .execute(c)
-                }))
+                }),
             })?;
             Ok(())
         });
@@ -212,23 +251,83 @@ impl Repo<'_> {
         self.name_reference(replaced, || References::links(&links))
     }
 
-    /// Locks user `user_id`'s row until the transaction ends (`FOR UPDATE` on PostgreSQL; on
-    /// SQLite the transaction holds the database's write lock already).
-    fn lock_user(&mut self, user_id: i64) -> Result<()> {
+    /// Runs `write`, a write of one link of user `user_id` (one statement), so that it never
+    /// deadlocks with another write of the user's links.
+    ///
+    /// Outside a transaction the statement runs on its own: it waits for at most one lock while
+    /// holding none that another writer of the user's links waits for (its foreign-key check
+    /// takes `FOR KEY SHARE` on the user's row, which the `FOR NO KEY UPDATE` of
+    /// [`lock_user`](Repo::lock_user) does not block), so it cannot close a cycle of waits.
+    ///
+    /// Inside a transaction, whose earlier and later statements may hold and wait for other
+    /// locks, it runs in a savepoint that on PostgreSQL first locks the user's row, as
+    /// [`replace_user_locations`](Repo::replace_user_locations) does: every transaction writing
+    /// the user's links then takes that lock first. With no such user, `write` runs unlocked and
+    /// reports what is missing as the database does. A write that fails rolls back its
+    /// savepoint only, as a failed `replace_user_locations` does, on both backends. On SQLite
+    /// the transaction's write lock serializes the writes already.
+    fn write_links<T>(
+        &mut self,
+        user_id: i64,
+        write: impl FnOnce(&mut Repo<'_>) -> Result<T>,
+    ) -> Result<T> {
+        if !self.in_transaction()? {
+            return write(self);
+        }
+        self.transaction(|repo| {
+            if matches!(repo.backend(), Backend::Postgres) {
+                repo.lock_user(user_id)?;
+            }
+            write(repo)
+        })
+    }
+
+    /// Whether a transaction is open on the connection.
+    fn in_transaction(&mut self) -> Result<bool> {
+        let status =
+            <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(
+                self.conn,
+            );
+        Ok(status.transaction_depth()?.is_some())
+    }
+
+    /// Locks the rows of the users of `links` until the transaction ends, in user-id order (on
+    /// PostgreSQL, `FOR NO KEY UPDATE` as [`lock_user`](Repo::lock_user); nothing on SQLite): what
+    /// a bulk write of links takes first, so it cannot deadlock with the writes of one user's
+    /// links, nor with another bulk write (both take their user locks in the same order).
+    /// Queries stay under the bind limit; users that do not exist are skipped (the insert then
+    /// reports them).
+    pub(super) fn lock_link_users(&mut self, links: &[UserLocation]) -> Result<()> {
+        if matches!(self.backend(), Backend::Sqlite) {
+            return Ok(());
+        }
+        let mut user_ids: Vec<i64> = links.iter().map(|l| l.user_id).collect();
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let per_chunk = chunk_rows(self.backend(), 1);
+        for chunk in user_ids.chunks(per_chunk) {
+            let query = users::table
+                .filter(users::user_id.eq_any(chunk))
+                .order(users::user_id)
+                .select(users::user_id);
+            self.run(|c| match c {
+                AnyConnection::Pg(c) => query.for_no_key_update().load::<i64>(c).map(drop),
+                AnyConnection::Sqlite(_) => Ok(()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Locks user `user_id`'s row until the transaction ends (`FOR NO KEY UPDATE` on
+    /// PostgreSQL: it excludes the other writers of the user's links, not foreign-key checks;
+    /// on SQLite the transaction holds the database's write lock already); returns whether
+    /// there is such a user.
+    fn lock_user(&mut self, user_id: i64) -> Result<bool> {
         let query = users::table.find(user_id).select(users::user_id);
         let found: Option<i64> = self.run(|c| match c {
-            AnyConnection::Pg(c) => query.for_update().first(c).optional(),
+            AnyConnection::Pg(c) => query.for_no_key_update().first(c).optional(),
             AnyConnection::Sqlite(c) => query.first(c).optional(),
         })?;
-        match found {
-            Some(_) => Ok(()),
-            None => Err(missing_parent(
-                "userlocations",
-                LINK_USER_FKEY,
-                "user_id",
-                user_id,
-                "users",
-            )),
-        }
+        Ok(found.is_some())
     }
 }

@@ -12,8 +12,10 @@
 //! - `import`: bulk loads in chunks under the bind limit (and PostgreSQL's `COPY`);
 //! - `pages`: large reads, keyset pages and streaming;
 //! - `stream`: streaming imports from any iterator, in batches;
-//! - `export`: streaming exports as CSV or rows.
+//! - `export`: streaming exports as CSV or rows;
+//! - `deadline`: a statement deadline of its own for one call.
 
+mod deadline;
 mod dispatch;
 mod export;
 mod import;

@@ -9,6 +9,7 @@ use crate::connection::MultiBackend;
 use crate::error::Result;
 use crate::models::UserWithLocations;
 use crate::models::{location, user, user_location, Location, LocationCount, User};
+use crate::models::{LocationWithUsername, UserLocationCount};
 use crate::validate;
 
 impl Repo<'_> {
@@ -68,7 +69,7 @@ impl Repo<'_> {
     pub fn user_locations_with_username(
         &mut self,
         user_id: i64,
-    ) -> Result<Vec<(Location, Option<String>)>> {
+    ) -> Result<Vec<LocationWithUsername>> {
         self.run(|c| dispatch!(c => location::of_user_with_username(user_id).load(c)))
     }
 
@@ -82,13 +83,13 @@ impl Repo<'_> {
         self.run(|c| dispatch!(c => user_location::count_for_user(user_id).get_result(c)))
     }
 
-    /// `(count, user_id)` for every user with locations, ordered by user id.
+    /// `{ quantity, user_id }` for every user with locations, ordered by user id.
     ///
     /// # Errors
     ///
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user")]
-    pub fn location_counts_by_user(&mut self) -> Result<Vec<(i64, i64)>> {
+    pub fn location_counts_by_user(&mut self) -> Result<Vec<UserLocationCount>> {
         self.run(|c| dispatch!(c => user_location::counts_by_user().load(c)))
     }
 

@@ -169,8 +169,9 @@ impl Repo<'_> {
                 })
                 .collect::<Result<Vec<NewUser<'_>>, Failure<E>>>()?;
             check_batch_referrals(&users)?;
-            // Referral lock: a lock serializing this import against concurrent `set_referrer`
-            // calls belongs here, taken in every transaction of the import.
+            // Serialized with referral changes (see `Repo::lock_referrals`), in every
+            // transaction of the import.
+            repo.lock_referrals_for(&users)?;
             let ids: HashSet<i64> = users.iter().map(|u| u.user_id).collect();
             repo.defer_unknown_referrers(&mut users, &ids, pending)?;
             let written = repo.write_users(&users, ImportMethod::Copy)?;
@@ -245,7 +246,7 @@ impl Repo<'_> {
         I: IntoIterator<Item = Result<UserLocation, E>>,
     {
         let write = |repo: &mut Repo<'_>, _: &mut (), batch: &[UserLocation], _: u64| {
-            Ok(repo.write_links(batch)?)
+            Ok(repo.store_links(batch)?)
         };
         self.stream(rows, options, (), write, |_, _| Ok(()))
     }
@@ -334,6 +335,11 @@ impl Repo<'_> {
     /// stored referrals had no cycle, a cycle now passes through an updated user, and the walk
     /// from that user comes back to it.
     fn apply_referrals(&mut self, referrals: &[(i64, i64)]) -> Result<(), Error> {
+        if referrals.is_empty() {
+            return Ok(());
+        }
+        // Serialized with referral changes (see `Repo::lock_referrals`).
+        self.lock_referrals()?;
         if self.backend() == Backend::Sqlite || referrals.len() < 4 {
             for &(user_id, referrer_id) in referrals {
                 self.set_referrer(user_id, Some(referrer_id))?;

@@ -149,10 +149,15 @@ impl Repo<'_> {
     /// referrer would make a cycle.
     pub fn upsert_user_with(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
         let new = new.checked()?;
-        if let (true, Some(referrer_id)) = (options.referrer, new.referrer_id) {
-            self.check_referral(new.user_id, referrer_id)?;
-        }
-        let upserted = self.upsert_checked(&new, options);
+        let upserted = match (options.referrer, new.referrer_id) {
+            // A referral change: under the referral lock, checked for cycles.
+            (true, Some(referrer_id)) => {
+                self.change_referral(new.user_id, Some(referrer_id), |repo| {
+                    repo.upsert_checked(&new, options)
+                })
+            }
+            _ => self.upsert_checked(&new, options),
+        };
         self.name_reference(upserted, || References::referrers(&[new]))
     }
 

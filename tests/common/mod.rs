@@ -1,19 +1,19 @@
-//! Test harness: thin wrappers over `userbase::testing` (a fresh database per test on a real
+//! Test harness: thin wrappers over `userbase_testing` (a fresh database per test on a real
 //! server, or a real SQLite file), kept under the names the test files use.
 //!
 //! PostgreSQL: the server is `TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`
 //! when it answers, else a private cluster started from the system's server binaries under
-//! `target/userbase-postgres/` (see `userbase::testing::server`). Each test clones a migrated
+//! `target/userbase-postgres/` (see `userbase_testing::server`). Each test clones a migrated
 //! template and drops its clone on `Drop`. SQLite: each test gets a new file in its own temporary
 //! directory, migrated by the library.
 #![allow(dead_code)]
 
 use diesel::{Connection, PgConnection};
-use userbase::testing;
 use userbase::{Backend, Database, DbUrl, PoolConfig, Secrets};
+use userbase_testing as testing;
 
 #[allow(unused_imports)]
-pub use userbase::testing::{unique_name, DEFAULT_SERVER};
+pub use userbase_testing::{unique_name, DEFAULT_SERVER};
 
 /// The server URL the tests use.
 #[track_caller]
@@ -39,7 +39,7 @@ pub fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
     testing::database_exists(admin, name).expect("query pg_database")
 }
 
-/// A fresh, migrated database for one test, removed on `Drop`: `userbase::testing::TestDb` with
+/// A fresh, migrated database for one test, removed on `Drop`: `userbase_testing::TestDb` with
 /// its backend and URL as fields (everything else through `Deref`).
 pub struct TestDb {
     pub backend: Backend,
@@ -93,6 +93,12 @@ pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 impl Captured {
     /// Runs `work` with a subscriber at `level` writing into a new buffer; returns the text.
     pub fn run(level: tracing::Level, work: impl FnOnce()) -> String {
+        Captured::run_watching(level, |_| work())
+    }
+
+    /// As [`Captured::run`], with the buffer handed to `work` so that it can wait for a line
+    /// (see [`Captured::text`]) instead of sleeping.
+    pub fn run_watching(level: tracing::Level, work: impl FnOnce(&Captured)) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -100,8 +106,13 @@ impl Captured {
             .with_max_level(level)
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, work);
-        let bytes = captured.0.lock().expect("capture lock").clone();
+        tracing::subscriber::with_default(subscriber, || work(&captured));
+        captured.text()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().expect("capture lock").clone();
         String::from_utf8(bytes).expect("utf-8 log")
     }
 }

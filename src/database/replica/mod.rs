@@ -18,10 +18,15 @@
 //!
 //! # Read-your-writes, exact
 //!
-//! After a transaction commits through [`Database::transaction`] or
+//! After a transaction that wrote commits through [`Database::transaction`] or
 //! [`Database::transaction_with_retry`], the primary's WAL insert position
 //! (`pg_current_wal_insert_lsn()`, one extra round trip on the same connection) is recorded in the
-//! `Database` (shared by its clones). A later read needs a replica whose
+//! `Database` (shared by its clones). Whether it wrote is asked just before the commit
+//! (`pg_current_xact_id_if_assigned()`, one more round trip): a transaction that only read
+//! records nothing, so the reads after it need no replica to catch up. A position just past a
+//! WAL page header (an idle primary right after a segment switch, or a record that ended at a
+//! page's end) is recorded as the page's start: every earlier record ends there, and a standby's
+//! replay position stops there until the next write. A later read needs a replica whose
 //! `pg_last_wal_replay_lsn()` has reached it (or one no longer in recovery): the replica's last
 //! seen replay position is cached (it only grows), so a read that the cache already covers costs
 //! no extra query; otherwise the replica is asked, and asked again for up to
@@ -39,8 +44,12 @@
 //! `now() - pg_last_xact_replay_timestamp()`, and 0 when the replica has replayed all the WAL it
 //! received (`pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()`: on an idle primary the
 //! timestamp keeps ageing though nothing is missing). A replica that fails to connect or answer
-//! is taken out (its idle connections closed) and re-checked after a backoff doubling from the
-//! check interval up to 30 s. With no usable replica, reads go to the primary.
+//! is taken out (its idle connections closed) and re-checked every check interval until it
+//! answers again. One outage is one failure: the reads that were running on it when it stopped,
+//! and the failed re-checks, do not lengthen that wait, so a replica that is back serves reads
+//! again within about two check intervals. Only a replica that fails again less than 30 s after
+//! it came back (a flapping server) is re-checked less often: each such relapse doubles the wait,
+//! up to 30 s. With no usable replica, reads go to the primary.
 //!
 //! # Failover
 //!
@@ -56,7 +65,15 @@
 //! # pgbouncer
 //!
 //! [`PoolConfig::statement_cache`](crate::PoolConfig::statement_cache) `= false` (env
-//! `DB_STATEMENT_CACHE=off`) for transaction pooling; migrations run through
+//! `DB_STATEMENT_CACHE=off`) for transaction pooling. A pool that has the cache on and finds
+//! itself behind a pooler sharing server connections between transactions switches the cache
+//! off for all its connections at its first checkout, and says so once (a `tracing` warning,
+//! target `userbase::pool`, naming `DB_STATEMENT_CACHE`): the pooler is seen when the server's
+//! `inet_server_port()` is not the URL's port and a second client connection is served by the
+//! same server backend; the cache stays on when the pooler keeps named prepared statements
+//! itself (PgBouncer 1.21 and later with `max_prepared_statements`: in a transaction, a
+//! statement diesel prepares does not show under diesel's name on the server). Migrations run
+//! through
 //! [`Settings::migration_url`](crate::Settings::migration_url) (env `DATABASE_MIGRATION_URL`)
 //! when set, and are refused with [`Error::Config`] when the migration connection goes through a
 //! pooler (the server's `inet_server_port()` differs from the URL's port, and the same host and
@@ -70,7 +87,7 @@ mod status;
 use std::time::Duration;
 
 pub use self::lsn::WalPosition;
-pub(crate) use self::pooler::run_migrations;
+pub(crate) use self::pooler::{run_migrations, StatementCacheCheck};
 pub(crate) use self::router::Router;
 use self::router::{Health, Route};
 use crate::connection::AnyConnection;
@@ -101,6 +118,7 @@ fn is_connection_failure(error: &Error) -> bool {
     matches!(
         error,
         Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
             | Error::PoolTimeout { .. }
             | Error::Query(D::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
     )
@@ -214,11 +232,11 @@ impl Database {
             return read_on_primary(self, &mut f);
         };
         match router.route(token) {
-            Route::Replica(index, mut session) => match f(&mut session.repo()) {
+            Route::Replica(index, seen, mut session) => match f(&mut session.repo()) {
                 Err(error) if is_connection_failure(&error) => {
                     drop(session);
                     let replica = &router.replicas[index];
-                    router.mark_down(replica, &error);
+                    router.mark_down(replica, seen, &error);
                     router.event(
                         Some(replica),
                         format_args!("read failed on the replica: running it again on the primary"),
@@ -254,7 +272,7 @@ impl Database {
 
     fn read_session_routed(&self, token: Option<u64>) -> Result<Session> {
         match self.router().map(|router| router.route(token)) {
-            Some(Route::Replica(_, session)) => Ok(*session),
+            Some(Route::Replica(_, _, session)) => Ok(*session),
             Some(Route::Primary) | None => self.session(),
         }
     }
@@ -270,6 +288,8 @@ impl Database {
 
     /// Records the primary's current WAL insert position as a write of this `Database`, after
     /// writes made on a [`Session`] outside [`transaction`](Database::transaction); returns it.
+    /// A position just past a WAL page header (an idle primary right after a segment switch) is
+    /// given as the page's start, which a standby that has replayed everything reaches.
     /// `None` on SQLite.
     ///
     /// # Errors
@@ -280,7 +300,7 @@ impl Database {
         let conn = session.repo_connection();
         let lsn = match self.router() {
             Some(router) => router.record_write(conn),
-            None => status::insert_position(conn)?,
+            None => status::insert_position(conn, &std::sync::OnceLock::new())?,
         };
         Ok(lsn.map(WalPosition::from_u64))
     }
@@ -310,15 +330,58 @@ impl Database {
     }
 }
 
+/// The top-level transaction of [`Database::transaction`] (at [`Isolation::Default`]) and
+/// [`Database::transaction_with_retry`] (at [`Isolation::Serializable`]): runs `f` in a
+/// transaction on `conn` (a fresh session of the primary), then [`after_transaction`].
+///
+/// With replicas, on PostgreSQL, just before the commit it asks whether the transaction wrote
+/// (`pg_current_xact_id_if_assigned()`: a transaction gets an ID at its first write, and only
+/// then): a transaction that wrote nothing records no position, so it never makes reads wait
+/// for a position no write needs. That position could lie where no standby reaches until the
+/// next write: on an idle primary just after a WAL segment switch, the insert position is past
+/// the new segment's header, while a standby's replay position stops at the segment's start.
+pub(crate) fn transaction<T, E, F>(
+    db: &Database,
+    conn: &mut AnyConnection,
+    isolation: Isolation,
+    f: F,
+) -> std::result::Result<T, E>
+where
+    F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
+    E: From<Error>,
+{
+    let ask = db.router().is_some() && matches!(conn, AnyConnection::Pg(_));
+    // Unknown (no replicas, SQLite, or a failure before the question): treated as written.
+    let mut wrote = true;
+    let outcome = crate::transaction::run(conn, isolation, |conn| {
+        let outcome = f(&mut Repo::new(conn));
+        if ask && outcome.is_ok() && crate::transaction::check_usable(conn).is_ok() {
+            // A failure here is recorded as the transaction's: it rolls back, as the commit
+            // on a connection that fails a query would.
+            wrote = status::wrote(conn).unwrap_or(true);
+        }
+        outcome
+    });
+    after_transaction(db, conn, outcome.is_ok(), wrote);
+    outcome
+}
+
 /// What runs on the primary's connection after a top-level transaction of
-/// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit, record
-/// the WAL position (with replicas); after a failure in which a statement was refused as
-/// read-only (SQLSTATE 25006), evict the pool's connections when the server itself has turned
-/// read-only (a demoted primary). An ordinary failure costs no extra round trip.
-pub(crate) fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool) {
+/// [`Database::transaction`] or [`Database::transaction_with_retry`]: after a commit that
+/// `wrote`, record the WAL position (with replicas); after a failure in which a statement was
+/// refused as read-only (SQLSTATE 25006), evict the pool's connections when the server itself
+/// has turned read-only (a demoted primary). An ordinary failure costs no extra round trip.
+fn after_transaction(db: &Database, conn: &mut AnyConnection, committed: bool, wrote: bool) {
     if committed {
         if let Some(router) = db.router() {
-            router.record_write(conn);
+            if wrote {
+                router.record_write(conn);
+            } else {
+                router.event(
+                    None,
+                    format_args!("the transaction wrote nothing: no WAL position recorded"),
+                );
+            }
         }
     } else if crate::engine::took_read_only_refusal(conn) && status::is_read_only(conn) {
         if db.config().echo_pool {

@@ -1,9 +1,16 @@
-//! Migrations behind pgbouncer: run them on a direct connection, and refuse a pooler.
+//! Behind pgbouncer: migrations run on a direct connection (a pooler is refused), and a pool
+//! behind a pooler that shares server connections between transactions (and does not keep
+//! named prepared statements) switches its statement cache off.
 
-use diesel::sql_types::{Integer, Nullable};
-use diesel::{Connection, ConnectionError, PgConnection, QueryableByName, RunQueryDsl};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Instant;
 
-use crate::config::DbUrl;
+use diesel::connection::CacheSize;
+use diesel::sql_types::{Integer, Nullable, Text};
+use diesel::{Connection, ConnectionError, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
+
+use crate::config::{DbUrl, PoolConfig};
 use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::{Error, Result};
@@ -16,13 +23,8 @@ const DEFAULT_PORT: u16 = 5432;
 pub(crate) fn run_migrations(db: &Database, migration_url: Option<&DbUrl>) -> Result<Vec<String>> {
     match migration_url {
         Some(url) => {
-            let mut conn =
-                AnyConnection::open(url.backend(), &url.driver_target()).map_err(|e| {
-                    Error::Connect {
-                        url: url.to_string(),
-                        message: e.to_string().trim().to_owned(),
-                    }
-                })?;
+            let mut conn = AnyConnection::open(url.backend(), &url.driver_target())
+                .map_err(|e| Error::connect(url, e))?;
             refuse_pooler(url, &mut conn, "DATABASE_MIGRATION_URL")?;
             crate::migrate::run(&mut conn)
         }
@@ -40,6 +42,24 @@ struct Port {
     port: Option<i32>,
 }
 
+/// The server's own port (`inet_server_port()`) when it is none of `url`'s ports: something
+/// between the client and the server (a pooler, a proxy, a port mapping). `None` when a port
+/// matches, and over a Unix socket. One query.
+fn foreign_port(url: &DbUrl, pg: &mut PgConnection) -> Result<Option<i32>> {
+    let Some(port) = diesel::sql_query("SELECT inet_server_port() AS port")
+        .get_result::<Port>(pg)?
+        .port
+    else {
+        return Ok(None);
+    };
+    let hosts = url.hosts();
+    let mut ports = hosts.iter().map(|(_, p)| p.unwrap_or(DEFAULT_PORT));
+    if hosts.is_empty() && port == i32::from(DEFAULT_PORT) || ports.any(|p| i32::from(p) == port) {
+        return Ok(None);
+    }
+    Ok(Some(port))
+}
+
 /// [`Error::Config`] naming `variable` when `conn` (made from `url`) goes through a pooler:
 /// the server's own port (`inet_server_port()`) is none of the URL's ports, and the same hosts
 /// answer for a database named `pgbouncer` with anything but PostgreSQL's "does not exist"
@@ -49,17 +69,9 @@ fn refuse_pooler(url: &DbUrl, conn: &mut AnyConnection, variable: &str) -> Resul
     let AnyConnection::Pg(pg) = conn else {
         return Ok(());
     };
-    let Some(port) = diesel::sql_query("SELECT inet_server_port() AS port")
-        .get_result::<Port>(pg)?
-        .port
-    else {
+    let Some(port) = foreign_port(url, pg)? else {
         return Ok(());
     };
-    let hosts = url.hosts();
-    let mut ports = hosts.iter().map(|(_, p)| p.unwrap_or(DEFAULT_PORT));
-    if hosts.is_empty() && port == i32::from(DEFAULT_PORT) || ports.any(|p| i32::from(p) == port) {
-        return Ok(());
-    }
     let probe = url.clone().with_database("pgbouncer");
     match PgConnection::establish(&probe.driver_target()) {
         Err(ConnectionError::BadConnection(message))
@@ -78,4 +90,229 @@ fn refuse_pooler(url: &DbUrl, conn: &mut AnyConnection, variable: &str) -> Resul
             ),
         )),
     }
+}
+
+/// The statement cache's verdict for a pool, decided at its first checkout.
+const UNDECIDED: u8 = 0;
+/// The cache stays as configured: a direct connection, a session pooler, or the cache is off.
+const KEEP: u8 = 1;
+/// Behind a pooler that shares server connections between transactions: the cache is off.
+const OFF: u8 = 2;
+/// Something sits between the pool and the server; a thread is finding out what. The cache is
+/// off meanwhile.
+const PROBING: u8 = 3;
+
+/// How many times the probe of [`shares_server_connections`] asks before it concludes that
+/// the pooler gives each client its own server connection.
+const PROBES: usize = 3;
+
+/// Once per pool: whether its connections go through a pooler that shares server connections
+/// between transactions (pgbouncer's `pool_mode = transaction` or `statement`) and does not keep
+/// named prepared statements, where the statement cache cannot work.
+///
+/// Diesel's cache names its prepared statements `__diesel_stmt_N` per client connection; such a
+/// pooler runs each transaction on whichever server connection is free, where that name is
+/// missing ("prepared statement \"__diesel_stmt_1\" does not exist") or taken by another
+/// client's statement. So when a pool with the cache on finds itself there, its connections run
+/// with the cache off, and one warning says so. A pooler that tracks the names itself (PgBouncer
+/// 1.21 and later with `max_prepared_statements`) keeps the cache on.
+///
+/// Why switch it off rather than refuse the checkout: switching off is always safe (it costs
+/// only the re-use of parsed statements), whereas a refusal would turn a performance knob into
+/// an outage of every request (a `Database` opens no connection before its first checkout, so
+/// nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
+#[derive(Debug, Default)]
+pub(crate) struct StatementCacheCheck {
+    /// The verdict (one of the constants above), and where checkouts wait for it.
+    verdict: Arc<(Mutex<u8>, Condvar)>,
+}
+
+impl StatementCacheCheck {
+    /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
+    /// `conn`; `deadline` is the checkout's. The first one asks `conn` for its server's port (one
+    /// query): when it is one of the URL's, the cache stays on and every later checkout costs a
+    /// lock and a load. When it is not (something in between), a thread of its own decides, on
+    /// connections of its own (a second client connection compares server backends; when they
+    /// are shared, one transaction sees whether a named statement keeps its name), while this
+    /// pool's checkouts wait for the verdict (so their own load does not blur the probe), each
+    /// until its deadline at the latest: one that has to go on undecided runs with the cache
+    /// off, which is always safe. Nothing with the cache off in `config`, nothing on SQLite.
+    pub(crate) fn apply(
+        &self,
+        url: &DbUrl,
+        config: &PoolConfig,
+        conn: &mut AnyConnection,
+        deadline: Instant,
+    ) {
+        if !config.statement_cache {
+            return;
+        }
+        let AnyConnection::Pg(pg) = conn else {
+            return;
+        };
+        let (lock, decided) = &*self.verdict;
+        let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if *verdict == UNDECIDED {
+            *verdict = match foreign_port(url, pg) {
+                Ok(None) => KEEP,
+                Ok(Some(_)) => self.probe_in_background(url),
+                Err(error) => {
+                    tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
+                    KEEP
+                }
+            };
+        }
+        while *verdict == PROBING {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            verdict = decided
+                .wait_timeout(verdict, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if *verdict != KEEP {
+            pg.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+    }
+
+    /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
+    /// until it has: [`PROBING`], or [`OFF`] when it cannot start.
+    fn probe_in_background(&self, url: &DbUrl) -> u8 {
+        let verdict = Arc::clone(&self.verdict);
+        let url = url.clone();
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let spawned = thread::Builder::new()
+            .name("userbase-pooler-probe".to_owned())
+            .spawn(move || {
+                let decision = tracing::dispatcher::with_default(&dispatch, || decide(&url));
+                let (lock, decided) = &*verdict;
+                *lock.lock().unwrap_or_else(PoisonError::into_inner) = decision;
+                decided.notify_all();
+            });
+        match spawned {
+            Ok(_) => PROBING,
+            Err(error) => {
+                tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache is off for this pool");
+                OFF
+            }
+        }
+    }
+}
+
+/// The verdict for a pool on `url`, whose server port is not the URL's, from connections of
+/// its own, with its warning.
+fn decide(url: &DbUrl) -> u8 {
+    let broken = PgConnection::establish(&url.driver_target())
+        .map_err(|e| Error::connect(url, e))
+        .and_then(|mut pg| {
+            let shared = shares_server_connections(url, &mut pg)?;
+            // Shared server connections: the cache works only if the pooler keeps the names.
+            Ok(shared && !keeps_named_statements(&mut pg)?)
+        });
+    match broken {
+        Ok(true) => {
+            tracing::warn!(
+                target: "userbase::pool",
+                url = %url,
+                "behind a connection pooler that shares server connections between transactions \
+                 (pgbouncer pool_mode = transaction) and does not keep named prepared statements \
+                 (pgbouncer before 1.21, or max_prepared_statements = 0): the statement cache is \
+                 switched off for this pool, its statements would fail there (\"prepared \
+                 statement does not exist\"). Set DB_STATEMENT_CACHE=off \
+                 (PoolConfig::statement_cache) to say so and skip this check"
+            );
+            OFF
+        }
+        Ok(false) => KEEP,
+        Err(error) => {
+            tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
+            KEEP
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// The protocol-level statements this transaction prepared under diesel's names.
+const OURS: &str = "SELECT name FROM pg_prepared_statements \
+     WHERE NOT from_sql AND prepare_time >= now() AND name LIKE '\\_\\_diesel\\_stmt\\_%'";
+
+/// Whether the pooler in front of `pg`, which shares server connections, keeps diesel's named
+/// prepared statements working: it tracks them itself (PgBouncer 1.21 and later with
+/// `max_prepared_statements`), preparing them on each server connection under names of its own.
+/// Asked in one transaction (so on one server connection): a statement diesel prepares there
+/// under its name `__diesel_stmt_N` shows in `pg_prepared_statements` under that very name
+/// when the pooler passed it on as it is; it is then deallocated again, so it cannot collide
+/// with another client's. A collision met on the way ("already exists": a name left by another
+/// client) is a no as well.
+///
+/// # Errors
+///
+/// A query's failure.
+fn keeps_named_statements(pg: &mut PgConnection) -> Result<bool> {
+    let outcome = pg.transaction::<_, diesel::result::Error, _>(|pg| {
+        // Cached by diesel: prepared under a name.
+        diesel::select(1_i32.into_sql::<Integer>()).get_result::<i32>(pg)?;
+        let ours = diesel::sql_query(OURS).load::<Prepared>(pg)?;
+        for statement in &ours {
+            // The pattern above admits only `_`, letters and digits after diesel's prefix here;
+            // anything else is not a name to quote blindly.
+            if statement
+                .name
+                .bytes()
+                .all(|b| b == b'_' || b.is_ascii_alphanumeric())
+            {
+                diesel::sql_query(format!("DEALLOCATE \"{}\"", statement.name)).execute(pg)?;
+            }
+        }
+        Ok(ours.is_empty())
+    });
+    match outcome {
+        Ok(kept) => Ok(kept),
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[derive(QueryableByName)]
+struct BackendPid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+fn backend_pid(pg: &mut PgConnection) -> Result<i32> {
+    Ok(diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<BackendPid>(pg)?
+        .pid)
+}
+
+/// Whether the pooler in front of `pg` (made from `url`) shares server connections between
+/// client connections: a second client connection, asking right after `pg` finished a
+/// statement, is served by the same server backend. A session pooler (or a direct connection)
+/// never does that: each client keeps its own backend while connected. A transaction pooler
+/// hands the backend `pg` just released to the next transaction (pgbouncer re-uses the most
+/// recently released one first); asked up to [`PROBES`] times in case another client took it.
+///
+/// # Errors
+///
+/// The second connection's failure, or a query's.
+fn shares_server_connections(url: &DbUrl, pg: &mut PgConnection) -> Result<bool> {
+    let mut probe =
+        PgConnection::establish(&url.driver_target()).map_err(|e| Error::connect(url, e))?;
+    for _ in 0..PROBES {
+        if backend_pid(pg)? == backend_pid(&mut probe)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

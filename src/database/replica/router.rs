@@ -1,7 +1,7 @@
 //! The router: one pool per replica, their health and lag, and the choice of where a read goes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::status::{self, Status};
@@ -24,7 +24,22 @@ pub(crate) enum Health {
     /// Answering but lagging more than the bound (or by an unknown amount): skipped.
     Lagging { lag: Option<Duration> },
     /// Did not answer: skipped until `retry_at`, then checked in the background.
-    Down { failures: u32, retry_at: Instant },
+    Down { retry_at: Instant },
+}
+
+/// A replica's health and its outage bookkeeping, under one lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Track {
+    pub(crate) health: Health,
+    /// Outages begun so far. A failure or a measurement made on a connection checked out before
+    /// the latest outage began belongs to that outage (or an older one) and changes nothing.
+    outages: u64,
+    /// The backoff step of the current (or last) outage: 0 re-checks every check interval,
+    /// each step doubles that, up to [`MAX_BACKOFF`].
+    step: u32,
+    /// When the replica last answered again after an outage: an outage beginning less than
+    /// [`MAX_BACKOFF`] later is a relapse and takes the next step.
+    back_since: Option<Instant>,
 }
 
 /// One replica: its pool (read-only connections) and state.
@@ -36,7 +51,7 @@ pub(crate) struct Replica {
     replay: AtomicU64,
     /// The server answered `pg_is_in_recovery() = false` at the last check: it has every write.
     promoted: AtomicBool,
-    health: Mutex<Health>,
+    track: Mutex<Track>,
 }
 
 /// State shared by every clone of a [`Database`] with replicas.
@@ -50,6 +65,8 @@ pub(crate) struct Router {
     written_unknown: AtomicBool,
     /// Round-robin start among the replicas.
     next: AtomicUsize,
+    /// The primary's WAL layout, asked at the first recorded write.
+    layout: OnceLock<Option<status::WalLayout>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -66,8 +83,9 @@ impl std::fmt::Debug for Router {
 
 /// Where a read was sent.
 pub(crate) enum Route {
-    /// A replica that may serve it, with a session on it.
-    Replica(usize, Box<Session>),
+    /// A replica that may serve it (its index and the count of its outages when the session was
+    /// checked out), with a session on it.
+    Replica(usize, u64, Box<Session>),
     /// The primary.
     Primary,
 }
@@ -104,7 +122,12 @@ impl Router {
                     label: url.to_string(),
                     replay: AtomicU64::new(0),
                     promoted: AtomicBool::new(false),
-                    health: Mutex::new(Health::Unknown),
+                    track: Mutex::new(Track {
+                        health: Health::Unknown,
+                        outages: 0,
+                        step: 0,
+                        back_since: None,
+                    }),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -115,6 +138,7 @@ impl Router {
             written: AtomicU64::new(0),
             written_unknown: AtomicBool::new(false),
             next: AtomicUsize::new(0),
+            layout: OnceLock::new(),
         });
         spawn_monitor(Arc::downgrade(&router), replicas.check_interval)?;
         Ok(Some(router))
@@ -137,9 +161,10 @@ impl Router {
         Some(self.written.load(Ordering::Acquire)).filter(|lsn| *lsn > 0)
     }
 
-    /// Records the primary's insert position after a commit on `conn`.
+    /// Records the primary's insert position after a commit on `conn` (moved back to its page's
+    /// start when it lies just past a page header, see `status::WalLayout::reachable`).
     pub(crate) fn record_write(&self, conn: &mut AnyConnection) -> Option<u64> {
-        match status::insert_position(conn) {
+        match status::insert_position(conn, &self.layout) {
             Ok(Some(lsn)) => {
                 self.written.fetch_max(lsn, Ordering::AcqRel);
                 self.written_unknown.store(false, Ordering::Release);
@@ -171,12 +196,12 @@ impl Router {
         let count = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count.max(1);
         // The first replica that answers but has not replayed `need` yet: waited on below.
-        let mut behind: Option<(usize, Session)> = None;
+        let mut behind: Option<(usize, u64, Session)> = None;
         for index in (0..count).map(|i| (start + i) % count) {
             let replica = &self.replicas[index];
-            let health = replica.health();
+            let (health, seen) = replica.observe();
             match health {
-                Health::Down { retry_at, .. } => {
+                Health::Down { retry_at } => {
                     self.event(
                         Some(replica),
                         format_args!(
@@ -201,17 +226,17 @@ impl Router {
             let mut session = match replica.db.session() {
                 Ok(session) => session,
                 Err(error) => {
-                    self.mark_down(replica, &error);
+                    self.mark_down(replica, seen, &error);
                     continue;
                 }
             };
             if health != Health::Unknown && replica.has_replayed(need) {
                 self.event(Some(replica), format_args!("read on the replica"));
-                return Route::Replica(index, Box::new(session));
+                return Route::Replica(index, seen, Box::new(session));
             }
             match status::status(session.repo_connection()) {
                 Ok(status) => {
-                    if !self.update(replica, &status) {
+                    if !self.update(replica, seen, &status) {
                         continue;
                     }
                     if status.has_replayed(need) {
@@ -222,16 +247,16 @@ impl Router {
                                 super::WalPosition::from_u64(need)
                             ),
                         );
-                        return Route::Replica(index, Box::new(session));
+                        return Route::Replica(index, seen, Box::new(session));
                     }
                     if behind.is_none() {
-                        behind = Some((index, session));
+                        behind = Some((index, seen, session));
                     }
                 }
-                Err(error) => self.mark_down(replica, &error),
+                Err(error) => self.mark_down(replica, seen, &error),
             }
         }
-        if let Some((index, mut session)) = behind {
+        if let Some((index, seen, mut session)) = behind {
             let replica = &self.replicas[index];
             let mut pause = Duration::from_millis(1);
             loop {
@@ -243,7 +268,9 @@ impl Router {
                 pause = (pause * 2).min(Duration::from_millis(10));
                 match status::status(session.repo_connection()) {
                     Ok(status) if status.has_replayed(need) => {
-                        self.update(replica, &status);
+                        if !self.update(replica, seen, &status) {
+                            break;
+                        }
                         self.event(
                             Some(replica),
                             format_args!(
@@ -251,15 +278,15 @@ impl Router {
                                 super::WalPosition::from_u64(need)
                             ),
                         );
-                        return Route::Replica(index, Box::new(session));
+                        return Route::Replica(index, seen, Box::new(session));
                     }
                     Ok(status) => {
-                        if !self.update(replica, &status) {
+                        if !self.update(replica, seen, &status) {
                             break;
                         }
                     }
                     Err(error) => {
-                        self.mark_down(replica, &error);
+                        self.mark_down(replica, seen, &error);
                         break;
                     }
                 }
@@ -278,20 +305,31 @@ impl Router {
         Route::Primary
     }
 
-    /// Applies a replica's measured `status`; `true` when it is usable.
-    pub(crate) fn update(&self, replica: &Replica, status: &Status) -> bool {
-        replica
-            .promoted
-            .store(!status.in_recovery, Ordering::Release);
-        if let Some(replay) = status.replay().filter(|_| status.in_recovery) {
-            replica.replay.fetch_max(replay, Ordering::AcqRel);
-        }
+    /// Applies a replica's `status`, measured on a connection checked out when the replica had
+    /// had `seen` outages; `true` when it is usable. A measurement from before the latest outage
+    /// began changes nothing (and is `false`): that outage ends only by a check made since.
+    pub(crate) fn update(&self, replica: &Replica, seen: u64, status: &Status) -> bool {
         let lag = status.lag();
         let next = match lag {
             Some(lag) if lag <= self.config.max_lag => Health::Usable { lag },
             lag => Health::Lagging { lag },
         };
-        let before = std::mem::replace(&mut *replica.lock(), next);
+        let before = {
+            let mut track = replica.lock();
+            if track.outages != seen {
+                return false;
+            }
+            replica
+                .promoted
+                .store(!status.in_recovery, Ordering::Release);
+            if let Some(replay) = status.replay().filter(|_| status.in_recovery) {
+                replica.replay.fetch_max(replay, Ordering::AcqRel);
+            }
+            if matches!(track.health, Health::Down { .. }) {
+                track.back_since = Some(Instant::now());
+            }
+            std::mem::replace(&mut track.health, next)
+        };
         match (before, next) {
             (Health::Usable { .. }, Health::Usable { .. }) => {}
             (Health::Lagging { .. }, Health::Lagging { .. }) => {}
@@ -310,47 +348,94 @@ impl Router {
         matches!(next, Health::Usable { .. })
     }
 
-    /// Takes a replica out after `error`, to be re-checked after a backoff doubling from the
-    /// check interval up to [`MAX_BACKOFF`]; closes its idle connections.
-    pub(crate) fn mark_down(&self, replica: &Replica, error: &Error) {
-        let failures = {
-            let mut health = replica.lock();
-            let failures = match *health {
-                Health::Down { failures, .. } => failures.saturating_add(1),
-                _ => 1,
+    /// The wait before re-checking a replica at backoff `step`: the check interval doubled
+    /// `step` times, at most [`MAX_BACKOFF`] (or the check interval, when that is longer).
+    fn backoff(&self, step: u32) -> Duration {
+        let interval = self.config.check_interval;
+        interval
+            .saturating_mul(1 << step.min(16))
+            .min(MAX_BACKOFF.max(interval))
+    }
+
+    /// Takes a replica out after `error`, seen on a connection checked out when the replica had
+    /// had `seen` outages; closes its idle connections. One outage is one failure: while the
+    /// replica is out, or when the connection dates from before its latest outage, the failure
+    /// belongs to an outage already counted and changes nothing. A new outage is re-checked
+    /// every check interval; one beginning less than [`MAX_BACKOFF`] after the replica answered
+    /// again (a flapping server) takes the next backoff step, doubling that wait up to
+    /// [`MAX_BACKOFF`].
+    pub(crate) fn mark_down(&self, replica: &Replica, seen: u64, error: &Error) {
+        let now = Instant::now();
+        let (step, backoff) = {
+            let mut track = replica.lock();
+            if track.outages != seen || matches!(track.health, Health::Down { .. }) {
+                drop(track);
+                self.event(
+                    Some(replica),
+                    format_args!(
+                        "failed ({error}) during an outage already counted: backoff unchanged"
+                    ),
+                );
+                return;
+            }
+            track.step = match track.back_since {
+                Some(back) if now.saturating_duration_since(back) < MAX_BACKOFF => {
+                    track.step.saturating_add(1).min(16)
+                }
+                _ => 0,
             };
-            let doublings = failures.saturating_sub(1).min(16);
-            let backoff = self
-                .config
-                .check_interval
-                .saturating_mul(1 << doublings)
-                .min(MAX_BACKOFF.max(self.config.check_interval));
-            *health = Health::Down {
-                failures,
-                retry_at: Instant::now() + backoff,
+            track.outages = track.outages.wrapping_add(1);
+            let backoff = self.backoff(track.step);
+            track.health = Health::Down {
+                retry_at: now + backoff,
             };
             replica.replay.store(0, Ordering::Release);
             replica.promoted.store(false, Ordering::Release);
-            (failures, backoff)
+            (track.step, backoff)
         };
         replica.db.dispose();
         self.event(
             Some(replica),
             format_args!(
-                "taken out: down ({error}); failure {}, re-checked in {:?}",
-                failures.0, failures.1
+                "taken out: down ({error}); backoff step {step}, re-checked every {backoff:?}"
             ),
+        );
+    }
+
+    /// A re-check of a replica that is out failed with `error`: checked again after the same
+    /// backoff (the outage goes on; it is not a new one).
+    fn recheck_failed(&self, replica: &Replica, error: &Error) {
+        let backoff = {
+            let mut track = replica.lock();
+            let Health::Down { .. } = track.health else {
+                return;
+            };
+            let backoff = self.backoff(track.step);
+            track.health = Health::Down {
+                retry_at: Instant::now() + backoff,
+            };
+            backoff
+        };
+        self.event(
+            Some(replica),
+            format_args!("still down ({error}): re-checked in {backoff:?}"),
         );
     }
 }
 
 impl Replica {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Track> {
+        self.track.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn health(&self) -> Health {
-        *self.lock()
+        self.lock().health
+    }
+
+    /// Its health and the count of its outages so far, read together.
+    pub(crate) fn observe(&self) -> (Health, u64) {
+        let track = self.lock();
+        (track.health, track.outages)
     }
 
     /// From the cache: whether this replica has replayed `need` (0: nothing needed).
@@ -373,7 +458,9 @@ fn spawn_monitor(router: Weak<Router>, interval: Duration) -> Result<()> {
                 return;
             };
             for replica in &router.replicas {
-                if let Health::Down { retry_at, .. } = replica.health() {
+                let (health, seen) = replica.observe();
+                let down = matches!(health, Health::Down { .. });
+                if let Health::Down { retry_at } = health {
                     if Instant::now() < retry_at {
                         continue;
                     }
@@ -384,12 +471,12 @@ fn spawn_monitor(router: Weak<Router>, interval: Duration) -> Result<()> {
                     .and_then(|mut session| status::status(session.repo_connection()));
                 match measured {
                     Ok(status) => {
-                        if matches!(replica.health(), Health::Down { .. }) {
+                        if router.update(replica, seen, &status) && down {
                             router.event(Some(replica), format_args!("answering again"));
                         }
-                        router.update(replica, &status);
                     }
-                    Err(error) => router.mark_down(replica, &error),
+                    Err(error) if down => router.recheck_failed(replica, &error),
+                    Err(error) => router.mark_down(replica, seen, &error),
                 }
             }
         })
@@ -400,4 +487,86 @@ fn spawn_monitor(router: Weak<Router>, interval: Duration) -> Result<()> {
                 format!("could not start the replica health thread: {e}"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router over one replica that nothing listens for; its health thread sleeps an hour
+    /// before its first check, so only the test moves the replica's state.
+    fn router() -> Arc<Router> {
+        let url = DbUrl::parse("postgres://app@127.0.0.1:1/app").unwrap();
+        let config = ReplicaConfig::default()
+            .with_url(url)
+            .with_check_interval(Duration::from_secs(3600));
+        Router::start(&config, &PoolConfig::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    fn gone() -> Error {
+        Error::Connect {
+            url: "postgres://app@127.0.0.1:1/app".into(),
+            message: "connection refused".into(),
+            source: None,
+        }
+    }
+
+    fn track(router: &Router) -> Track {
+        *router.replicas[0].lock()
+    }
+
+    #[test]
+    fn one_outage_is_one_failure_and_only_a_relapse_takes_the_next_step() {
+        let router = router();
+        let replica = &router.replicas[0];
+        let (_, seen) = replica.observe();
+        // Eight reads caught by one stop: one outage, at the first step.
+        for _ in 0..8 {
+            router.mark_down(replica, seen, &gone());
+        }
+        let out = track(&router);
+        assert!(matches!(out.health, Health::Down { .. }), "{out:?}");
+        assert_eq!((out.outages, out.step), (1, 0));
+        // Failed re-checks go on with the same step.
+        router.recheck_failed(replica, &gone());
+        assert_eq!((track(&router).outages, track(&router).step), (1, 0));
+        // A measurement made before the outage began does not end it.
+        assert!(!router.update(replica, seen, &Status::caught_up(100)));
+        assert!(matches!(track(&router).health, Health::Down { .. }));
+        // A check made since does; a failure on a connection from before the outage, arriving
+        // after, changes nothing.
+        assert!(router.update(replica, 1, &Status::caught_up(100)));
+        router.mark_down(replica, seen, &gone());
+        assert!(matches!(track(&router).health, Health::Usable { .. }));
+        // Failing again right after coming back is a relapse: the next step, doubling the wait.
+        router.mark_down(replica, 1, &gone());
+        let relapse = track(&router);
+        assert_eq!((relapse.outages, relapse.step), (2, 1));
+        assert!(router.update(replica, 2, &Status::caught_up(200)));
+        // Back for longer than the longest wait: the next outage starts from the first step.
+        replica.lock().back_since = Instant::now().checked_sub(MAX_BACKOFF);
+        router.mark_down(replica, 2, &gone());
+        assert_eq!((track(&router).outages, track(&router).step), (3, 0));
+    }
+
+    #[test]
+    fn the_wait_doubles_per_step_up_to_the_longest() {
+        let config = ReplicaConfig::default().with_check_interval(Duration::from_millis(500));
+        let router = Router {
+            replicas: Vec::new(),
+            config,
+            echo_pool: false,
+            written: AtomicU64::new(0),
+            written_unknown: AtomicBool::new(false),
+            next: AtomicUsize::new(0),
+            layout: OnceLock::new(),
+        };
+        let waits: Vec<u64> = (0..8)
+            .map(|step| router.backoff(step).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]);
+        assert_eq!(router.backoff(u32::MAX), MAX_BACKOFF);
+    }
 }

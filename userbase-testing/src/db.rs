@@ -19,7 +19,7 @@ use diesel::PgConnection;
 
 use super::cluster::{connect, execute};
 use super::{report, server, SetupError};
-use crate::{Backend, Database, DbUrl, PoolConfig, Secrets, Settings};
+use userbase::{Backend, Database, DbUrl, PoolConfig, Secrets, Settings};
 
 /// The advisory lock key that serializes template builds ("ubtest").
 const TEMPLATE_LOCK: i64 = 0x7562_7465_7374;
@@ -27,7 +27,7 @@ const TEMPLATE_LOCK: i64 = 0x7562_7465_7374;
 /// A fresh, migrated database for one test, removed on `Drop`.
 ///
 /// ```
-/// use userbase::testing::TestDb;
+/// use userbase_testing::TestDb;
 /// use userbase::Backend;
 ///
 /// let test = TestDb::new(Backend::Sqlite);
@@ -83,6 +83,9 @@ impl TestDb {
                     kind: Kind::SqliteFile { _dir: dir },
                 })
             }
+            other => Err(SetupError::Unsupported {
+                message: format!("no test databases for the {other:?} backend"),
+            }),
         }
     }
 
@@ -186,7 +189,7 @@ impl TestDb {
     ///
     /// # Errors
     ///
-    /// [`SetupError::Database`] holding an [`Error::Config`](crate::Error::Config) when `pool` is
+    /// [`SetupError::Database`] holding an [`Error::Config`](userbase::Error::Config) when `pool` is
     /// invalid; [`SetupError::Unsupported`] for an in-memory database asked for another pool than
     /// the one it was made with (a new engine would be a new, empty database).
     pub fn try_database_with(&self, pool: PoolConfig) -> Result<Database, SetupError> {
@@ -398,7 +401,7 @@ fn migrations_hash() -> u64 {
         let mut hasher = DefaultHasher::new();
         use diesel::migration::MigrationSource;
         let names =
-            MigrationSource::<diesel::pg::Pg>::migrations(&crate::migrate::POSTGRES_MIGRATIONS)
+            MigrationSource::<diesel::pg::Pg>::migrations(&userbase::engine::POSTGRES_MIGRATIONS)
                 .map(|migrations| {
                     migrations
                         .iter()

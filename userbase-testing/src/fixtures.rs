@@ -1,7 +1,7 @@
 //! Test rows: the quickstart's demo rows, and small builders for users, locations and links.
 //!
 //! ```
-//! use userbase::testing::{fixtures, TestDb};
+//! use userbase_testing::{fixtures, TestDb};
 //! use userbase::Backend;
 //!
 //! let test = TestDb::new(Backend::Sqlite);
@@ -18,11 +18,11 @@
 
 use chrono::NaiveDateTime;
 
-pub use crate::demo::{
+pub use userbase::demo::{
     DemoUser, LINKS as DEMO_LINKS, LOCATIONS as DEMO_LOCATIONS, USERS as DEMO_USERS,
 };
-use crate::models::{Location, NewLocation, NewUser, User, UserLocation};
-use crate::{Repo, Result};
+use userbase::models::{Location, NewLocation, NewUser, User, UserLocation};
+use userbase::{Repo, Result};
 
 /// Inserts the quickstart's demo rows that are missing: [`DEMO_USERS`] (7), [`DEMO_LOCATIONS`]
 /// (4) and [`DEMO_LINKS`] (5). Run it inside a transaction to get all or nothing.
@@ -30,9 +30,9 @@ use crate::{Repo, Result};
 /// # Errors
 ///
 /// Any database error; a demo location name taken by another row is an
-/// [`Error::UniqueViolation`](crate::Error::UniqueViolation).
+/// [`Error::UniqueViolation`](userbase::Error::UniqueViolation).
 pub fn load_demo(repo: &mut Repo<'_>) -> Result<()> {
-    crate::demo::load(repo)
+    userbase::demo::load(repo)
 }
 
 /// A user to insert: `user(42)` is "User 42" with every other column at its default.
@@ -132,8 +132,8 @@ impl UserBuilder {
     ///
     /// # Errors
     ///
-    /// As [`Repo::insert_user`]: [`Error::UniqueViolation`](crate::Error::UniqueViolation) for a
-    /// taken id, [`Error::Validation`](crate::Error::Validation) for a bad value, …
+    /// As [`Repo::insert_user`]: [`Error::UniqueViolation`](userbase::Error::UniqueViolation) for a
+    /// taken id, [`Error::Validation`](userbase::Error::Validation) for a bad value, …
     pub fn insert(&self, repo: &mut Repo<'_>) -> Result<User> {
         repo.insert_user(&self.as_new())
     }
@@ -181,7 +181,7 @@ impl LocationBuilder {
     ///
     /// # Errors
     ///
-    /// As [`Repo::insert_location`]: [`Error::UniqueViolation`](crate::Error::UniqueViolation)
+    /// As [`Repo::insert_location`]: [`Error::UniqueViolation`](userbase::Error::UniqueViolation)
     /// for a taken name, …
     pub fn insert(&self, repo: &mut Repo<'_>) -> Result<Location> {
         repo.insert_location(&self.as_new())
@@ -210,8 +210,8 @@ impl LinkBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::ForeignKeyViolation`](crate::Error::ForeignKeyViolation) when the user or the
-    /// location does not exist, [`Error::UniqueViolation`](crate::Error::UniqueViolation) when
+    /// [`Error::ForeignKeyViolation`](userbase::Error::ForeignKeyViolation) when the user or the
+    /// location does not exist, [`Error::UniqueViolation`](userbase::Error::UniqueViolation) when
     /// the link does.
     pub fn insert(&self, repo: &mut Repo<'_>) -> Result<UserLocation> {
         repo.insert_user_location(&self.as_row())

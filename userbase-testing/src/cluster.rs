@@ -12,7 +12,7 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 
 use super::process::{self, PgBin, RunAs};
 use super::SetupError;
-use crate::{DbUrl, Secrets};
+use userbase::{DbUrl, Secrets};
 
 /// How long `pg_ctl` waits for a server to start or stop.
 const PG_CTL_WAIT_SECS: &str = "60";
@@ -277,7 +277,7 @@ impl Cluster {
     ///
     /// # Errors
     ///
-    /// [`SetupError::Database`] holding an [`Error::Connect`](crate::Error::Connect).
+    /// [`SetupError::Database`] holding an [`Error::Connect`](userbase::Error::Connect).
     pub fn connect(&self) -> Result<PgConnection, SetupError> {
         connect(&self.url())
     }
@@ -441,9 +441,10 @@ pub(crate) fn connect(url: &DbUrl) -> Result<PgConnection, SetupError> {
     };
     PgConnection::establish(&target.render(Secrets::Shown)).map_err(|error| SetupError::Database {
         action: "open a connection for the test support".into(),
-        source: crate::Error::Connect {
+        source: userbase::Error::Connect {
             url: url.to_string(),
             message: error.to_string().trim().to_owned(),
+            source: Some(Box::new(error)),
         },
     })
 }

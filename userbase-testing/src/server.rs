@@ -32,7 +32,7 @@ use rustix::fs::{flock, FlockOperation};
 use super::cluster::{self, StopMode};
 use super::process::{self, PgBin, RunAs};
 use super::SetupError;
-use crate::DbUrl;
+use userbase::DbUrl;
 
 /// The server tried when `TEST_DATABASE_URL` is unset.
 pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";

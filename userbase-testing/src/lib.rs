@@ -1,8 +1,11 @@
-//! Test support for userbase and for applications built on it (the `testing` feature; Unix).
+#![warn(missing_docs, clippy::missing_errors_doc)]
+
+//! Test support for userbase and for applications built on it (Unix): the `userbase-testing`
+//! crate, a dev-dependency.
 //!
 //! - [`TestDb`]: a fresh, migrated database per test — on PostgreSQL a clone of a template
 //!   migrated once per set of migrations, dropped on `Drop` (also when the test panics); on SQLite
-//!   a temporary file or `sqlite::memory:` — each giving a ready [`Database`](crate::Database).
+//!   a temporary file or `sqlite::memory:` — each giving a ready [`Database`](userbase::Database).
 //! - [`server_url`]: the PostgreSQL server of the tests — `TEST_DATABASE_URL`, else
 //!   `127.0.0.1:5432` when it answers, else a private cluster started on demand from the system's
 //!   server binaries under `target/userbase-postgres/`, shared by the test processes of a run and
@@ -21,11 +24,11 @@
 //!
 //! ```toml
 //! [dev-dependencies]
-//! userbase = { version = "0.1", features = ["testing"] }
+//! userbase-testing = { version = "0.1" }
 //! ```
 //!
 //! ```
-//! use userbase::testing::{fixtures, TestDb};
+//! use userbase_testing::{fixtures, TestDb};
 //! use userbase::Backend;
 //!
 //! fn count_links(backend: Backend) -> Result<i64, userbase::Error> {
@@ -109,7 +112,7 @@ pub enum SetupError {
         action: String,
         /// The database error.
         #[source]
-        source: crate::Error,
+        source: userbase::Error,
     },
 
     /// Something did not become ready in time.

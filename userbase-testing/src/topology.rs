@@ -14,7 +14,7 @@ use diesel::{QueryableByName, RunQueryDsl};
 use super::cluster::{self, connect, Cluster, ClusterOptions, OwnedDir, READY_WAIT};
 use super::process::{self, PgBin, RunAs};
 use super::SetupError;
-use crate::DbUrl;
+use userbase::DbUrl;
 
 /// Options of [`PrimaryStandby::start_with`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,12 +46,12 @@ impl StandbyOptions {
 /// the standby see the primary's commits (after `apply_delay`, if set).
 ///
 /// ```no_run
-/// use userbase::testing::{PrimaryStandby, StandbyOptions};
+/// use userbase_testing::{PrimaryStandby, StandbyOptions};
 /// use std::time::Duration;
 ///
 /// let pair = PrimaryStandby::start_with(&StandbyOptions::new().apply_delay(Duration::from_millis(300)))?;
 /// let (primary, replica) = (pair.primary().url(), pair.standby().url());
-/// # Ok::<(), userbase::testing::SetupError>(())
+/// # Ok::<(), userbase_testing::SetupError>(())
 /// ```
 #[derive(Debug)]
 pub struct PrimaryStandby {

@@ -1,0 +1,1 @@
+ALTER TABLE users ADD COLUMN lock_retry_probe integer;
