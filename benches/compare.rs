@@ -422,7 +422,7 @@ fn threaded(bench: &Bench) {
     let script = pgbench_script(&statements, bench.users);
     let users = bench.users;
     let point = |db: Database| move |rng: &mut Rng| point_query(&db, rng.below(users));
-    // The case the issue names on the default pool with SQLAlchemy's immediate overflow close
+    // The 16-thread case on the default pool with SQLAlchemy's immediate overflow close
     // (before `overflow_idle_timeout`), with shorter timeouts and with the default; then a 15 + 0
     // pool (same limit, nothing above pool_size) and 16 threads each holding one session of a
     // 16-connection pool (no pool traffic at all).
@@ -626,10 +626,19 @@ fn bulk(bench: &Bench, server: &DbUrl) {
                     n
                 )
             }));
-            psql_copy.push(timed(&mut || psql(&url, &["-c", &format!(
-                "\\copy users (user_id, username, full_name, language, active, logged_as, referrer_id, created_at) FROM '{}' WITH (FORMAT csv)",
-                csv.display()
-            )])));
+            psql_copy.push(timed(&mut || {
+                psql(
+                    &url,
+                    &[
+                        "-c",
+                        &format!(
+                            "\\copy users ({}) FROM '{}' WITH (FORMAT csv)",
+                            userbase::models::user::USER_COLUMNS,
+                            csv.display()
+                        ),
+                    ],
+                )
+            }));
         }
         // Correctness of the last load (psql's) is psql's; check ours once more.
         truncate();

@@ -54,9 +54,10 @@ fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
 
 /// The dataset of `benches/data/dataset.sql` in SQLite's dialect.
 fn dataset(users: i64, locations: i64, analyze: bool) -> String {
+    let columns = userbase::models::user::USER_COLUMNS;
     let mut sql = format!(
         "BEGIN;
-         INSERT INTO users (user_id, username, full_name, language, active, logged_as, referrer_id, created_at)
+         INSERT INTO users ({columns})
          WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {users})
          SELECT n,
                 CASE WHEN n % 11 = 0 THEN NULL ELSE 'user' || n END,

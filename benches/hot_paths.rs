@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use diesel::prelude::*;
-use userbase::models::{NewLocation, NewUser, User};
-use userbase::schema::{userlocations, users};
+use userbase::models::{user, NewLocation, NewUser, User};
 use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn database(pre_ping_bypass: Duration) -> Database {
@@ -54,13 +53,9 @@ fn hot_paths(c: &mut Criterion) {
         "point query on a held connection, concrete SqliteConnection",
         |b| {
             b.iter(|| match held.connection() {
-                AnyConnection::Sqlite(conn) => black_box(
-                    users::table
-                        .find(black_box(150_i64))
-                        .select(User::as_select())
-                        .first::<User>(conn)
-                        .unwrap(),
-                ),
+                AnyConnection::Sqlite(conn) => {
+                    black_box(user::by_id(black_box(150_i64)).first::<User>(conn).unwrap())
+                }
                 AnyConnection::Pg(_) => unreachable!("an SQLite engine"),
             })
         },
@@ -68,22 +63,18 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("point query with checkout", |b| {
         b.iter(|| black_box(db.session().unwrap().repo().user(black_box(150)).unwrap()))
     });
-    // Building a query: the SQL text of `users_by_location`'s join, per dialect.
-    macro_rules! by_location {
-        () => {
-            users::table
-                .inner_join(userlocations::table)
-                .filter(userlocations::location_id.eq(black_box(3)))
-                .order(users::user_id)
-                .select(User::as_select())
-        };
-    }
+    // Building a query: the SQL text of `users_by_location`'s join (the library's own fragment),
+    // per dialect.
     c.bench_function("build SQL: users_by_location (PostgreSQL)", |b| {
-        b.iter(|| black_box(diesel::debug_query::<diesel::pg::Pg, _>(&by_location!()).to_string()))
+        b.iter(|| {
+            let query = user::by_location::<diesel::pg::Pg>(black_box(3));
+            black_box(diesel::debug_query::<diesel::pg::Pg, _>(&query).to_string())
+        })
     });
     c.bench_function("build SQL: users_by_location (SQLite)", |b| {
         b.iter(|| {
-            black_box(diesel::debug_query::<diesel::sqlite::Sqlite, _>(&by_location!()).to_string())
+            let query = user::by_location::<diesel::sqlite::Sqlite>(black_box(3));
+            black_box(diesel::debug_query::<diesel::sqlite::Sqlite, _>(&query).to_string())
         })
     });
     c.bench_function("users_with_locations (200 users, 2 queries)", |b| {

@@ -1,4 +1,4 @@
-//! The engine under load and faults (issue 9): bursts of threads, discarded returns, refused
+//! The engine under load and faults: bursts of threads, discarded returns, refused
 //! ports, raw transactions, a server that stops, leaked sessions. Connections are counted from
 //! the server (`pg_stat_activity`, by a per-test `application_name`).
 

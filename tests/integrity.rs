@@ -1,4 +1,4 @@
-//! Issue 10: no silent loss, every bad input a typed error — each on PostgreSQL and SQLite with
+//! No silent loss, every bad input a typed error — each on PostgreSQL and SQLite with
 //! the same expected outcome.
 
 mod common;

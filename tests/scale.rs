@@ -1,4 +1,4 @@
-//! Issue 13 on private servers: reads on a streaming replica with exact read-your-writes, lag and
+//! Scaling on private servers: reads on a streaming replica with exact read-your-writes, lag and
 //! health, failover through a libpq multi-host URL, and pgbouncer in transaction mode. Every
 //! server here is private (started and removed by the test), never the shared one.
 

@@ -38,7 +38,7 @@ fn name_text() -> impl Strategy<Value = String> {
 }
 
 /// Hosts: mostly valid spellings (names, IPv4, IPv6 with and without brackets and zone ids,
-/// socket directories), and arbitrary text, including the injection seen in issue 14.
+/// socket directories), and arbitrary text, including a host that tries to inject a port, a database and a parameter.
 fn host() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => name_text(),

@@ -10,11 +10,19 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
 use crate::error::{Error, Result};
 use crate::schema::{userlocations, users};
+
+/// The columns of `users` in [`User`]'s field order, as one SQL list: a macro so that `concat!`
+/// can build the statements that name them at compile time (see [`USER_COLUMNS`]).
+macro_rules! user_columns {
+    () => {
+        "user_id, username, full_name, language, active, logged_as, referrer_id, created_at"
+    };
+}
 use crate::validate::{self, LANGUAGE_MAX, NAME_MAX};
 
 /// A user row: the SQLAlchemy tutorial's `User`.
@@ -266,9 +274,7 @@ impl<const N: usize> QueryId for InsertUsers<'_, '_, N> {
 
 impl<const N: usize> QueryFragment<Sqlite> for InsertUsers<'_, '_, N> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql(
-            r#"INSERT INTO "users" ("user_id", "username", "full_name", "language", "active", "logged_as", "referrer_id", "created_at") VALUES "#,
-        );
+        out.push_sql(concat!("INSERT INTO users (", user_columns!(), ") VALUES "));
         for (i, row) in self.rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
             out.push_bind_param::<BigInt, _>(&row.user_id)?;
@@ -395,9 +401,7 @@ where
         out.push_bind_param::<Nullable<Text>, _>(&self.language)?;
         out.push_sql(r#", "language") WHERE "user_id" = "#);
         out.push_bind_param::<BigInt, _>(&self.user_id)?;
-        out.push_sql(
-            r#" RETURNING "user_id", "username", "full_name", "language", "active", "logged_as", "referrer_id", "created_at""#,
-        );
+        out.push_sql(concat!(" RETURNING ", user_columns!()));
         Ok(())
     }
 }
@@ -564,21 +568,18 @@ where
 /// The raw SQL of the tutorial's `SELECT * FROM users`: ordered, so the output is stable, and
 /// with the columns spelled out in [`User`]'s field order, so its rows are read by position
 /// ([`all_raw`]) whatever order a migration left the table's columns in.
-pub const SELECT_ALL_SQL: &str = "SELECT user_id, username, full_name, language, active, \
-     logged_as, referrer_id, created_at FROM users ORDER BY user_id";
+pub const SELECT_ALL_SQL: &str =
+    concat!("SELECT ", user_columns!(), " FROM users ORDER BY user_id");
 
-/// The SQL types of a whole `users` row in [`User`]'s field order ([`SELECT_ALL_SQL`]'s columns,
-/// the upsert's `RETURNING`): what [`User`] reads by position.
-pub type UserSqlRow = (
-    BigInt,
-    Nullable<Text>,
-    Text,
-    Text,
-    Bool,
-    Nullable<Text>,
-    Nullable<BigInt>,
-    Timestamp,
-);
+/// Every column of `users` in [`User`]'s field order, as SQL: the one list behind every
+/// hand-written statement that names them ([`SELECT_ALL_SQL`], the SQLite batch insert, the
+/// upsert's `RETURNING`, the bulk paths' `COPY`). A unit test holds it to `User`'s own
+/// selection, so it cannot drift from the struct or the schema.
+pub const USER_COLUMNS: &str = user_columns!();
+
+/// The SQL types of a whole `users` row in [`User`]'s field order ([`USER_COLUMNS`]): what
+/// [`User`] reads by position. Derived from `User`'s selection, not written out.
+pub type UserSqlRow = <<User as Selectable<Pg>>::SelectExpression as Expression>::SqlType;
 
 /// [`SELECT_ALL_SQL`] as raw SQL whose rows are read by position.
 ///
@@ -587,4 +588,80 @@ pub type UserSqlRow = (
 /// users in callgrind); reading by position skips that.
 pub fn all_raw() -> SqlLiteral<UserSqlRow> {
     diesel::dsl::sql::<UserSqlRow>(SELECT_ALL_SQL)
+}
+
+#[cfg(test)]
+mod sql {
+    //! The hand-written statements, pinned with `debug_query` on each backend they run on.
+    use diesel::debug_query;
+
+    use super::*;
+
+    #[test]
+    fn the_column_list_is_users_selection_in_field_order() {
+        let selected = debug_query::<Pg, _>(&users::table.select(User::as_select())).to_string();
+        let listed = selected
+            .trim_start_matches("SELECT ")
+            .split(" FROM")
+            .next()
+            .unwrap_or_default()
+            .replace("\"users\".", "")
+            .replace('"', "");
+        assert_eq!(listed, USER_COLUMNS);
+        assert_eq!(
+            SELECT_ALL_SQL,
+            format!("SELECT {USER_COLUMNS} FROM users ORDER BY user_id")
+        );
+    }
+
+    fn row(created_at: &str) -> SqliteUserRow<'_> {
+        SqliteUserRow {
+            user_id: 7,
+            username: Some("ada"),
+            full_name: "Ada Lovelace",
+            language: "en",
+            active: true,
+            logged_as: None,
+            referrer_id: Some(1),
+            created_at,
+        }
+    }
+
+    #[test]
+    fn the_sqlite_batch_insert_names_every_column_once_and_binds_each_row() {
+        let rows = [
+            row("2024-06-19 02:45:14.367904"),
+            row("2024-06-20 06:38:14"),
+        ];
+        let sql = debug_query::<Sqlite, _>(&insert_users(&rows)).to_string();
+        assert_eq!(
+            sql,
+            "INSERT INTO users (user_id, username, full_name, language, active, logged_as, \
+             referrer_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?) \
+             -- binds: [7, Some(\"ada\"), \"Ada Lovelace\", \"en\", true, None, Some(1), \
+             \"2024-06-19 02:45:14.367904\", 7, Some(\"ada\"), \"Ada Lovelace\", \"en\", true, \
+             None, Some(1), \"2024-06-20 06:38:14\"]"
+        );
+    }
+
+    #[test]
+    fn the_upserts_update_returns_every_column_on_both_backends() {
+        let new = NewUser::new(7, "Ada Lovelace").username("ada");
+        let expected = |p: [&str; 4]| {
+            format!(
+                "UPDATE \"users\" SET \"username\" = {}, \"full_name\" = {}, \"language\" = \
+                 COALESCE({}, \"language\") WHERE \"user_id\" = {} RETURNING {USER_COLUMNS} \
+                 -- binds: [Some(\"ada\"), \"Ada Lovelace\", None, 7]",
+                p[0], p[1], p[2], p[3]
+            )
+        };
+        assert_eq!(
+            debug_query::<Pg, _>(&seen_again(&new)).to_string(),
+            expected(["$1", "$2", "$3", "$4"])
+        );
+        assert_eq!(
+            debug_query::<Sqlite, _>(&seen_again(&new)).to_string(),
+            expected(["?", "?", "?", "?"])
+        );
+    }
 }
