@@ -13,6 +13,7 @@ use super::Repo;
 use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
+use crate::models::location::LocationRow;
 use crate::models::user::{insert_users, sqlite_timestamp_text, SqliteUserRow, UserRow};
 use crate::models::{NewLocation, NewUser, UserLocation};
 use crate::schema::{locations, userlocations, users};
@@ -22,10 +23,162 @@ const USER_COLUMNS: usize = 8;
 /// Columns of a location row (the id is generated).
 const LOCATION_COLUMNS: usize = 4;
 
+/// How users are written on PostgreSQL (SQLite always inserts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ImportMethod {
+pub(super) enum ImportMethod {
+    /// Chunked multi-row `INSERT`s.
     Insert,
+    /// Binary `COPY FROM STDIN`.
     Copy,
+}
+
+/// The temporary tables PostgreSQL's imports `COPY` into before one `INSERT … SELECT`: dropped
+/// when the transaction ends, emptied after each use (an enclosing transaction may import
+/// again).
+mod stage {
+    diesel::table! {
+        userbase_links_stage (location_id, user_id) {
+            location_id -> Int4,
+            user_id -> Int8,
+        }
+    }
+
+    diesel::table! {
+        userbase_locations_stage (ord) {
+            ord -> Int8,
+            location_id -> Nullable<Int4>,
+            location_name -> Text,
+            address -> Text,
+            has_solarium -> Bool,
+            created_at -> Timestamp,
+        }
+    }
+}
+
+const CREATE_LINKS_STAGE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS userbase_links_stage \
+     (location_id INTEGER NOT NULL, user_id BIGINT NOT NULL) ON COMMIT DROP";
+
+/// In primary-key order: `ON CONFLICT` probes the key before each insert, and rows in key
+/// order keep its probes and inserts on the same index pages (a third faster than input order
+/// for links ordered by user).
+const INSERT_STAGED_LINKS: &str = "INSERT INTO userlocations (location_id, user_id) \
+     SELECT location_id, user_id FROM userbase_links_stage ORDER BY location_id, user_id \
+     ON CONFLICT DO NOTHING";
+
+const CREATE_LOCATIONS_STAGE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS \
+     userbase_locations_stage (ord BIGINT NOT NULL, location_id INTEGER, \
+     location_name TEXT NOT NULL, address TEXT NOT NULL, has_solarium BOOLEAN NOT NULL, \
+     created_at TIMESTAMP NOT NULL) ON COMMIT DROP";
+
+/// Generated ids are taken in the order of the input (PostgreSQL evaluates the select list's
+/// `nextval` after the sort).
+const INSERT_STAGED_LOCATIONS: &str = "INSERT INTO locations \
+     (location_id, location_name, address, has_solarium, created_at) \
+     SELECT coalesce(location_id, CAST(nextval('locations_location_id_seq') AS INTEGER)), \
+     location_name, address, has_solarium, created_at \
+     FROM userbase_locations_stage ORDER BY ord";
+
+/// Moves the id sequence of `locations` past the largest stored id (never back).
+const ADVANCE_LOCATION_IDS: &str = "SELECT setval('locations_location_id_seq', m) \
+     FROM (SELECT max(location_id) AS m FROM locations) AS stored, \
+     (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS n \
+      FROM locations_location_id_seq) AS seq \
+     WHERE m > n";
+
+/// A location as its import writes it: with an id, or without one for a generated one.
+#[derive(Debug, Clone, Copy)]
+struct LocationImportRow<'a> {
+    location_id: Option<i32>,
+    location_name: &'a str,
+    address: &'a str,
+    has_solarium: bool,
+    created_at: NaiveDateTime,
+}
+
+impl<'a> LocationImportRow<'a> {
+    fn new(location_id: Option<i32>, row: LocationRow<'a>) -> Self {
+        LocationImportRow {
+            location_id,
+            location_name: row.location_name,
+            address: row.address,
+            has_solarium: row.has_solarium,
+            created_at: row.created_at,
+        }
+    }
+
+    /// The row without its id, for a generated one.
+    fn generated(&self) -> LocationRow<'a> {
+        LocationRow {
+            location_name: self.location_name,
+            address: self.address,
+            has_solarium: self.has_solarium,
+            created_at: self.created_at,
+        }
+    }
+
+    /// The row with its id.
+    fn with_id(&self, location_id: i32) -> LocationWithIdRow<'a> {
+        LocationWithIdRow {
+            location_id,
+            location_name: self.location_name,
+            address: self.address,
+            has_solarium: self.has_solarium,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A location row with its id, for SQLite's inserts.
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = locations, treat_none_as_default_value = false)]
+struct LocationWithIdRow<'a> {
+    location_id: i32,
+    location_name: &'a str,
+    address: &'a str,
+    has_solarium: bool,
+    created_at: NaiveDateTime,
+}
+
+/// A row of `userbase_locations_stage`.
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = stage::userbase_locations_stage, treat_none_as_default_value = false)]
+struct LocationStageRow<'a> {
+    ord: i64,
+    location_id: Option<i32>,
+    location_name: &'a str,
+    address: &'a str,
+    has_solarium: bool,
+    created_at: NaiveDateTime,
+}
+
+impl<'a> LocationStageRow<'a> {
+    fn new(ord: i64, row: &LocationImportRow<'a>) -> Self {
+        LocationStageRow {
+            ord,
+            location_id: row.location_id,
+            location_name: row.location_name,
+            address: row.address,
+            has_solarium: row.has_solarium,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// A row of `userbase_links_stage`.
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = stage::userbase_links_stage, treat_none_as_default_value = false)]
+struct LinkStageRow {
+    location_id: i32,
+    user_id: i64,
+}
+
+impl From<&UserLocation> for LinkStageRow {
+    fn from(link: &UserLocation) -> Self {
+        LinkStageRow {
+            location_id: link.location_id,
+            user_id: link.user_id,
+        }
+    }
 }
 
 impl Repo<'_> {
@@ -60,30 +213,41 @@ impl Repo<'_> {
             .collect::<Result<Vec<_>>>()?;
         check_batch_referrals(&users)?;
         let users = &users;
-        let imported = self.transaction(|repo| {
+        self.transaction(|repo| {
             // Serialized with referral changes (see `Repo::lock_referrals`).
             repo.lock_referrals_for(users)?;
-            let now = repo.database_now()?;
-            let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
-            let per_chunk = chunk_rows(repo.backend(), USER_COLUMNS);
-            repo.run(|c| match (c, method) {
-                (AnyConnection::Pg(c), ImportMethod::Copy) => diesel::copy_from(users::table)
-                    .from_insertable(&rows)
-                    .execute(c),
-                (AnyConnection::Pg(c), ImportMethod::Insert) => {
-                    insert_chunks(c, &rows, per_chunk, |c, chunk| {
-                        diesel::insert_into(users::table).values(chunk).execute(c)
-                    })
-                }
-                // SQLite has no COPY: both methods insert in chunks.
-                (AnyConnection::Sqlite(c), _) => insert_users_sqlite(c, &rows, now),
-            })
-        });
-        self.name_reference(imported, || References::referrers(users))
+            repo.write_users(users, method)
+        })
     }
 
-    /// Inserts many locations in one transaction, chunked like
-    /// [`import_users`](Repo::import_users); returns how many were inserted.
+    /// Writes `users` (validated, without a referral cycle among them) in the open transaction:
+    /// defaults filled in with the database's now, `COPY` or chunked inserts by `method`.
+    pub(super) fn write_users(
+        &mut self,
+        users: &[NewUser<'_>],
+        method: ImportMethod,
+    ) -> Result<usize> {
+        let now = self.database_now()?;
+        let rows: Vec<_> = users.iter().map(|u| u.to_row(now)).collect();
+        let per_chunk = chunk_rows(self.backend(), USER_COLUMNS);
+        let written = self.run(|c| match (c, method) {
+            (AnyConnection::Pg(c), ImportMethod::Copy) => diesel::copy_from(users::table)
+                .from_insertable(&rows)
+                .execute(c),
+            (AnyConnection::Pg(c), ImportMethod::Insert) => {
+                insert_chunks(c, &rows, per_chunk, |c, chunk| {
+                    diesel::insert_into(users::table).values(chunk).execute(c)
+                })
+            }
+            // SQLite has no COPY: both methods insert in chunks.
+            (AnyConnection::Sqlite(c), _) => insert_users_sqlite(c, &rows, now),
+        });
+        self.name_reference(written, || References::referrers(users))
+    }
+
+    /// Inserts many locations in one transaction (PostgreSQL: `COPY` into a temporary table,
+    /// then one `INSERT … SELECT`; SQLite: chunked like [`import_users`](Repo::import_users));
+    /// returns how many were inserted. Ids are generated in the order of `locations`.
     ///
     /// # Errors
     ///
@@ -92,49 +256,111 @@ impl Repo<'_> {
     pub fn import_locations(&mut self, locations: &[NewLocation<'_>]) -> Result<usize> {
         let locations = locations
             .iter()
-            .map(NewLocation::checked)
+            .map(|l| Ok((None, l.checked()?)))
             .collect::<Result<Vec<_>>>()?;
-        self.transaction(|repo| {
-            let now = repo.database_now()?;
-            let rows: Vec<_> = locations.iter().map(|l| l.to_row(now)).collect();
-            let per_chunk = chunk_rows(repo.backend(), LOCATION_COLUMNS);
-            repo.run(|c| {
-                dispatch!(c => insert_chunks(c, &rows, per_chunk, |c, chunk| {
-                    diesel::insert_into(locations::table)
-                        .values(chunk)
-                        .execute(c)
-                }))
-            })
+        self.transaction(|repo| repo.write_locations(&locations))
+    }
+
+    /// Writes `locations` (validated; each with the id to store it under, or `None` for a
+    /// generated one) in the open transaction. With explicit ids on PostgreSQL, the id sequence
+    /// is moved past the largest id stored, so later generated ids do not collide.
+    pub(super) fn write_locations(
+        &mut self,
+        locations: &[(Option<i32>, NewLocation<'_>)],
+    ) -> Result<usize> {
+        let now = self.database_now()?;
+        let rows: Vec<LocationImportRow<'_>> = locations
+            .iter()
+            .map(|(id, l)| LocationImportRow::new(*id, l.to_row(now)))
+            .collect();
+        let explicit_ids = rows.iter().any(|r| r.location_id.is_some());
+        let per_chunk = chunk_rows(self.backend(), LOCATION_COLUMNS + 1);
+        self.run(|c| match c {
+            AnyConnection::Pg(c) => {
+                diesel::sql_query(CREATE_LOCATIONS_STAGE).execute(c)?;
+                let staged: Vec<LocationStageRow<'_>> = rows
+                    .iter()
+                    .zip(0_i64..)
+                    .map(|(row, ord)| LocationStageRow::new(ord, row))
+                    .collect();
+                diesel::copy_from(stage::userbase_locations_stage::table)
+                    .from_insertable(&staged)
+                    .execute(c)?;
+                let inserted = diesel::sql_query(INSERT_STAGED_LOCATIONS).execute(c)?;
+                diesel::sql_query("TRUNCATE userbase_locations_stage").execute(c)?;
+                if explicit_ids {
+                    diesel::sql_query(ADVANCE_LOCATION_IDS).execute(c)?;
+                }
+                Ok(inserted)
+            }
+            // Runs of rows with ids and without, in input order (ids are generated in it).
+            AnyConnection::Sqlite(c) => {
+                let mut inserted = 0;
+                for run in rows.chunk_by(|a, b| a.location_id.is_some() == b.location_id.is_some())
+                {
+                    let with_ids: Vec<_> = run
+                        .iter()
+                        .filter_map(|r| r.location_id.map(|id| r.with_id(id)))
+                        .collect();
+                    inserted += if with_ids.is_empty() {
+                        let generated: Vec<_> =
+                            run.iter().map(LocationImportRow::generated).collect();
+                        insert_chunks(c, &generated, per_chunk, |c, chunk| {
+                            diesel::insert_into(locations::table)
+                                .values(chunk)
+                                .execute(c)
+                        })?
+                    } else {
+                        insert_chunks(c, &with_ids, per_chunk, |c, chunk| {
+                            diesel::insert_into(locations::table)
+                                .values(chunk)
+                                .execute(c)
+                        })?
+                    };
+                }
+                Ok(inserted)
+            }
         })
     }
 
-    /// Inserts many links in one transaction, chunked; links that exist are skipped. Returns
-    /// how many were made.
+    /// Inserts many links in one transaction; links that exist (or come twice) are skipped.
+    /// Returns how many were made. PostgreSQL: `COPY` into a temporary table, then one
+    /// `INSERT … SELECT … ON CONFLICT DO NOTHING`; SQLite: chunked `INSERT OR IGNORE`.
     ///
     /// # Errors
     ///
     /// [`Error::ForeignKeyViolation`] when a user or location does not exist (nothing is kept).
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
+        self.transaction(|repo| repo.store_links(links))
+    }
+
+    /// Writes `links` in the open transaction, skipping those that exist; returns how many
+    /// were made.
+    pub(super) fn store_links(&mut self, links: &[UserLocation]) -> Result<usize> {
+        // Serialized with other writes of these users' links (see `Repo::lock_link_users`).
+        self.lock_link_users(links)?;
         let per_chunk = chunk_rows(self.backend(), LINK_COLUMNS);
-        let imported = self.transaction(|repo| {
-            // Serialized with other writes of these users' links (see `Repo::lock_link_users`).
-            repo.lock_link_users(links)?;
-            repo.run(|c| match c {
-                AnyConnection::Pg(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
-                    diesel::insert_into(userlocations::table)
-                        .values(chunk)
-                        .on_conflict_do_nothing()
-                        .execute(c)
-                }),
-                // SQLite has no multi-row insert with ON CONFLICT; INSERT OR IGNORE is its form.
-                AnyConnection::Sqlite(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
-                    diesel::insert_or_ignore_into(userlocations::table)
-                        .values(chunk)
-                        .execute(c)
-                }),
-            })
+        let written = self.run(|c| match c {
+            AnyConnection::Pg(c) => {
+                diesel::sql_query(CREATE_LINKS_STAGE).execute(c)?;
+                // Sorted here already, the sort of the `INSERT` finds them in order.
+                let mut staged: Vec<LinkStageRow> = links.iter().map(LinkStageRow::from).collect();
+                staged.sort_unstable_by_key(|l| (l.location_id, l.user_id));
+                diesel::copy_from(stage::userbase_links_stage::table)
+                    .from_insertable(&staged)
+                    .execute(c)?;
+                let inserted = diesel::sql_query(INSERT_STAGED_LINKS).execute(c)?;
+                diesel::sql_query("TRUNCATE userbase_links_stage").execute(c)?;
+                Ok(inserted)
+            }
+            // SQLite has no multi-row insert with ON CONFLICT; INSERT OR IGNORE is its form.
+            AnyConnection::Sqlite(c) => insert_chunks(c, links, per_chunk, |c, chunk| {
+                diesel::insert_or_ignore_into(userlocations::table)
+                    .values(chunk)
+                    .execute(c)
+            }),
         });
-        self.name_reference(imported, || References::links(links))
+        self.name_reference(written, || References::links(links))
     }
 
     /// The database's current time as its `created_at` default would store it.
@@ -267,7 +493,7 @@ fn insert_users_in<const N: usize>(
 ///
 /// Only the batch can close a cycle: stored users cannot refer to users not written yet (the
 /// foreign key forbids it), and a batch user that exists already fails as a duplicate.
-fn check_batch_referrals(users: &[NewUser<'_>]) -> Result<()> {
+pub(super) fn check_batch_referrals(users: &[NewUser<'_>]) -> Result<()> {
     let referrer_of: HashMap<i64, i64> = users
         .iter()
         .filter_map(|u| u.referrer_id.map(|r| (u.user_id, r)))

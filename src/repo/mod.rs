@@ -11,15 +11,19 @@
 //! - `locations`: locations and the links between users and locations;
 //! - `import`: bulk loads in chunks under the bind limit (and PostgreSQL's `COPY`);
 //! - `pages`: large reads, keyset pages and streaming;
+//! - `stream`: streaming imports from any iterator, in batches;
+//! - `export`: streaming exports as CSV or rows;
 //! - `deadline`: a statement deadline of its own for one call.
 
 mod deadline;
 mod dispatch;
+mod export;
 mod import;
 mod locations;
 mod pages;
 mod referrals;
 mod reports;
+mod stream;
 mod support;
 mod users;
 
