@@ -381,3 +381,18 @@ pub fn locations<R: Read>(reader: R) -> Records<R, LocationRecord> {
 pub fn links<R: Read>(reader: R) -> Records<R, UserLocation> {
     Records::new(reader)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bulk::format::{LINKS_HEADER, LOCATIONS_HEADER, USERS_HEADER};
+
+    /// The columns a CSV file is read with are the ones the exports write.
+    #[test]
+    fn the_columns_read_are_the_headers_written() {
+        let header = |columns: &[&str]| format!("{}\n", columns.join(","));
+        assert_eq!(header(UserRecord::COLUMNS), USERS_HEADER);
+        assert_eq!(header(LocationRecord::COLUMNS), LOCATIONS_HEADER);
+        assert_eq!(header(UserLocation::COLUMNS), LINKS_HEADER);
+    }
+}

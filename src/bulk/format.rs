@@ -8,8 +8,7 @@ use chrono::{NaiveDateTime, Timelike};
 use crate::models::{Location, User, UserLocation};
 
 /// The header line of a users file.
-pub(crate) const USERS_HEADER: &str =
-    "user_id,username,full_name,language,active,logged_as,referrer_id,created_at\n";
+pub(crate) const USERS_HEADER: &str = concat!(crate::models::user::user_columns!(), "\n");
 /// The header line of a locations file.
 pub(crate) const LOCATIONS_HEADER: &str =
     "location_id,location_name,address,has_solarium,created_at\n";

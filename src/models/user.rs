@@ -20,10 +20,11 @@ use crate::schema::{userlocations, users};
 /// can build the statements that name them at compile time (see [`USER_COLUMNS`]).
 macro_rules! user_columns {
     () => {
-        "user_id, username, full_name, language, active, logged_as, referrer_id, created_at"
+        "user_id,username,full_name,language,active,logged_as,referrer_id,created_at"
     };
 }
 use crate::validate::{self, LANGUAGE_MAX, NAME_MAX};
+pub(crate) use user_columns;
 
 /// A user row: the SQLAlchemy tutorial's `User`.
 ///
@@ -571,9 +572,9 @@ where
 pub const SELECT_ALL_SQL: &str =
     concat!("SELECT ", user_columns!(), " FROM users ORDER BY user_id");
 
-/// Every column of `users` in [`User`]'s field order, as SQL: the one list behind every
+/// Every column of `users` in [`User`]'s field order, comma-separated: the one list behind every
 /// hand-written statement that names them ([`SELECT_ALL_SQL`], the SQLite batch insert, the
-/// upsert's `RETURNING`, the bulk paths' `COPY`). A unit test holds it to `User`'s own
+/// upsert's `RETURNING`, the export's `COPY`) and the header of the bulk CSV files. A unit test holds it to `User`'s own
 /// selection, so it cannot drift from the struct or the schema.
 pub const USER_COLUMNS: &str = user_columns!();
 
@@ -606,7 +607,8 @@ mod sql {
             .next()
             .unwrap_or_default()
             .replace("\"users\".", "")
-            .replace('"', "");
+            .replace('"', "")
+            .replace(", ", ",");
         assert_eq!(listed, USER_COLUMNS);
         assert_eq!(
             SELECT_ALL_SQL,
@@ -636,8 +638,8 @@ mod sql {
         let sql = debug_query::<Sqlite, _>(&insert_users(&rows)).to_string();
         assert_eq!(
             sql,
-            "INSERT INTO users (user_id, username, full_name, language, active, logged_as, \
-             referrer_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO users (user_id,username,full_name,language,active,logged_as,\
+             referrer_id,created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?) \
              -- binds: [7, Some(\"ada\"), \"Ada Lovelace\", \"en\", true, None, Some(1), \
              \"2024-06-19 02:45:14.367904\", 7, Some(\"ada\"), \"Ada Lovelace\", \"en\", true, \
              None, Some(1), \"2024-06-20 06:38:14\"]"

@@ -49,8 +49,11 @@ macro_rules! ordered_target {
 ordered_target!(
     OrderedUsers,
     users::table,
-    "(SELECT user_id, username, full_name, language, active, logged_as, referrer_id, \
-     created_at FROM users ORDER BY user_id)"
+    concat!(
+        "(SELECT ",
+        crate::models::user::user_columns!(),
+        " FROM users ORDER BY user_id)"
+    )
 );
 ordered_target!(
     OrderedLocations,
