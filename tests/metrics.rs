@@ -15,6 +15,7 @@ use diesel::sql_types::{BigInt, Text};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
+use userbase::bulk::{ExportError, ExportOptions, ImportOptions};
 use userbase::config::ReplicaConfig;
 use userbase::models::{NewLocation, NewUser, UserChanges, UserLocation};
 use userbase::{Backend, Database, Error, PoolConfig, RetryPolicy, Settings, UpsertOptions};
@@ -25,6 +26,18 @@ use common::{admin, eventually, unique_name, Captured, TestDb};
 /// The password given to every PostgreSQL URL of these tests (the test server trusts local
 /// connections, so libpq never sends it); no label may contain it.
 const PASSWORD: &str = "pw-Zq8#metrics-secret";
+
+/// An output that refuses every write.
+struct Broken;
+
+impl std::io::Write for Broken {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("disk gone"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::other("disk gone"))
+    }
+}
 
 /// One metric as the recorder holds it: kind, name, labels, value.
 #[derive(Debug)]
@@ -158,6 +171,11 @@ both_backends! {
                 repo.insert_user(&NewUser::new(1, "Ada Twice")),
                 Err(Error::UniqueViolation { .. })
             ));
+            // An error type of the crate's own other than `Error`: its kind.
+            assert!(matches!(
+                repo.export_users(Broken, ExportOptions::default()),
+                Err(ExportError::Write(_))
+            ));
             drop(session);
             // In a transaction: each call is one operation too.
             db.transaction(|repo| {
@@ -185,6 +203,9 @@ both_backends! {
         let mut unique = op("insert_user");
         unique.push(("error.type", "UniqueViolation"));
         assert_eq!(samples(&metrics, duration, &unique).len(), 1);
+        let mut write = op("export_users");
+        write.push(("error.type", "ExportWrite"));
+        assert_eq!(samples(&metrics, duration, &write).len(), 1);
         let every: usize = metrics
             .iter()
             .filter(|m| m.name == duration)
@@ -193,7 +214,7 @@ both_backends! {
                 _ => 0,
             })
             .sum();
-        assert_eq!(every, 11, "one sample per call, no other: {metrics:#?}");
+        assert_eq!(every, 12, "one sample per call, no other: {metrics:#?}");
         // Seconds: a call on this machine takes more than a nanosecond and less than a minute.
         for sample in samples(&metrics, duration, &op("user")) {
             assert!(sample > 1e-9 && sample < 60.0, "{sample}");
@@ -270,6 +291,25 @@ both_backends! {
             r.copy_users(&[NewUser::new(4, "Four")]).unwrap();
             r.import_locations(&[NewLocation::new("C", "3 Road")]).unwrap();
             r.import_links(&[UserLocation { location_id: b.location_id, user_id: 3 }]).unwrap();
+            r.import_users_from([Ok::<_, Error>(NewUser::new(5, "Five"))], ImportOptions::default())
+                .unwrap();
+            r.import_locations_from(
+                [Ok::<_, Error>(NewLocation::new("D", "4 Road"))],
+                ImportOptions::default(),
+            )
+            .unwrap();
+            r.import_links_from(
+                [Ok::<_, Error>(UserLocation { location_id: a.location_id, user_id: 5 })],
+                ImportOptions::default(),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            r.export_users(&mut out, ExportOptions::default()).unwrap();
+            r.export_locations(&mut out, ExportOptions::default()).unwrap();
+            r.export_links(&mut out, ExportOptions::default()).unwrap();
+            r.each_user(|_| Ok::<(), Error>(())).unwrap();
+            r.each_location(|_| Ok::<(), Error>(())).unwrap();
+            r.each_link(|_| Ok::<(), Error>(())).unwrap();
             r.unlink(3, b.location_id).unwrap();
             r.delete_location(b.location_id).unwrap();
             r.delete_user(4).unwrap();
@@ -299,6 +339,8 @@ both_backends! {
             "location_counts_by_user", "location_counts_by_user_named", "users_raw", "load_sql",
             "users_page", "locations_page", "users_with_locations_page", "users_iter",
             "import_users", "copy_users", "import_locations", "import_links",
+            "import_users_from", "import_locations_from", "import_links_from", "export_users",
+            "export_locations", "export_links", "each_user", "each_location", "each_link",
         ]
         .into_iter()
         .map(|op| {
