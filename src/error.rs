@@ -320,6 +320,39 @@ impl Error {
         }
     }
 
+    /// The variant's name (`"NotFound"`, `"UniqueViolation"`, `"PoolTimeout"`, …): the
+    /// `error.type` of the crate's metrics and spans. Never carries a value of the error.
+    ///
+    /// ```
+    /// assert_eq!(userbase::Error::NotFound.variant_name(), "NotFound");
+    /// ```
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            Error::NotFound => "NotFound",
+            Error::UniqueViolation { .. } => "UniqueViolation",
+            Error::ForeignKeyViolation { .. } => "ForeignKeyViolation",
+            Error::NotNullViolation { .. } => "NotNullViolation",
+            Error::CheckViolation { .. } => "CheckViolation",
+            Error::PoolTimeout { .. } => "PoolTimeout",
+            Error::ConnectTimeout { .. } => "ConnectTimeout",
+            Error::Connect { .. } => "Connect",
+            Error::Migration(_) => "Migration",
+            Error::Config { .. } => "Config",
+            Error::ReferralCycle { .. } => "ReferralCycle",
+            Error::Validation { .. } => "Validation",
+            Error::TransactionAborted { .. } => "TransactionAborted",
+            Error::Deadlock { .. } => "Deadlock",
+            Error::SerializationFailure { .. } => "SerializationFailure",
+            Error::ReadOnly { .. } => "ReadOnly",
+            Error::UpsertContended { .. } => "UpsertContended",
+            Error::StatementTimeout { .. } => "StatementTimeout",
+            Error::LockTimeout { .. } => "LockTimeout",
+            Error::MigrationLockTimeout { .. } => "MigrationLockTimeout",
+            Error::StorageFull { .. } => "StorageFull",
+            Error::Query(_) => "Query",
+        }
+    }
+
     /// A configuration error about one variable.
     pub(crate) fn config(variable: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 mod failures;
+mod metrics;
 pub mod migrate;
 pub mod models;
 mod repo;

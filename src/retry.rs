@@ -124,7 +124,8 @@ impl Database {
     /// backoff, when it fails with a retryable error ([`Error::is_retryable`]: a deadlock or a
     /// serialization failure, also when they aborted the transaction): CockroachDB's client-side
     /// retry loop. Other errors are returned at once; after `policy.max_attempts` runs the last
-    /// retryable error is returned.
+    /// retryable error is returned. Each run counts in the metric `userbase.transaction.attempts`,
+    /// each retry in `userbase.transaction.retries` with the error's variant as `error.type`.
     ///
     /// The transaction runs at `SERIALIZABLE` on PostgreSQL (SQLite's transactions always are),
     /// so a concurrent transaction it would race with makes it fail and run again instead of
@@ -162,13 +163,25 @@ impl Database {
         loop {
             let outcome = {
                 let mut session = self.session()?;
+                if let Some(telemetry) = crate::metrics::telemetry(session.repo_connection()) {
+                    telemetry.attempt();
+                }
                 // `f` in a transaction, then the replicas' bookkeeping (the commit's WAL position).
-                crate::database::replica::transaction(
+                let outcome = crate::database::replica::transaction(
                     self,
                     session.repo_connection(),
                     Isolation::Serializable,
                     &mut f,
-                )
+                );
+                if let (Err(error), Some(telemetry)) = (
+                    &outcome,
+                    crate::metrics::telemetry(session.repo_connection()),
+                ) {
+                    if error.is_retryable() && attempt < policy.max_attempts {
+                        telemetry.retry(error);
+                    }
+                }
+                outcome
             };
             match outcome {
                 Err(error) if error.is_retryable() && attempt < policy.max_attempts => {

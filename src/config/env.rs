@@ -146,6 +146,10 @@ impl Settings {
                     }
                 },
             },
+
+            pool_name: var("DB_POOL_NAME")
+                .map(|name| name.trim().to_owned())
+                .or(defaults.pool_name),
         };
         pool.check(Source::Env)?;
 

@@ -24,6 +24,7 @@
 //! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` | |
 //! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | |
 //! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` | |
+//! | `DB_POOL_NAME` | the pool's `db.client.connection.pool.name` in its metrics ([`PoolConfig::pool_name`]); replicas get `<name>-replica-<index>` | `host:port/database` (SQLite: the file name) | |
 //! | `DB_STATEMENT_CACHE` | diesel's prepared-statement cache on PostgreSQL connections; `off` behind pgbouncer in transaction mode ([`PoolConfig::statement_cache`]) | `on` | same boolean forms |
 //! | `DB_STATEMENT_TIMEOUT_MS` | PostgreSQL cancels a statement running longer ([`Error::StatementTimeout`](crate::Error::StatementTimeout)); no effect on SQLite ([`PoolConfig::statement_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
 //! | `DB_LOCK_TIMEOUT_MS` | a statement waiting longer for a lock gives up ([`Error::LockTimeout`](crate::Error::LockTimeout)); SQLite's `busy_timeout` ([`PoolConfig::lock_timeout`]) | unset: the server's setting; SQLite 5000 | 0 to 86 400 000 |

@@ -140,6 +140,13 @@ pub struct PoolConfig {
     /// cost of one `fsync` per commit (env `DB_SQLITE_SYNCHRONOUS`: `normal` or `full`). No
     /// effect on PostgreSQL.
     pub sqlite_synchronous: SqliteSynchronous,
+
+    /// The pool's name in its metrics (`db.client.connection.pool.name`, see the README's
+    /// metrics section). Default `None`: `host:port/database` of the URL, never the user or the
+    /// password (SQLite: the file name). Each replica pool is named `<name>-replica-<index>` (by
+    /// default its own URL's `host:port/database`). Give every `Database` of a process its own
+    /// name; a blank name counts as unset (env `DB_POOL_NAME`).
+    pub pool_name: Option<String>,
 }
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk (see
@@ -184,6 +191,8 @@ impl Default for PoolConfig {
             lock_timeout: None,
             idle_in_transaction_timeout: None,
             sqlite_synchronous: SqliteSynchronous::Normal,
+
+            pool_name: None,
         }
     }
 }
@@ -395,6 +404,13 @@ impl PoolConfig {
     /// Sets `sqlite_synchronous` (default [`SqliteSynchronous::Normal`]).
     pub fn with_sqlite_synchronous(mut self, synchronous: SqliteSynchronous) -> Self {
         self.sqlite_synchronous = synchronous;
+        self
+    }
+
+    /// Sets `pool_name`, the `db.client.connection.pool.name` of the pool's metrics (default
+    /// `None`: `host:port/database`, or the SQLite file name).
+    pub fn with_pool_name(mut self, pool_name: impl Into<String>) -> Self {
+        self.pool_name = Some(pool_name.into());
         self
     }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
-use crate::engine::{self, Pool, PoolStatus};
+use crate::engine::{Pool, PoolStatus};
 use crate::error::{Error, Result};
+use crate::metrics::PoolMetrics;
 use crate::repo::Repo;
 use crate::session::Session;
 
@@ -103,8 +104,9 @@ impl Database {
             migration_url.validate()?;
         }
         let replicas = replica::Router::start(&replicas, &config)?;
+        let instruments = PoolMetrics::new(&crate::metrics::pool_name(&url, &config), &config);
         let inner = Arc::new(Inner {
-            pool: Pool::new(url, config, Box::new(engine::Unobserved)),
+            pool: Pool::new(url, config, Box::new(instruments)),
             replicas,
             migration_url: migration_url.map(Arc::new),
             statement_cache: replica::StatementCacheCheck::default(),

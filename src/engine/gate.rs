@@ -44,13 +44,6 @@ pub(crate) trait Observer: Send + Sync {
     }
 }
 
-/// No instruments.
-pub(crate) struct Unobserved;
-
-impl Observer for Unobserved {
-    fn figures(&self, _figures: &Figures) {}
-}
-
 struct Inner {
     admission: Admission<ConnectFailure, tracing::Dispatch>,
     /// Connections opened by connect threads, waiting for one of r2d2's connect calls.

@@ -48,6 +48,8 @@ pub(crate) struct Opener {
     /// For `sqlite::memory:`, a connection held for the pool's lifetime: the in-memory database
     /// lives as long as one connection to it is open. Opened with the first pooled connection.
     memory_keeper: Mutex<Option<AnyConnection>>,
+    /// The pool's telemetry, handed to every connection's watch.
+    telemetry: Arc<crate::metrics::Telemetry>,
 }
 
 impl std::fmt::Debug for Opener {
@@ -64,6 +66,7 @@ impl Opener {
     pub(crate) fn new(url: DbUrl, config: PoolConfig, gate: Arc<Gate>) -> Self {
         Opener {
             target: url.driver_target(),
+            telemetry: Arc::new(crate::metrics::Telemetry::new(&url, &config)),
             url,
             config,
             gate,
@@ -132,11 +135,10 @@ impl Opener {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
         }
         let flags = Arc::new(ConnFlags::default());
-        conn.set_instrumentation(Watch::new(
-            flags.clone(),
-            self.config.echo,
-            self.config.hide_parameters,
-        ));
+        conn.set_instrumentation(
+            Watch::new(flags.clone(), self.config.echo, self.config.hide_parameters)
+                .with_telemetry(self.telemetry.clone()),
+        );
         crate::transaction::set_deadlines(&mut conn, Deadlines::of(&self.config));
         Ok((conn, flags))
     }

@@ -44,10 +44,10 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) use self::admission::LeaseId;
+pub(crate) use self::admission::{Figures, LeaseId};
 use self::admission::{Refusal, Verdict};
 use self::gate::{Admitted, ConnectFailure};
-pub(crate) use self::gate::{Gate, Observer, Unobserved};
+pub(crate) use self::gate::{Gate, Observer};
 pub(crate) use self::manager::Manager;
 use self::manager::{Closer, Opener};
 pub(crate) use self::pooled::{Invalidation, Pooled};

@@ -109,6 +109,8 @@ pub(crate) struct Watch {
     hide_parameters: bool,
     started: Option<Instant>,
     failures: Failures,
+    /// The pool's telemetry, for the Repo's spans and operation metrics.
+    telemetry: Option<Arc<crate::metrics::Telemetry>>,
 }
 
 impl Watch {
@@ -119,7 +121,24 @@ impl Watch {
             hide_parameters,
             started: None,
             failures: Failures::default(),
+            telemetry: None,
         }
+    }
+
+    /// This watch, reporting to the pool's `telemetry`.
+    pub(crate) fn with_telemetry(mut self, telemetry: Arc<crate::metrics::Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The pool's telemetry, when the connection belongs to a pool.
+    pub(crate) fn telemetry(&self) -> Option<&crate::metrics::Telemetry> {
+        self.telemetry.as_deref()
+    }
+
+    /// The pool's telemetry, shared: for a stream that outlives the call.
+    pub(crate) fn telemetry_arc(&self) -> Option<Arc<crate::metrics::Telemetry>> {
+        self.telemetry.clone()
     }
 
     /// Caller SQL is about to run on this connection (see [`ConnFlags::expect_raw_sql`]).
@@ -146,6 +165,8 @@ impl Watch {
                 sql.push_str(" -- binds: [hidden]");
             }
         }
+        // The span of the Repo method running it, if any: `db.query.text` (echo only).
+        tracing::Span::current().record("db.query.text", sql.as_str());
         match error {
             None => tracing::info!(target: "userbase::sql", elapsed_us, "{sql}"),
             Some(error) => tracing::warn!(target: "userbase::sql", elapsed_us, %error, "{sql}"),

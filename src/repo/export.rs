@@ -146,8 +146,10 @@ impl Repo<'_> {
         out: impl Write,
         options: ExportOptions<'_>,
     ) -> Result<Exported, ExportError> {
-        self.export::<OrderedUsers>(out, options, format::USERS_HEADER, |repo, write| {
-            repo.each_user(|user| write(&|buf| format::user(buf, user)))
+        op!(self, ExportUsers, typed ExportError {
+            self.export::<OrderedUsers>(out, options, format::USERS_HEADER, |repo, write| {
+                repo.each_user(|user| write(&|buf| format::user(buf, user)))
+            })
         })
     }
 
@@ -162,8 +164,10 @@ impl Repo<'_> {
         out: impl Write,
         options: ExportOptions<'_>,
     ) -> Result<Exported, ExportError> {
-        self.export::<OrderedLocations>(out, options, format::LOCATIONS_HEADER, |repo, write| {
-            repo.each_location(|location| write(&|buf| format::location(buf, location)))
+        op!(self, ExportLocations, typed ExportError {
+            self.export::<OrderedLocations>(out, options, format::LOCATIONS_HEADER, |repo, write| {
+                repo.each_location(|location| write(&|buf| format::location(buf, location)))
+            })
         })
     }
 
@@ -178,8 +182,10 @@ impl Repo<'_> {
         out: impl Write,
         options: ExportOptions<'_>,
     ) -> Result<Exported, ExportError> {
-        self.export::<OrderedLinks>(out, options, format::LINKS_HEADER, |repo, write| {
-            repo.each_link(|link| write(&|buf| format::link(buf, link)))
+        op!(self, ExportLinks, typed ExportError {
+            self.export::<OrderedLinks>(out, options, format::LINKS_HEADER, |repo, write| {
+                repo.each_link(|link| write(&|buf| format::link(buf, link)))
+            })
         })
     }
 
@@ -242,19 +248,21 @@ impl Repo<'_> {
         &mut self,
         mut f: impl FnMut(&User) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut after = None;
-        let mut rows = 0;
-        loop {
-            let page = self.users_page(after, EXPORT_PAGE)?;
-            for user in &page {
-                f(user)?;
+        op!(self, EachUser, any_error {
+            let mut after = None;
+            let mut rows = 0;
+            loop {
+                let page = self.users_page(after, EXPORT_PAGE)?;
+                for user in &page {
+                    f(user)?;
+                }
+                rows += page.len() as u64;
+                match page.last() {
+                    Some(last) if page.len() as i64 == EXPORT_PAGE => after = Some(last.user_id),
+                    _ => return Ok(rows),
+                }
             }
-            rows += page.len() as u64;
-            match page.last() {
-                Some(last) if page.len() as i64 == EXPORT_PAGE => after = Some(last.user_id),
-                _ => return Ok(rows),
-            }
-        }
+        })
     }
 
     /// Calls `f` with every location, ordered by id, as [`each_user`](Repo::each_user) does
@@ -267,21 +275,23 @@ impl Repo<'_> {
         &mut self,
         mut f: impl FnMut(&Location) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut after = None;
-        let mut rows = 0;
-        loop {
-            let page = self.locations_page(after, EXPORT_PAGE)?;
-            for location in &page {
-                f(location)?;
-            }
-            rows += page.len() as u64;
-            match page.last() {
-                Some(last) if page.len() as i64 == EXPORT_PAGE => {
-                    after = Some(last.location_id);
+        op!(self, EachLocation, any_error {
+            let mut after = None;
+            let mut rows = 0;
+            loop {
+                let page = self.locations_page(after, EXPORT_PAGE)?;
+                for location in &page {
+                    f(location)?;
                 }
-                _ => return Ok(rows),
+                rows += page.len() as u64;
+                match page.last() {
+                    Some(last) if page.len() as i64 == EXPORT_PAGE => {
+                        after = Some(last.location_id);
+                    }
+                    _ => return Ok(rows),
+                }
             }
-        }
+        })
     }
 
     /// Calls `f` with every link, ordered by user then location, as
@@ -294,19 +304,21 @@ impl Repo<'_> {
         &mut self,
         mut f: impl FnMut(&UserLocation) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut after: Option<UserLocation> = None;
-        let mut rows = 0;
-        loop {
-            let page = self.links_page(after)?;
-            for link in &page {
-                f(link)?;
+        op!(self, EachLink, any_error {
+            let mut after: Option<UserLocation> = None;
+            let mut rows = 0;
+            loop {
+                let page = self.links_page(after)?;
+                for link in &page {
+                    f(link)?;
+                }
+                rows += page.len() as u64;
+                match page.last() {
+                    Some(last) if page.len() as i64 == EXPORT_PAGE => after = Some(*last),
+                    _ => return Ok(rows),
+                }
             }
-            rows += page.len() as u64;
-            match page.last() {
-                Some(last) if page.len() as i64 == EXPORT_PAGE => after = Some(*last),
-                _ => return Ok(rows),
-            }
-        }
+        })
     }
 
     /// The page of links after `after` (from the first when `None`), ordered by user then

@@ -193,7 +193,9 @@ impl Repo<'_> {
     /// written; [`Error::ReferralCycle`] when the batch's referrals make a cycle; a constraint
     /// error (duplicate id, missing referrer) rolls back every chunk.
     pub fn import_users(&mut self, users: &[NewUser<'_>]) -> Result<usize> {
-        self.import_users_by(users, ImportMethod::Insert)
+        op!(self, ImportUsers, {
+            self.import_users_by(users, ImportMethod::Insert)
+        })
     }
 
     /// As [`import_users`](Repo::import_users), through PostgreSQL's `COPY FROM STDIN` (binary),
@@ -203,7 +205,9 @@ impl Repo<'_> {
     ///
     /// As [`import_users`](Repo::import_users).
     pub fn copy_users(&mut self, users: &[NewUser<'_>]) -> Result<usize> {
-        self.import_users_by(users, ImportMethod::Copy)
+        op!(self, CopyUsers, {
+            self.import_users_by(users, ImportMethod::Copy)
+        })
     }
 
     fn import_users_by(&mut self, users: &[NewUser<'_>], method: ImportMethod) -> Result<usize> {
@@ -254,11 +258,13 @@ impl Repo<'_> {
     /// [`Error::Validation`] before anything is written; [`Error::UniqueViolation`] for a taken
     /// name (nothing is kept).
     pub fn import_locations(&mut self, locations: &[NewLocation<'_>]) -> Result<usize> {
-        let locations = locations
-            .iter()
-            .map(|l| Ok((None, l.checked()?)))
-            .collect::<Result<Vec<_>>>()?;
-        self.transaction(|repo| repo.write_locations(&locations))
+        op!(self, ImportLocations, {
+            let locations = locations
+                .iter()
+                .map(|l| Ok((None, l.checked()?)))
+                .collect::<Result<Vec<_>>>()?;
+            self.transaction(|repo| repo.write_locations(&locations))
+        })
     }
 
     /// Writes `locations` (validated; each with the id to store it under, or `None` for a
@@ -331,7 +337,9 @@ impl Repo<'_> {
     ///
     /// [`Error::ForeignKeyViolation`] when a user or location does not exist (nothing is kept).
     pub fn import_links(&mut self, links: &[UserLocation]) -> Result<usize> {
-        self.transaction(|repo| repo.store_links(links))
+        op!(self, ImportLinks, {
+            self.transaction(|repo| repo.store_links(links))
+        })
     }
 
     /// Writes `links` in the open transaction, skipping those that exist; returns how many

@@ -25,7 +25,9 @@ impl Repo<'_> {
     ///
     /// [`Error::NotFound`] when there is none.
     pub fn location(&mut self, location_id: i32) -> Result<Location> {
-        self.run(|c| dispatch!(c => location::by_id(location_id).first(c)))
+        op!(self, Location, {
+            self.run(|c| dispatch!(c => location::by_id(location_id).first(c)))
+        })
     }
 
     /// The location named `name`, or `None`.
@@ -34,8 +36,10 @@ impl Repo<'_> {
     ///
     /// [`Error::Validation`] for a name no location can have (blank, a NUL byte, too long).
     pub fn find_location_by_name(&mut self, name: &str) -> Result<Option<Location>> {
-        validate::text("location_name", name, validate::NAME_MAX)?;
-        self.run(|c| dispatch!(c => location::by_name(name).first(c).optional()))
+        op!(self, FindLocationByName, {
+            validate::text("location_name", name, validate::NAME_MAX)?;
+            self.run(|c| dispatch!(c => location::by_name(name).first(c).optional()))
+        })
     }
 
     /// Every location, ordered by id.
@@ -44,7 +48,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn locations(&mut self) -> Result<Vec<Location>> {
-        self.run(|c| dispatch!(c => location::all().load(c)))
+        op!(self, Locations, {
+            self.run(|c| dispatch!(c => location::all().load(c)))
+        })
     }
 
     /// Inserts a location and returns the stored row (with its generated id).
@@ -53,12 +59,14 @@ impl Repo<'_> {
     ///
     /// [`Error::Validation`] for a bad value; [`Error::UniqueViolation`] when the name is taken.
     pub fn insert_location(&mut self, new: &NewLocation<'_>) -> Result<Location> {
-        let new = new.checked()?;
-        self.run(|c| {
-            dispatch!(c => diesel::insert_into(locations::table)
-                .values(&new)
-                .returning(Location::as_returning())
-                .get_result(c))
+        op!(self, InsertLocation, {
+            let new = new.checked()?;
+            self.run(|c| {
+                dispatch!(c => diesel::insert_into(locations::table)
+                    .values(&new)
+                    .returning(Location::as_returning())
+                    .get_result(c))
+            })
         })
     }
 
@@ -69,15 +77,17 @@ impl Repo<'_> {
     /// [`Error::Validation`] for a bad name; [`Error::UniqueViolation`] naming the constraint
     /// when the name is taken; [`Error::NotFound`] when there is no such location.
     pub fn rename_location(&mut self, location_id: i32, new_name: &str) -> Result<Location> {
-        validate::text("location_name", new_name, validate::NAME_MAX)?;
-        let renamed = self.run(|c| {
-            dispatch!(c => diesel::update(locations::table.find(location_id))
-                .set(locations::location_name.eq(new_name))
-                .returning(Location::as_returning())
-                .get_result(c)
-                .optional())
-        })?;
-        renamed.ok_or(Error::NotFound)
+        op!(self, RenameLocation, {
+            validate::text("location_name", new_name, validate::NAME_MAX)?;
+            let renamed = self.run(|c| {
+                dispatch!(c => diesel::update(locations::table.find(location_id))
+                    .set(locations::location_name.eq(new_name))
+                    .returning(Location::as_returning())
+                    .get_result(c)
+                    .optional())
+            })?;
+            renamed.ok_or(Error::NotFound)
+        })
     }
 
     /// Deletes location `location_id` and, by `CASCADE`, its links.
@@ -86,9 +96,11 @@ impl Repo<'_> {
     ///
     /// [`Error::NotFound`] when there is no such location.
     pub fn delete_location(&mut self, location_id: i32) -> Result<()> {
-        delete_one(self.run(
-            |c| dispatch!(c => diesel::delete(locations::table.find(location_id)).execute(c)),
-        )?)
+        op!(self, DeleteLocation, {
+            delete_one(self.run(
+                |c| dispatch!(c => diesel::delete(locations::table.find(location_id)).execute(c)),
+            )?)
+        })
     }
 
     /// Every link, ordered by user id then location id.
@@ -97,7 +109,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn user_locations(&mut self) -> Result<Vec<UserLocation>> {
-        self.run(|c| dispatch!(c => user_location::all().load(c)))
+        op!(self, UserLocations, {
+            self.run(|c| dispatch!(c => user_location::all().load(c)))
+        })
     }
 
     /// Links user `user_id` to location `location_id`. Linking twice is not an error: returns
@@ -113,19 +127,21 @@ impl Repo<'_> {
     ///
     /// [`Error::ForeignKeyViolation`] when the user or the location does not exist.
     pub fn link(&mut self, user_id: i64, location_id: i32) -> Result<bool> {
-        let link = UserLocation {
-            location_id,
-            user_id,
-        };
-        let inserted = self.write_links(user_id, |repo| {
-            repo.run(|c| {
-                dispatch!(c => diesel::insert_into(userlocations::table)
-                    .values(&link)
-                    .on_conflict_do_nothing()
-                    .execute(c))
-            })
-        });
-        Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
+        op!(self, Link, {
+            let link = UserLocation {
+                location_id,
+                user_id,
+            };
+            let inserted = self.write_links(user_id, |repo| {
+                repo.run(|c| {
+                    dispatch!(c => diesel::insert_into(userlocations::table)
+                        .values(&link)
+                        .on_conflict_do_nothing()
+                        .execute(c))
+                })
+            });
+            Ok(self.name_reference(inserted, || References::links(&[link]))? == 1)
+        })
     }
 
     /// Inserts a link, failing if it exists. Never deadlocks with another write of the user's
@@ -136,15 +152,17 @@ impl Repo<'_> {
     /// [`Error::UniqueViolation`] when the link exists; [`Error::ForeignKeyViolation`] when the
     /// user or the location does not.
     pub fn insert_user_location(&mut self, link: &UserLocation) -> Result<UserLocation> {
-        let inserted = self.write_links(link.user_id, |repo| {
-            repo.run(|c| {
-                dispatch!(c => diesel::insert_into(userlocations::table)
-                    .values(link)
-                    .execute(c))
-            })
-        });
-        self.name_reference(inserted, || References::links(&[*link]))?;
-        Ok(*link)
+        op!(self, InsertUserLocation, {
+            let inserted = self.write_links(link.user_id, |repo| {
+                repo.run(|c| {
+                    dispatch!(c => diesel::insert_into(userlocations::table)
+                        .values(link)
+                        .execute(c))
+                })
+            });
+            self.name_reference(inserted, || References::links(&[*link]))?;
+            Ok(*link)
+        })
     }
 
     /// Removes the link between user `user_id` and location `location_id`; returns whether
@@ -155,14 +173,16 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn unlink(&mut self, user_id: i64, location_id: i32) -> Result<bool> {
-        let link = UserLocation {
-            location_id,
-            user_id,
-        };
-        let deleted = self.write_links(user_id, |repo| {
-            repo.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))
-        })?;
-        Ok(deleted == 1)
+        op!(self, Unlink, {
+            let link = UserLocation {
+                location_id,
+                user_id,
+            };
+            let deleted = self.write_links(user_id, |repo| {
+                repo.run(|c| dispatch!(c => diesel::delete(&link).execute(c)))
+            })?;
+            Ok(deleted == 1)
+        })
     }
 
     /// Makes `location_ids` the exact set of user `user_id`'s locations, in one transaction
@@ -183,72 +203,74 @@ impl Repo<'_> {
     /// [`Error::ForeignKeyViolation`] when the user or a location does not exist; nothing
     /// changes then.
     pub fn replace_user_locations(&mut self, user_id: i64, location_ids: &[i32]) -> Result<()> {
-        let mut wanted = location_ids.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let replaced = self.transaction(|repo| {
-            if !repo.lock_user(user_id)? {
-                return Err(missing_parent(
-                    "userlocations",
-                    LINK_USER_FKEY,
-                    "user_id",
-                    user_id,
-                    "users",
-                ));
-            }
-            let current: Vec<i32> =
-                repo.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
-            let gone: Vec<i32> = current
+        op!(self, ReplaceUserLocations, {
+            let mut wanted = location_ids.to_vec();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let replaced = self.transaction(|repo| {
+                if !repo.lock_user(user_id)? {
+                    return Err(missing_parent(
+                        "userlocations",
+                        LINK_USER_FKEY,
+                        "user_id",
+                        user_id,
+                        "users",
+                    ));
+                }
+                let current: Vec<i32> =
+                    repo.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
+                let gone: Vec<i32> = current
+                    .iter()
+                    .copied()
+                    .filter(|id| wanted.binary_search(id).is_err())
+                    .collect();
+                let made: Vec<UserLocation> = wanted
+                    .iter()
+                    .filter(|id| current.binary_search(id).is_err())
+                    .map(|&location_id| UserLocation {
+                        location_id,
+                        user_id,
+                    })
+                    .collect();
+                let per_chunk = chunk_rows(repo.backend(), 1).saturating_sub(1).max(1);
+                for chunk in gone.chunks(per_chunk) {
+                    repo.run(|c| {
+                        dispatch!(c => diesel::delete(
+                            userlocations::table
+                                .filter(userlocations::user_id.eq(user_id))
+                                .filter(userlocations::location_id.eq_any(chunk)),
+                        )
+                        .execute(c))
+                    })?;
+                }
+                let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
+                repo.run(|c| match c {
+                    // A link made meanwhile by a call outside a transaction (which takes no lock) is
+                    // kept, as if that call came just after this one.
+                    AnyConnection::Pg(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
+                        diesel::insert_into(userlocations::table)
+                            .values(chunk)
+                            .on_conflict_do_nothing()
+                            .execute(c)
+                    }),
+                    // SQLite's write lock keeps every other writer out since the read.
+                    AnyConnection::Sqlite(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
+                        diesel::insert_into(userlocations::table)
+                            .values(chunk)
+                            .execute(c)
+                    }),
+                })?;
+                Ok(())
+            });
+            let links: Vec<UserLocation> = wanted
                 .iter()
-                .copied()
-                .filter(|id| wanted.binary_search(id).is_err())
-                .collect();
-            let made: Vec<UserLocation> = wanted
-                .iter()
-                .filter(|id| current.binary_search(id).is_err())
                 .map(|&location_id| UserLocation {
                     location_id,
                     user_id,
                 })
                 .collect();
-            let per_chunk = chunk_rows(repo.backend(), 1).saturating_sub(1).max(1);
-            for chunk in gone.chunks(per_chunk) {
-                repo.run(|c| {
-                    dispatch!(c => diesel::delete(
-                        userlocations::table
-                            .filter(userlocations::user_id.eq(user_id))
-                            .filter(userlocations::location_id.eq_any(chunk)),
-                    )
-                    .execute(c))
-                })?;
-            }
-            let per_chunk = chunk_rows(repo.backend(), LINK_COLUMNS);
-            repo.run(|c| match c {
-                // A link made meanwhile by a call outside a transaction (which takes no lock) is
-                // kept, as if that call came just after this one.
-                AnyConnection::Pg(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
-                    diesel::insert_into(userlocations::table)
-                        .values(chunk)
-                        .on_conflict_do_nothing()
-                        .execute(c)
-                }),
-                // SQLite's write lock keeps every other writer out since the read.
-                AnyConnection::Sqlite(c) => insert_chunks(c, &made, per_chunk, |c, chunk| {
-                    diesel::insert_into(userlocations::table)
-                        .values(chunk)
-                        .execute(c)
-                }),
-            })?;
-            Ok(())
-        });
-        let links: Vec<UserLocation> = wanted
-            .iter()
-            .map(|&location_id| UserLocation {
-                location_id,
-                user_id,
-            })
-            .collect();
-        self.name_reference(replaced, || References::links(&links))
+            self.name_reference(replaced, || References::links(&links))
+        })
     }
 
     /// Runs `write`, a write of one link of user `user_id` (one statement), so that it never

@@ -15,6 +15,54 @@
 //! - `export`: streaming exports as CSV or rows;
 //! - `deadline`: a statement deadline of its own for one call.
 
+/// `op!(self, Variant, { body })`: the body of a public Repo method, run in the method's span
+/// and reporting one sample of `db.client.operation.duration` (with `error.type` on failure),
+/// named by [`Op::Variant`](crate::metrics::Op). The body is the method's own code: `self`,
+/// `?` and `return` keep their meaning.
+///
+/// `op!(self, Variant, typed ExportError { body })`: the same for a method with an error type of
+/// the crate's own other than [`Error`] (one that names its `error.type`, see
+/// `metrics::ErrorType`).
+///
+/// `op!(self, Variant, any_error { body })`: the same for a method whose error type is the
+/// caller's (`E: From<Error>`): its failures report `error.type` `_OTHER`, the conventions' value
+/// for an error of no known type.
+macro_rules! op {
+    ($repo:ident, $op:ident, $body:block) => {{
+        let call = $repo.begin($crate::metrics::Op::$op);
+        #[allow(clippy::redundant_closure_call)]
+        let result = (|| -> $crate::error::Result<_> { $body })();
+        $repo.end(
+            call,
+            result
+                .as_ref()
+                .err()
+                .map($crate::error::Error::variant_name),
+        );
+        result
+    }};
+    ($repo:ident, $op:ident, typed $error:ty $body:block) => {{
+        let call = $repo.begin($crate::metrics::Op::$op);
+        #[allow(clippy::redundant_closure_call)]
+        let result = (|| -> std::result::Result<_, $error> { $body })();
+        $repo.end(
+            call,
+            result
+                .as_ref()
+                .err()
+                .map($crate::metrics::ErrorType::error_type),
+        );
+        result
+    }};
+    ($repo:ident, $op:ident, any_error $body:block) => {{
+        let call = $repo.begin($crate::metrics::Op::$op);
+        #[allow(clippy::redundant_closure_call)]
+        let result = (|| -> std::result::Result<_, _> { $body })();
+        $repo.end(call, result.as_ref().err().map(|_| "_OTHER"));
+        result
+    }};
+}
+
 mod deadline;
 mod dispatch;
 mod export;
@@ -33,6 +81,7 @@ pub use self::users::UpsertOptions;
 use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
+use crate::metrics::{Call, Op};
 
 /// Typed queries over one connection: the tutorial's `Repo(session)`.
 ///
@@ -40,6 +89,9 @@ use crate::error::{Error, Result};
 /// [`Database::transaction`](crate::Database::transaction).
 pub struct Repo<'c> {
     conn: &'c mut AnyConnection,
+    /// A public method is running ([`op`](Repo::op)): the public methods it calls report no
+    /// operation of their own.
+    in_op: bool,
 }
 
 impl std::fmt::Debug for Repo<'_> {
@@ -53,7 +105,30 @@ impl std::fmt::Debug for Repo<'_> {
 impl<'c> Repo<'c> {
     /// A Repo over a raw connection.
     pub fn new(conn: &'c mut AnyConnection) -> Self {
-        Repo { conn }
+        Repo { conn, in_op: false }
+    }
+
+    /// The start of public method `op` (see [`op!`]): `None` inside another method's body, so
+    /// each call of a public method reports exactly one operation, and on a connection outside
+    /// a pool.
+    #[inline]
+    fn begin(&mut self, op: Op) -> Option<Call> {
+        if self.in_op {
+            return None;
+        }
+        let call = Call::start(self.conn, op)?;
+        self.in_op = true;
+        Some(call)
+    }
+
+    /// The end of the public method begun with `call`, which failed with the error named
+    /// `error` (`error.type`), if it did.
+    #[inline]
+    fn end(&mut self, call: Option<Call>, error: Option<&'static str>) {
+        if let Some(call) = call {
+            self.in_op = false;
+            call.finish(self.conn, error);
+        }
     }
 
     /// The backend of the connection.
@@ -125,6 +200,7 @@ impl<'c> Repo<'c> {
         F: FnOnce(&mut Repo<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        crate::transaction::transaction(self.conn, |conn| f(&mut Repo::new(conn)))
+        let in_op = self.in_op;
+        crate::transaction::transaction(self.conn, |conn| f(&mut Repo { conn, in_op }))
     }
 }

@@ -8,6 +8,7 @@ use super::dispatch::dispatch;
 use super::Repo;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
+use crate::metrics::{Op, Stream};
 use crate::models::{location, user, Location, User, UserWithLocations};
 use crate::validate;
 
@@ -21,11 +22,13 @@ impl Repo<'_> {
     /// [`Error::Validation`] when `limit` is not between 1 and
     /// [`PAGE_LIMIT_MAX`](validate::PAGE_LIMIT_MAX).
     pub fn users_page(&mut self, after: Option<i64>, limit: i64) -> Result<Vec<User>> {
-        let limit = validate::limit(limit)?;
-        match after.map_or(Some(i64::MIN), |after| after.checked_add(1)) {
-            Some(from) => self.run(|c| dispatch!(c => user::page(from, limit).load(c))),
-            None => self.check_usable().map(|()| Vec::new()),
-        }
+        op!(self, UsersPage, {
+            let limit = validate::limit(limit)?;
+            match after.map_or(Some(i64::MIN), |after| after.checked_add(1)) {
+                Some(from) => self.run(|c| dispatch!(c => user::page(from, limit).load(c))),
+                None => self.check_usable().map(|()| Vec::new()),
+            }
+        })
     }
 
     /// At most `limit` locations with an id above `after` (from the very first row when
@@ -35,11 +38,13 @@ impl Repo<'_> {
     ///
     /// As [`users_page`](Repo::users_page).
     pub fn locations_page(&mut self, after: Option<i32>, limit: i64) -> Result<Vec<Location>> {
-        let limit = validate::limit(limit)?;
-        match after.map_or(Some(i32::MIN), |after| after.checked_add(1)) {
-            Some(from) => self.run(|c| dispatch!(c => location::page(from, limit).load(c))),
-            None => self.check_usable().map(|()| Vec::new()),
-        }
+        op!(self, LocationsPage, {
+            let limit = validate::limit(limit)?;
+            match after.map_or(Some(i32::MIN), |after| after.checked_add(1)) {
+                Some(from) => self.run(|c| dispatch!(c => location::page(from, limit).load(c))),
+                None => self.check_usable().map(|()| Vec::new()),
+            }
+        })
     }
 
     /// A page of [`users_with_locations`](Repo::users_with_locations): at most `limit` users
@@ -54,8 +59,10 @@ impl Repo<'_> {
         after: Option<i64>,
         limit: i64,
     ) -> Result<Vec<UserWithLocations>> {
-        let users = self.users_page(after, limit)?;
-        self.attach_locations(users)
+        op!(self, UsersWithLocationsPage, {
+            let users = self.users_page(after, limit)?;
+            self.attach_locations(users)
+        })
     }
 
     /// Every user, ordered by id, streamed row by row (PostgreSQL's single-row mode, SQLite's
@@ -65,6 +72,13 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the query cannot start; each item carries a row's own error.
     pub fn users_iter(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
+        let stream = Stream::start(self.conn, Op::UsersIter, self.in_op);
+        let rows = self.users_rows();
+        Stream::wrap(stream, rows)
+    }
+
+    /// The rows of [`users_iter`](Repo::users_iter).
+    fn users_rows(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
         self.check_usable()?;
         Ok(match &mut *self.conn {
             AnyConnection::Pg(c) => Box::new(

@@ -71,15 +71,17 @@ impl Repo<'_> {
     /// `REPEATABLE READ` or `SERIALIZABLE` transaction when a referral of the chain changed since
     /// its snapshot.
     pub fn set_referrer(&mut self, user_id: i64, referrer_id: Option<i64>) -> Result<User> {
-        let update = UserUpdate {
-            referrer_id: Some(referrer_id),
-            ..UserUpdate::default()
-        };
-        let updated = self.change_referral(user_id, referrer_id, |repo| {
-            repo.update_user_returning(user_id, &update)
-        });
-        self.name_reference(updated, || References::referrer(referrer_id))?
-            .ok_or(Error::NotFound)
+        op!(self, SetReferrer, {
+            let update = UserUpdate {
+                referrer_id: Some(referrer_id),
+                ..UserUpdate::default()
+            };
+            let updated = self.change_referral(user_id, referrer_id, |repo| {
+                repo.update_user_returning(user_id, &update)
+            });
+            self.name_reference(updated, || References::referrer(referrer_id))?
+                .ok_or(Error::NotFound)
+        })
     }
 
     /// Runs `write`, which makes `referrer_id` the referrer of user `user_id`, as a referral
@@ -219,7 +221,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referrals(&mut self, referrer_id: i64) -> Result<Vec<User>> {
-        self.run(|c| dispatch!(c => user::referred_by(referrer_id).load(c)))
+        op!(self, Referrals, {
+            self.run(|c| dispatch!(c => user::referred_by(referrer_id).load(c)))
+        })
     }
 
     /// Every user with their referrer's full name (`None` without one), ordered by id, in one
@@ -229,7 +233,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users_with_referrer_names(&mut self) -> Result<Vec<UserWithReferrer>> {
-        self.run(|c| dispatch!(c => user::with_referrer_names().load(c)))
+        op!(self, UsersWithReferrerNames, {
+            self.run(|c| dispatch!(c => user::with_referrer_names().load(c)))
+        })
     }
 
     /// How many users each referrer referred, ordered by referrer id.
@@ -238,6 +244,8 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn referral_counts(&mut self) -> Result<Vec<ReferralCount>> {
-        self.run(|c| dispatch!(c => user::referral_counts().load(c)))
+        op!(self, ReferralCounts, {
+            self.run(|c| dispatch!(c => user::referral_counts().load(c)))
+        })
     }
 }

@@ -22,8 +22,10 @@ impl Repo<'_> {
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_users_with_locations")]
     pub fn users_with_locations(&mut self) -> Result<Vec<UserWithLocations>> {
-        let users = self.run(|c| dispatch!(c => user::all().load(c)))?;
-        self.attach_locations(users)
+        op!(self, UsersWithLocations, {
+            let users = self.run(|c| dispatch!(c => user::all().load(c)))?;
+            self.attach_locations(users)
+        })
     }
 
     /// Loads the locations of `users` (ordered by id) in one query and pairs them up: the links
@@ -57,7 +59,9 @@ impl Repo<'_> {
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_users_by_location")]
     pub fn users_by_location(&mut self, location_id: i32) -> Result<Vec<User>> {
-        self.run(|c| dispatch!(c => user::by_location(location_id).load(c)))
+        op!(self, UsersByLocation, {
+            self.run(|c| dispatch!(c => user::by_location(location_id).load(c)))
+        })
     }
 
     /// The locations of user `user_id`, each with the user's username, ordered by location id.
@@ -70,7 +74,9 @@ impl Repo<'_> {
         &mut self,
         user_id: i64,
     ) -> Result<Vec<LocationWithUsername>> {
-        self.run(|c| dispatch!(c => location::of_user_with_username(user_id).load(c)))
+        op!(self, UserLocationsWithUsername, {
+            self.run(|c| dispatch!(c => location::of_user_with_username(user_id).load(c)))
+        })
     }
 
     /// How many locations user `user_id` has (0 for an unknown user).
@@ -80,7 +86,9 @@ impl Repo<'_> {
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_user_total_number_of_locations")]
     pub fn count_user_locations(&mut self, user_id: i64) -> Result<i64> {
-        self.run(|c| dispatch!(c => user_location::count_for_user(user_id).get_result(c)))
+        op!(self, CountUserLocations, {
+            self.run(|c| dispatch!(c => user_location::count_for_user(user_id).get_result(c)))
+        })
     }
 
     /// `{ quantity, user_id }` for every user with locations, ordered by user id.
@@ -90,7 +98,9 @@ impl Repo<'_> {
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user")]
     pub fn location_counts_by_user(&mut self) -> Result<Vec<UserLocationCount>> {
-        self.run(|c| dispatch!(c => user_location::counts_by_user().load(c)))
+        op!(self, LocationCountsByUser, {
+            self.run(|c| dispatch!(c => user_location::counts_by_user().load(c)))
+        })
     }
 
     /// `{ quantity, name }` for every user with locations, ordered by user id.
@@ -100,7 +110,9 @@ impl Repo<'_> {
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     #[doc(alias = "get_total_number_of_locations_by_user_with_labels")]
     pub fn location_counts_by_user_named(&mut self) -> Result<Vec<LocationCount>> {
-        self.run(|c| dispatch!(c => user_location::counts_by_user_named().load(c)))
+        op!(self, LocationCountsByUserNamed, {
+            self.run(|c| dispatch!(c => user_location::counts_by_user_named().load(c)))
+        })
     }
 
     /// The tutorial's raw `SELECT * FROM users` (ordered by id) as raw SQL
@@ -111,7 +123,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`](crate::Error::Query) when the database fails.
     pub fn users_raw(&mut self) -> Result<Vec<User>> {
-        self.run(|c| dispatch!(c => user::all_raw().load(c)))
+        op!(self, UsersRaw, {
+            self.run(|c| dispatch!(c => user::all_raw().load(c)))
+        })
     }
 
     /// Runs raw SQL (no bind parameters) and maps its rows by column name into `T`.
@@ -125,8 +139,10 @@ impl Repo<'_> {
     where
         T: QueryableByName<MultiBackend> + 'static,
     {
-        validate::sql(sql)?;
-        crate::engine::expect_raw_sql(self.conn);
-        self.run(|c| diesel::sql_query(sql).load(c))
+        op!(self, LoadSql, {
+            validate::sql(sql)?;
+            crate::engine::expect_raw_sql(self.conn);
+            self.run(|c| diesel::sql_query(sql).load(c))
+        })
     }
 }

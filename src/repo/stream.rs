@@ -155,40 +155,42 @@ impl Repo<'_> {
         I: IntoIterator<Item = Result<R, E>>,
         R: AsNewUser,
     {
-        let write = |repo: &mut Repo<'_>, pending: &mut Pending, batch: &[R], first_row: u64| {
-            let mut users = batch
-                .iter()
-                .zip(first_row..)
-                .map(|(row, number)| {
-                    row.as_new_user()
-                        .checked()
-                        .map_err(|error| Failure::Refused {
-                            row: Some(number),
-                            error,
-                        })
-                })
-                .collect::<Result<Vec<NewUser<'_>>, Failure<E>>>()?;
-            check_batch_referrals(&users)?;
-            // Serialized with referral changes (see `Repo::lock_referrals`), in every
-            // transaction of the import.
-            repo.lock_referrals_for(&users)?;
-            let ids: HashSet<i64> = users.iter().map(|u| u.user_id).collect();
-            repo.defer_unknown_referrers(&mut users, &ids, pending)?;
-            let written = repo.write_users(&users, ImportMethod::Copy)?;
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut pending.referrals)
-                .into_iter()
-                .partition(|(_, referrer_id)| ids.contains(referrer_id));
-            pending.referrals = waiting;
-            repo.apply_referrals(&ready)?;
-            Ok(written)
-        };
-        // Referrers still missing at the end: setting them fails the import with the
-        // foreign-key error naming the first.
-        let finish = |repo: &mut Repo<'_>, pending: &mut Pending| {
-            let referrals = std::mem::take(&mut pending.referrals);
-            Ok(repo.apply_referrals(&referrals)?)
-        };
-        self.stream(rows, options, Pending::default(), write, finish)
+        op!(self, ImportUsersFrom, typed ImportError<E> {
+            let write = |repo: &mut Repo<'_>, pending: &mut Pending, batch: &[R], first_row: u64| {
+                let mut users = batch
+                    .iter()
+                    .zip(first_row..)
+                    .map(|(row, number)| {
+                        row.as_new_user()
+                            .checked()
+                            .map_err(|error| Failure::Refused {
+                                row: Some(number),
+                                error,
+                            })
+                    })
+                    .collect::<Result<Vec<NewUser<'_>>, Failure<E>>>()?;
+                check_batch_referrals(&users)?;
+                // Serialized with referral changes (see `Repo::lock_referrals`), in every
+                // transaction of the import.
+                repo.lock_referrals_for(&users)?;
+                let ids: HashSet<i64> = users.iter().map(|u| u.user_id).collect();
+                repo.defer_unknown_referrers(&mut users, &ids, pending)?;
+                let written = repo.write_users(&users, ImportMethod::Copy)?;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut pending.referrals)
+                    .into_iter()
+                    .partition(|(_, referrer_id)| ids.contains(referrer_id));
+                pending.referrals = waiting;
+                repo.apply_referrals(&ready)?;
+                Ok(written)
+            };
+            // Referrers still missing at the end: setting them fails the import with the
+            // foreign-key error naming the first.
+            let finish = |repo: &mut Repo<'_>, pending: &mut Pending| {
+                let referrals = std::mem::take(&mut pending.referrals);
+                Ok(repo.apply_referrals(&referrals)?)
+            };
+            self.stream(rows, options, Pending::default(), write, finish)
+        })
     }
 
     /// Imports the locations of `rows` in batches, as
@@ -211,21 +213,23 @@ impl Repo<'_> {
         I: IntoIterator<Item = Result<R, E>>,
         R: AsNewLocation,
     {
-        let write = |repo: &mut Repo<'_>, _: &mut (), batch: &[R], first_row: u64| {
-            let locations = batch
-                .iter()
-                .zip(first_row..)
-                .map(|(row, number)| match row.as_new_location().checked() {
-                    Ok(location) => Ok((row.location_id(), location)),
-                    Err(error) => Err(Failure::Refused {
-                        row: Some(number),
-                        error,
-                    }),
-                })
-                .collect::<Result<Vec<_>, Failure<E>>>()?;
-            Ok(repo.write_locations(&locations)?)
-        };
-        self.stream(rows, options, (), write, |_, _| Ok(()))
+        op!(self, ImportLocationsFrom, typed ImportError<E> {
+            let write = |repo: &mut Repo<'_>, _: &mut (), batch: &[R], first_row: u64| {
+                let locations = batch
+                    .iter()
+                    .zip(first_row..)
+                    .map(|(row, number)| match row.as_new_location().checked() {
+                        Ok(location) => Ok((row.location_id(), location)),
+                        Err(error) => Err(Failure::Refused {
+                            row: Some(number),
+                            error,
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, Failure<E>>>()?;
+                Ok(repo.write_locations(&locations)?)
+            };
+            self.stream(rows, options, (), write, |_, _| Ok(()))
+        })
     }
 
     /// Imports the links of `rows` in batches, as [`import_links`](Repo::import_links) does
@@ -245,10 +249,12 @@ impl Repo<'_> {
     where
         I: IntoIterator<Item = Result<UserLocation, E>>,
     {
-        let write = |repo: &mut Repo<'_>, _: &mut (), batch: &[UserLocation], _: u64| {
-            Ok(repo.store_links(batch)?)
-        };
-        self.stream(rows, options, (), write, |_, _| Ok(()))
+        op!(self, ImportLinksFrom, typed ImportError<E> {
+            let write = |repo: &mut Repo<'_>, _: &mut (), batch: &[UserLocation], _: u64| {
+                Ok(repo.store_links(batch)?)
+            };
+            self.stream(rows, options, (), write, |_, _| Ok(()))
+        })
     }
 
     /// Drives a streaming import: reads batches from `rows`, writes each with `write` (given

@@ -50,7 +50,9 @@ impl Repo<'_> {
     /// [`Error::NotFound`] when there is none.
     #[doc(alias = "get_user")]
     pub fn user(&mut self, user_id: i64) -> Result<User> {
-        self.run(|c| dispatch!(c => user::by_id(user_id).first(c)))
+        op!(self, User, {
+            self.run(|c| dispatch!(c => user::by_id(user_id).first(c)))
+        })
     }
 
     /// The user with id `user_id`, or `None`.
@@ -59,7 +61,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn find_user(&mut self, user_id: i64) -> Result<Option<User>> {
-        self.run(|c| dispatch!(c => user::by_id(user_id).first(c).optional()))
+        op!(self, FindUser, {
+            self.run(|c| dispatch!(c => user::by_id(user_id).first(c).optional()))
+        })
     }
 
     /// Every user, ordered by id.
@@ -68,7 +72,9 @@ impl Repo<'_> {
     ///
     /// [`Error::Query`] when the database fails.
     pub fn users(&mut self) -> Result<Vec<User>> {
-        self.run(|c| dispatch!(c => user::all().load(c)))
+        op!(self, Users, {
+            self.run(|c| dispatch!(c => user::all().load(c)))
+        })
     }
 
     /// Inserts a user and returns the stored row (with its defaults filled in).
@@ -79,14 +85,16 @@ impl Repo<'_> {
     /// [`Error::UniqueViolation`] when the id exists; [`Error::ForeignKeyViolation`] when the
     /// referrer does not.
     pub fn insert_user(&mut self, new: &NewUser<'_>) -> Result<User> {
-        let new = new.checked()?;
-        let inserted = self.run(|c| {
-            dispatch!(c => diesel::insert_into(users::table)
-                .values(&new)
-                .returning(User::as_returning())
-                .get_result(c))
-        });
-        self.name_reference(inserted, || References::referrers(&[new]))
+        op!(self, InsertUser, {
+            let new = new.checked()?;
+            let inserted = self.run(|c| {
+                dispatch!(c => diesel::insert_into(users::table)
+                    .values(&new)
+                    .returning(User::as_returning())
+                    .get_result(c))
+            });
+            self.name_reference(inserted, || References::referrers(&[new]))
+        })
     }
 
     /// Deletes user `user_id`; the users they referred stay, with no referrer (`SET NULL`).
@@ -97,30 +105,31 @@ impl Repo<'_> {
     /// user still has locations (`ON DELETE RESTRICT`), its message naming the blocking
     /// `userlocations` rows. Inside a transaction, a refused delete leaves it usable (savepoint).
     pub fn delete_user(&mut self, user_id: i64) -> Result<()> {
-        let deleted =
-            self.transaction(|repo| {
+        op!(self, DeleteUser, {
+            let deleted = self.transaction(|repo| {
                 delete_one(repo.run(
                     |c| dispatch!(c => diesel::delete(users::table.find(user_id)).execute(c)),
                 )?)
             });
-        match deleted {
-            Err(Error::ForeignKeyViolation {
-                constraint,
-                message,
-            }) => {
-                let blocking: Vec<i32> =
-                    self.run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
+            match deleted {
                 Err(Error::ForeignKeyViolation {
-                    // SQLite names no constraint: the one PostgreSQL names.
-                    constraint: constraint.or(Some(LINK_USER_FKEY.to_owned())),
-                    message: format!(
-                        "user {user_id} is still linked to locations {blocking:?} in userlocations; \
-                         unlink them first ({message})"
-                    ),
-                })
+                    constraint,
+                    message,
+                }) => {
+                    let blocking: Vec<i32> = self
+                        .run(|c| dispatch!(c => user_location::location_ids_of(user_id).load(c)))?;
+                    Err(Error::ForeignKeyViolation {
+                        // SQLite names no constraint: the one PostgreSQL names.
+                        constraint: constraint.or(Some(LINK_USER_FKEY.to_owned())),
+                        message: format!(
+                            "user {user_id} is still linked to locations {blocking:?} in userlocations; \
+                             unlink them first ({message})"
+                        ),
+                    })
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
     }
 
     /// The bot's "seen this user": inserts the user, or updates `full_name`, `username` and
@@ -133,7 +142,9 @@ impl Repo<'_> {
     /// referrer does not exist; [`Error::UpsertContended`] when concurrent writes kept
     /// inserting and deleting the row.
     pub fn upsert_user(&mut self, new: &NewUser<'_>) -> Result<User> {
-        self.upsert_user_with(new, UpsertOptions::default())
+        op!(self, UpsertUser, {
+            self.upsert_user_with(new, UpsertOptions::default())
+        })
     }
 
     /// [`upsert_user`](Repo::upsert_user), also overwriting `referrer_id` and/or `created_at`
@@ -148,17 +159,19 @@ impl Repo<'_> {
     /// As [`upsert_user`](Repo::upsert_user), and [`Error::ReferralCycle`] when the new
     /// referrer would make a cycle.
     pub fn upsert_user_with(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
-        let new = new.checked()?;
-        let upserted = match (options.referrer, new.referrer_id) {
-            // A referral change: under the referral lock, checked for cycles.
-            (true, Some(referrer_id)) => {
-                self.change_referral(new.user_id, Some(referrer_id), |repo| {
-                    repo.upsert_checked(&new, options)
-                })
-            }
-            _ => self.upsert_checked(&new, options),
-        };
-        self.name_reference(upserted, || References::referrers(&[new]))
+        op!(self, UpsertUserWith, {
+            let new = new.checked()?;
+            let upserted = match (options.referrer, new.referrer_id) {
+                // A referral change: under the referral lock, checked for cycles.
+                (true, Some(referrer_id)) => {
+                    self.change_referral(new.user_id, Some(referrer_id), |repo| {
+                        repo.upsert_checked(&new, options)
+                    })
+                }
+                _ => self.upsert_checked(&new, options),
+            };
+            self.name_reference(upserted, || References::referrers(&[new]))
+        })
     }
 
     fn upsert_checked(&mut self, new: &NewUser<'_>, options: UpsertOptions) -> Result<User> {
@@ -227,13 +240,15 @@ impl Repo<'_> {
     /// [`Error::Validation`] for a bad value or an empty change; [`Error::NotFound`] when there
     /// is no such user.
     pub fn update_user(&mut self, user_id: i64, changes: &UserChanges<'_>) -> Result<User> {
-        changes.validate()?;
-        let update = UserUpdate {
-            changes: *changes,
-            ..UserUpdate::default()
-        };
-        self.update_user_returning(user_id, &update)?
-            .ok_or(Error::NotFound)
+        op!(self, UpdateUser, {
+            changes.validate()?;
+            let update = UserUpdate {
+                changes: *changes,
+                ..UserUpdate::default()
+            };
+            self.update_user_returning(user_id, &update)?
+                .ok_or(Error::NotFound)
+        })
     }
 
     /// Marks user `user_id` inactive (the row and its links stay).
@@ -242,7 +257,7 @@ impl Repo<'_> {
     ///
     /// [`Error::NotFound`] when there is no such user.
     pub fn deactivate_user(&mut self, user_id: i64) -> Result<User> {
-        self.set_active(user_id, false)
+        op!(self, DeactivateUser, { self.set_active(user_id, false) })
     }
 
     /// Marks user `user_id` active again.
@@ -251,7 +266,7 @@ impl Repo<'_> {
     ///
     /// [`Error::NotFound`] when there is no such user.
     pub fn reactivate_user(&mut self, user_id: i64) -> Result<User> {
-        self.set_active(user_id, true)
+        op!(self, ReactivateUser, { self.set_active(user_id, true) })
     }
 
     fn set_active(&mut self, user_id: i64, active: bool) -> Result<User> {

@@ -52,6 +52,8 @@ pub(crate) struct Replica {
     /// The server answered `pg_is_in_recovery() = false` at the last check: it has every write.
     promoted: AtomicBool,
     track: Mutex<Track>,
+    /// Its lag and whether it takes reads, as metrics.
+    metrics: crate::metrics::ReplicaMetrics,
 }
 
 /// State shared by every clone of a [`Database`] with replicas.
@@ -115,10 +117,14 @@ impl Router {
         let pools = replicas
             .urls
             .iter()
-            .map(|url| {
-                let db = Database::new(Settings::new(read_only(url)).with_pool(pool.clone()))?;
+            .enumerate()
+            .map(|(index, url)| {
+                let name = crate::metrics::replica_pool_name(url, pool, index);
+                let config = pool.clone().with_pool_name(name.clone());
+                let db = Database::new(Settings::new(read_only(url)).with_pool(config))?;
                 Ok(Replica {
                     db,
+                    metrics: crate::metrics::ReplicaMetrics::new(&name),
                     label: url.to_string(),
                     replay: AtomicU64::new(0),
                     promoted: AtomicBool::new(false),
@@ -319,6 +325,12 @@ impl Router {
             if track.outages != seen {
                 return false;
             }
+            if let Some(lag) = lag {
+                replica.metrics.lag(lag);
+            }
+            replica
+                .metrics
+                .in_use(matches!(next, Health::Usable { .. }));
             replica
                 .promoted
                 .store(!status.in_recovery, Ordering::Release);
@@ -391,6 +403,7 @@ impl Router {
             };
             replica.replay.store(0, Ordering::Release);
             replica.promoted.store(false, Ordering::Release);
+            replica.metrics.in_use(false);
             (track.step, backoff)
         };
         replica.db.dispose();
