@@ -18,7 +18,6 @@ mod metrics;
 pub mod migrate;
 pub mod models;
 mod repo;
-mod retry;
 #[rustfmt::skip]
 #[allow(missing_docs)]
 pub mod schema;
@@ -30,11 +29,11 @@ pub use config::{Backend, DbUrl, PoolConfig, Secrets, Settings};
 pub use connection::{AnyConnection, MultiBackend};
 pub use database::replica;
 pub use database::Database;
+pub use database::RetryPolicy;
 pub use engine::PoolStatus;
 pub use error::{BoxedCause, Error, MigrationFailure, Result};
 pub use replica::WalPosition;
 pub use repo::{Repo, UpsertOptions};
-pub use retry::RetryPolicy;
 pub use session::Session;
 
 // What applications rely on: an engine shared across threads, a session moved to a worker.

@@ -1,16 +1,19 @@
 //! The public façade: [`Database`] builds the pool ([`crate::engine`]), hands out
-//! [`Session`]s, runs transactions and migrations, and routes reads to replicas
-//! ([`replica`]).
+//! [`Session`]s, runs transactions and migrations (here), retries transactions the database
+//! aborted (`retry`), and routes reads to replicas ([`replica`]): every `impl Database` is under
+//! this folder.
 //!
 //! The top of the crate: it imports the layers below (engine, session, transaction, repo) and
 //! none of them imports it.
 
 pub mod replica;
+mod retry;
 
 use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use self::retry::RetryPolicy;
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
 use crate::engine::{Pool, PoolStatus};
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use crate::database::Database;
+use super::Database;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::transaction::Isolation;
