@@ -142,9 +142,12 @@ impl<'c> Repo<'c> {
         crate::transaction::check_usable(self.conn)
     }
 
-    /// Runs one statement and records its failure in the open transaction level: every
-    /// statement of the Repo goes through here (`statement` picks the concrete connection with
-    /// `dispatch!`).
+    /// Runs one statement and records its failure in the open transaction level (`statement`
+    /// picks the concrete connection with `dispatch!`). Every statement of the Repo that returns
+    /// its whole result goes through here; the streaming reads (`users_iter`, the exports) check
+    /// the level the same way before they start, and a
+    /// failure while they stream is recorded as far as Diesel's instrumentation reports it (on
+    /// PostgreSQL every failed statement; on SQLite not an error met while stepping through rows).
     ///
     /// Refused with [`Error::TransactionAborted`] when a statement of the open transaction level
     /// already failed (PostgreSQL would refuse it with an untyped error, SQLite would run it).
