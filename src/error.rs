@@ -118,6 +118,18 @@ pub enum Error {
     #[error(transparent)]
     Migration(MigrationFailure),
 
+    /// The library could not do its own work at run time: a thread of its own that would not
+    /// start, a connection of a backend it did not expect. Neither the caller's settings nor the
+    /// database's answer; `source()` is the cause when there is one.
+    #[error("{message}")]
+    Runtime {
+        /// What could not be done.
+        message: String,
+        /// The underlying error (the operating system's, for a thread).
+        #[source]
+        source: Option<BoxedCause>,
+    },
+
     /// A setting or URL is malformed.
     #[error("invalid configuration{}: {message}", on_variable(.variable))]
     Config {
@@ -338,6 +350,7 @@ impl Error {
             Error::Connect { .. } => "Connect",
             Error::Migration(_) => "Migration",
             Error::Config { .. } => "Config",
+            Error::Runtime { .. } => "Runtime",
             Error::ReferralCycle { .. } => "ReferralCycle",
             Error::Validation { .. } => "Validation",
             Error::TransactionAborted { .. } => "TransactionAborted",

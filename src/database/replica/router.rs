@@ -494,11 +494,9 @@ fn spawn_monitor(router: Weak<Router>, interval: Duration) -> Result<()> {
             }
         })
         .map(drop)
-        .map_err(|e| {
-            Error::config(
-                "DATABASE_REPLICA_URLS",
-                format!("could not start the replica health thread: {e}"),
-            )
+        .map_err(|e| Error::Runtime {
+            message: "could not start the replica health thread".to_owned(),
+            source: Some(Box::new(e)),
         })
 }
 

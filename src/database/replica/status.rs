@@ -75,14 +75,15 @@ impl Status {
 ///
 /// # Errors
 ///
-/// The query's error (the connection is gone, …); [`Error::Config`] on SQLite.
+/// The query's error (the connection is gone, …); [`Error::Runtime`] on SQLite.
 pub(crate) fn status(conn: &mut AnyConnection) -> Result<Status> {
     match conn {
         AnyConnection::Pg(pg) => Ok(diesel::sql_query(STATUS_SQL).get_result(pg)?),
-        AnyConnection::Sqlite(_) => Err(Error::config(
-            "DATABASE_REPLICA_URLS",
-            "replicas are PostgreSQL only",
-        )),
+        AnyConnection::Sqlite(_) => Err(Error::Runtime {
+            message: "replica status asked of an SQLite connection: replicas are PostgreSQL only"
+                .to_owned(),
+            source: None,
+        }),
     }
 }
 
