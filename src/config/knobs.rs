@@ -417,18 +417,22 @@ impl Knob {
         value.map_or(Ok(()), |d| self.check_duration(d, source))
     }
 
-    /// Checks a duration given to something else than the knob itself (a per-call override
-    /// such as `Repo::with_statement_timeout`), whose errors name `name`.
+    /// Checks a duration set in code that overrides the knob for one call
+    /// (`Repo::with_statement_timeout`): the knob's bounds, with no unset value.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming `name` and the range.
-    pub(crate) fn check_duration_as(
-        &self,
-        name: &str,
-        value: Duration,
-        source: Source,
-    ) -> Result<()> {
+    pub(crate) fn check_override(&self, name: &str, value: Duration) -> Result<()> {
+        Knob {
+            unset: None,
+            ..*self
+        }
+        .check_duration_as(name, value, Source::Code)
+    }
+
+    /// Checks a duration; its errors name `name`.
+    fn check_duration_as(&self, name: &str, value: Duration, source: Source) -> Result<()> {
         let whole = !self.whole_millis || value.subsec_nanos().is_multiple_of(1_000_000);
         if whole && self.allows(value.as_nanos()) {
             return Ok(());
@@ -812,6 +816,32 @@ mod tests {
         assert_table_matches("README.md", include_str!("../../README.md"), "");
     }
 
+    /// `.env.example` shows every knob (`#DB_POOL_SIZE=5 # …; default 5`) with the table's
+    /// default.
+    #[test]
+    fn the_env_example_names_every_knob_with_its_default() {
+        let example = include_str!("../../.env.example");
+        for knob in KNOBS {
+            let lines: Vec<&str> = example
+                .lines()
+                .filter(|line| line.starts_with(&format!("#{}=", knob.env)))
+                .collect();
+            assert_eq!(lines.len(), 1, ".env.example: one line for {}", knob.env);
+            let default = match (knob.default, knob.unset) {
+                (Some(value), _) if knob.unit == Unit::Flag => (value == 1).to_string(),
+                (Some(value), _) => value.to_string(),
+                (None, Some(Unset { spelled: Some(spelling), .. })) => spelling.to_owned(),
+                (None, _) => "unset".to_owned(),
+            };
+            let comment = lines[0].split_once(" # ").map_or("", |(_, c)| c);
+            let stated = comment
+                .split("default ")
+                .nth(1)
+                .and_then(|rest| rest.split([' ', ';', ',']).next());
+            assert_eq!(stated, Some(default.as_str()), "{}", lines[0]);
+        }
+    }
+
     #[test]
     fn the_module_docs_settings_table_matches_the_table() {
         assert_table_matches("src/config/mod.rs", include_str!("mod.rs"), "//! ");
@@ -978,6 +1008,18 @@ mod tests {
             "whole milliseconds from 1 to 86400000"
         );
         assert_eq!(REPLICA_CHECK.code_range(), "10 ms to 1 day");
+        let (variable, message) = match STATEMENT_TIMEOUT
+            .check_override("Repo::with_statement_timeout", Duration::from_micros(1500))
+        {
+            Err(Error::Config { variable, message }) => (variable, message),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(variable.as_deref(), Some("Repo::with_statement_timeout"));
+        assert_eq!(
+            message,
+            "1.5ms is not allowed; allowed: 0 (no limit) to 1 day, in whole milliseconds"
+        );
+        STATEMENT_TIMEOUT.check_override("x", MAX_DURATION).unwrap();
         assert_eq!(
             REPLICA_CHECK.env_range(Style::Table),
             "whole milliseconds from 10 to 86 400 000"
