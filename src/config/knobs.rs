@@ -4,8 +4,8 @@
 //! Everything else is derived from it: [`PoolConfig::validate`](super::PoolConfig::validate) and
 //! [`ReplicaConfig::validate`](super::ReplicaConfig::validate), the reading of the environment
 //! (`env.rs`), every error message about a knob (which names the field or the variable and the
-//! allowed range), and the settings tables of the README and of the [module docs](super), which
-//! a test holds to this one.
+//! allowed range); tests hold the settings tables of the README and of the
+//! [module docs](super), and the defaults in `.env.example`, to it.
 
 use std::fmt;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub const MIN_REPLICA_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// The fewest connections a pool may allow: `pool_size + max_overflow` is at least 1.
 const MIN_CONNECTIONS: u32 = 1;
 
-/// The settings table: every knob, in the order of the README's table.
+/// The settings table: every knob (the tests go through it).
 #[cfg(test)]
 const KNOBS: [&Knob; 18] = [
     &POOL_SIZE,
@@ -227,11 +227,12 @@ impl Unit {
         }
     }
 
-    /// `n` of this unit as a duration.
+    /// `n` of this unit as a duration (a count or a flag is not one: zero).
     fn duration(self, n: u64) -> Duration {
         match self {
             Unit::Seconds => Duration::from_secs(n),
-            _ => Duration::from_millis(n),
+            Unit::Millis => Duration::from_millis(n),
+            Unit::Count | Unit::Flag => Duration::ZERO,
         }
     }
 }
@@ -765,9 +766,9 @@ mod tests {
     use super::*;
     use crate::config::{PoolConfig, ReplicaConfig, Settings};
 
-    /// The cells (variable, default, allowed) of the settings-table row of every knob in
-    /// `text`, a Markdown table whose lines start with `prefix`: `| variable | meaning | default
-    /// | allowed |`. The meaning is free text and not compared.
+    /// The (default, allowed) cells of the settings-table rows in `text`, by variable: rows of
+    /// a Markdown table whose lines start with `prefix`, `| variable | meaning | default |
+    /// allowed |`. The meaning is free text and not compared.
     fn knob_rows(text: &str, prefix: &str) -> HashMap<String, Vec<(String, String)>> {
         let mut rows: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for line in text.lines().filter_map(|line| line.strip_prefix(prefix)) {
@@ -778,7 +779,7 @@ mod tests {
             else {
                 continue;
             };
-            if KNOBS.iter().any(|knob| knob.env == variable) {
+            if cells.len() == 6 || KNOBS.iter().any(|knob| knob.env == variable) {
                 assert_eq!(cells.len(), 6, "a row of four cells: {line}");
                 rows.entry(variable.to_owned())
                     .or_default()
@@ -789,9 +790,21 @@ mod tests {
     }
 
     /// Every knob has one row in `text`'s table, whose default and allowed range are the
-    /// table's: the default cell may go on after `; ` with a note.
+    /// table's: the default cell may go on after `; ` with a note. The settings that are not
+    /// knobs show their defaults' constants.
     fn assert_table_matches(name: &str, text: &str, prefix: &str) {
         let rows = knob_rows(text, prefix);
+        let synchronous = crate::config::SqliteSynchronous::default().as_sql();
+        for (variable, default) in [
+            ("DB_HOST", crate::config::DEFAULT_HOST.to_owned()),
+            ("DB_PORT", crate::config::DEFAULT_PORT.to_string()),
+            ("DB_USER", crate::config::DEFAULT_USER.to_owned()),
+            ("DB_SQLITE_SYNCHRONOUS", synchronous.to_ascii_lowercase()),
+        ] {
+            let found = rows.get(variable).map(Vec::as_slice).unwrap_or_default();
+            assert_eq!(found.len(), 1, "{name}: one row for `{variable}`");
+            assert_eq!(found[0].0, format!("`{default}`"), "{name}, `{variable}`");
+        }
         for knob in KNOBS {
             let found = rows.get(knob.env).map(Vec::as_slice).unwrap_or_default();
             assert_eq!(found.len(), 1, "{name}: one row for `{}`", knob.env);
@@ -830,7 +843,13 @@ mod tests {
             let default = match (knob.default, knob.unset) {
                 (Some(value), _) if knob.unit == Unit::Flag => (value == 1).to_string(),
                 (Some(value), _) => value.to_string(),
-                (None, Some(Unset { spelled: Some(spelling), .. })) => spelling.to_owned(),
+                (
+                    None,
+                    Some(Unset {
+                        spelled: Some(spelling),
+                        ..
+                    }),
+                ) => spelling.to_owned(),
                 (None, _) => "unset".to_owned(),
             };
             let comment = lines[0].split_once(" # ").map_or("", |(_, c)| c);
