@@ -130,16 +130,7 @@ impl Settings {
                 .unwrap_or(defaults.idle_in_transaction_timeout),
             sqlite_synchronous: match var("DB_SQLITE_SYNCHRONOUS") {
                 None => defaults.sqlite_synchronous,
-                Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-                    "normal" => SqliteSynchronous::Normal,
-                    "full" => SqliteSynchronous::Full,
-                    _ => {
-                        return Err(Error::config(
-                            "DB_SQLITE_SYNCHRONOUS",
-                            format!("`{}` is not allowed; allowed: normal, full", raw.trim()),
-                        ))
-                    }
-                },
+                Some(raw) => sqlite_synchronous(raw.trim())?,
             },
 
             pool_name: var("DB_POOL_NAME")
@@ -264,4 +255,18 @@ where
             })
         })
         .transpose()
+}
+
+/// `DB_SQLITE_SYNCHRONOUS`: a [`SqliteSynchronous`] by its pragma value, in any case.
+fn sqlite_synchronous(raw: &str) -> Result<SqliteSynchronous> {
+    let all = SqliteSynchronous::ALL;
+    all.into_iter()
+        .find(|setting| setting.as_sql().eq_ignore_ascii_case(raw))
+        .ok_or_else(|| {
+            let names = all.map(|setting| setting.as_sql().to_ascii_lowercase());
+            Error::config(
+                "DB_SQLITE_SYNCHRONOUS",
+                format!("`{raw}` is not allowed; allowed: {}", names.join(", ")),
+            )
+        })
 }

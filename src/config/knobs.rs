@@ -805,6 +805,13 @@ mod tests {
             assert_eq!(found.len(), 1, "{name}: one row for `{variable}`");
             assert_eq!(found[0].0, format!("`{default}`"), "{name}, `{variable}`");
         }
+        let names = crate::config::SqliteSynchronous::ALL
+            .map(|setting| format!("`{}`", setting.as_sql().to_ascii_lowercase()));
+        assert_eq!(
+            rows["DB_SQLITE_SYNCHRONOUS"][0].1,
+            names.join(", "),
+            "{name}"
+        );
         for knob in KNOBS {
             let found = rows.get(knob.env).map(Vec::as_slice).unwrap_or_default();
             assert_eq!(found.len(), 1, "{name}: one row for `{}`", knob.env);

@@ -145,6 +145,10 @@ pub enum SqliteSynchronous {
 }
 
 impl SqliteSynchronous {
+    /// Every setting, as `DB_SQLITE_SYNCHRONOUS` lists them.
+    pub(crate) const ALL: [SqliteSynchronous; 2] =
+        [SqliteSynchronous::Normal, SqliteSynchronous::Full];
+
     /// The pragma's value: `NORMAL` or `FULL`.
     pub fn as_sql(self) -> &'static str {
         match self {
@@ -172,7 +176,7 @@ impl Default for PoolConfig {
             statement_timeout: STATEMENT_TIMEOUT.default_duration(),
             lock_timeout: LOCK_TIMEOUT.default_duration(),
             idle_in_transaction_timeout: IDLE_IN_TRANSACTION_TIMEOUT.default_duration(),
-            sqlite_synchronous: SqliteSynchronous::Normal,
+            sqlite_synchronous: SqliteSynchronous::default(),
 
             pool_name: None,
         }
