@@ -812,6 +812,13 @@ mod tests {
             names.join(", "),
             "{name}"
         );
+        // SQLite's own lock wait, the note on the lock timeout's default.
+        let busy = crate::connection::DEFAULT_SQLITE_BUSY_TIMEOUT.as_millis();
+        assert_eq!(
+            rows[LOCK_TIMEOUT.env][0].0,
+            format!("{}; SQLite {busy}", LOCK_TIMEOUT.table_default()),
+            "{name}"
+        );
         for knob in KNOBS {
             let found = rows.get(knob.env).map(Vec::as_slice).unwrap_or_default();
             assert_eq!(found.len(), 1, "{name}: one row for `{}`", knob.env);
