@@ -42,7 +42,10 @@
 //! empty value counts as unset, except `DATABASE_URL`: empty, it is an error (it would otherwise
 //! select the SQLite file without a word). A malformed or out-of-range value is an
 //! [`Error::Config`](crate::Error::Config) naming the variable and the allowed range; the same
-//! bounds apply in code ([`PoolConfig::validate`], [`DbUrl::validate`]).
+//! bounds apply in code ([`PoolConfig::validate`], [`ReplicaConfig::validate`],
+//! [`DbUrl::validate`]), where the error names the field. Each knob's default and bounds are
+//! written once, in one table of settings that validation, this reading and the error messages
+//! all use (the `DEFAULT_*`, `MAX_*` and `MIN_*` constants are its values).
 //!
 //! A secret may come from a file instead (`DB_PASS_FILE`, `DATABASE_URL_FILE`,
 //! `DATABASE_REPLICA_URLS_FILE`): setting both a variable and its `_FILE` is an
