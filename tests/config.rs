@@ -297,7 +297,7 @@ fn malformed_values_are_config_errors_naming_the_variable() {
     );
 }
 
-// ---- Issue 14: every part survives build → render → parse, and none can inject another ----
+// ---- Every part survives build → render → parse, and none can inject another ----
 
 fn config_error(result: Result<impl std::fmt::Debug, Error>) -> (String, String) {
     match result {
@@ -542,7 +542,7 @@ fn urls_gone_wrong_are_config_errors_not_sqlite_files() {
     );
 }
 
-// ---- Issue 9 item 7: secrets given as query parameters are hidden everywhere ----
+// ---- Secrets given as query parameters are hidden everywhere ----
 
 const SECRET_PARAMS: [(&str, &str); 6] = [
     ("password", "qp-pass-1"),
@@ -641,7 +641,7 @@ fn secret_query_parameters_are_hidden_in_connect_errors_and_pool_warnings() {
     assert_no_secret(&log);
 }
 
-// ---- Issue 9 item 8: every knob is bounded, from the environment and from code ----
+// ---- Every knob is bounded, from the environment and from code ----
 
 #[test]
 fn absurd_environment_values_are_config_errors_naming_the_variable_and_range() {
@@ -813,7 +813,7 @@ fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
         .unwrap();
 }
 
-// ---- Issue 13 item 4 (parsing part): libpq multi-host URLs ----
+// ---- libpq multi-host URLs ----
 
 #[test]
 fn multi_host_urls_parse_and_render_exactly_with_the_password_hidden() {

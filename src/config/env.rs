@@ -2,17 +2,16 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use super::pool::{
-    Knob, Source, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION, LOCK_TIMEOUT, MAX_OVERFLOW,
-    OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE, POOL_TIMEOUT, PRE_PING_BYPASS,
+use super::knobs::{
+    Source, ECHO, ECHO_POOL, HIDE_PARAMETERS, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION,
+    LOCK_TIMEOUT, MAX_OVERFLOW, MAX_REPLICA_LAG, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
+    POOL_TIMEOUT, PRE_PING, PRE_PING_BYPASS, REPLICA_CHECK, REPLICA_WAIT, STATEMENT_CACHE,
     STATEMENT_TIMEOUT,
 };
 use super::replica::split_replica_urls;
 use super::tls::check_sslmode;
 use super::url::Invalid;
-use super::MAX_DURATION;
 use super::{Backend, DbUrl, PoolConfig, ReplicaConfig, Settings, SqliteSynchronous};
 use crate::error::{Error, Result};
 
@@ -24,22 +23,6 @@ pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 5432;
 /// Default PostgreSQL user for the `DB_*` parts.
 pub const DEFAULT_USER: &str = "postgres";
-
-const REPLICA_WAIT: Knob = Knob::millis_knob(
-    "ReplicaConfig::wait",
-    "DB_REPLICA_WAIT_MS",
-    "whole milliseconds from 0 to 86400000",
-);
-const MAX_REPLICA_LAG: Knob = Knob::millis_knob(
-    "ReplicaConfig::max_lag",
-    "DB_MAX_REPLICA_LAG_MS",
-    "whole milliseconds from 1 to 86400000",
-);
-const REPLICA_CHECK: Knob = Knob::millis_knob(
-    "ReplicaConfig::check_interval",
-    "DB_REPLICA_CHECK_MS",
-    "whole milliseconds from 10 to 86400000",
-);
 
 /// The variables that build a PostgreSQL URL from parts.
 const DB_PARTS: [&str; 5] = ["DB_HOST", "DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"];
@@ -104,47 +87,50 @@ impl Settings {
 
         let url = with_tls_env(url, &var)?;
 
+        // Each knob: the variable's value, else the default; an `Option` knob's variable may
+        // spell `None` (`DB_POOL_RECYCLE_SECS=-1`). The bounds are checked with the whole pool.
         let defaults = PoolConfig::default();
         let pool = PoolConfig {
-            pool_size: count(&var, POOL_SIZE)?.unwrap_or(defaults.pool_size),
-            max_overflow: count(&var, MAX_OVERFLOW)?.unwrap_or(defaults.max_overflow),
-            pool_timeout: seconds(&var, POOL_TIMEOUT)?.unwrap_or(defaults.pool_timeout),
-            pool_recycle: match var(POOL_RECYCLE.env) {
-                Some(raw) if raw.trim().parse::<f64>() == Ok(-1.0) => None,
-                Some(_) => seconds(&var, POOL_RECYCLE)?,
-                None => defaults.pool_recycle,
-            },
-            pre_ping: parse_bool(&var, "DB_PRE_PING")?.unwrap_or(defaults.pre_ping),
-            pre_ping_bypass: millis(&var, PRE_PING_BYPASS)?.unwrap_or(defaults.pre_ping_bypass),
-            echo: parse_bool(&var, "DB_ECHO")?.unwrap_or(defaults.echo),
-            hide_parameters: parse_bool(&var, "DB_HIDE_PARAMETERS")?
+            pool_size: POOL_SIZE.read_count(&var)?.unwrap_or(defaults.pool_size),
+            max_overflow: MAX_OVERFLOW
+                .read_count(&var)?
+                .unwrap_or(defaults.max_overflow),
+            pool_timeout: POOL_TIMEOUT
+                .read_duration(&var)?
+                .unwrap_or(defaults.pool_timeout),
+            pool_recycle: POOL_RECYCLE
+                .read_optional(&var)?
+                .unwrap_or(defaults.pool_recycle),
+            pre_ping: PRE_PING.read_flag(&var)?.unwrap_or(defaults.pre_ping),
+            pre_ping_bypass: PRE_PING_BYPASS
+                .read_duration(&var)?
+                .unwrap_or(defaults.pre_ping_bypass),
+            echo: ECHO.read_flag(&var)?.unwrap_or(defaults.echo),
+            hide_parameters: HIDE_PARAMETERS
+                .read_flag(&var)?
                 .unwrap_or(defaults.hide_parameters),
-            echo_pool: parse_bool(&var, "DB_ECHO_POOL")?.unwrap_or(defaults.echo_pool),
-            overflow_idle_timeout: millis(&var, OVERFLOW_IDLE_TIMEOUT)?
+            echo_pool: ECHO_POOL.read_flag(&var)?.unwrap_or(defaults.echo_pool),
+            overflow_idle_timeout: OVERFLOW_IDLE_TIMEOUT
+                .read_duration(&var)?
                 .unwrap_or(defaults.overflow_idle_timeout),
-            leak_detection_threshold: match millis(&var, LEAK_DETECTION)? {
-                Some(threshold) if threshold.is_zero() => None,
-                Some(threshold) => Some(threshold),
-                None => defaults.leak_detection_threshold,
-            },
-            statement_cache: parse_bool(&var, "DB_STATEMENT_CACHE")?
+            leak_detection_threshold: LEAK_DETECTION
+                .read_optional(&var)?
+                .unwrap_or(defaults.leak_detection_threshold),
+            statement_cache: STATEMENT_CACHE
+                .read_flag(&var)?
                 .unwrap_or(defaults.statement_cache),
-            statement_timeout: millis(&var, STATEMENT_TIMEOUT)?.or(defaults.statement_timeout),
-            lock_timeout: millis(&var, LOCK_TIMEOUT)?.or(defaults.lock_timeout),
-            idle_in_transaction_timeout: millis(&var, IDLE_IN_TRANSACTION_TIMEOUT)?
-                .or(defaults.idle_in_transaction_timeout),
+            statement_timeout: STATEMENT_TIMEOUT
+                .read_optional(&var)?
+                .unwrap_or(defaults.statement_timeout),
+            lock_timeout: LOCK_TIMEOUT
+                .read_optional(&var)?
+                .unwrap_or(defaults.lock_timeout),
+            idle_in_transaction_timeout: IDLE_IN_TRANSACTION_TIMEOUT
+                .read_optional(&var)?
+                .unwrap_or(defaults.idle_in_transaction_timeout),
             sqlite_synchronous: match var("DB_SQLITE_SYNCHRONOUS") {
                 None => defaults.sqlite_synchronous,
-                Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-                    "normal" => SqliteSynchronous::Normal,
-                    "full" => SqliteSynchronous::Full,
-                    _ => {
-                        return Err(Error::config(
-                            "DB_SQLITE_SYNCHRONOUS",
-                            format!("`{}` is not allowed; allowed: normal, full", raw.trim()),
-                        ))
-                    }
-                },
+                Some(raw) => sqlite_synchronous(raw.trim())?,
             },
 
             pool_name: var("DB_POOL_NAME")
@@ -162,17 +148,17 @@ impl Settings {
                     .collect::<Result<_>>()?,
                 None => Vec::new(),
             },
-            wait: millis(&var, REPLICA_WAIT)?.unwrap_or(replica_defaults.wait),
-            max_lag: match millis(&var, MAX_REPLICA_LAG)? {
-                Some(lag) if lag.is_zero() => return Err(MAX_REPLICA_LAG.error(Source::Env, 0)),
-                Some(lag) => lag,
-                None => replica_defaults.max_lag,
-            },
-            check_interval: millis(&var, REPLICA_CHECK)?.unwrap_or(replica_defaults.check_interval),
+            wait: REPLICA_WAIT
+                .read_duration(&var)?
+                .unwrap_or(replica_defaults.wait),
+            max_lag: MAX_REPLICA_LAG
+                .read_duration(&var)?
+                .unwrap_or(replica_defaults.max_lag),
+            check_interval: REPLICA_CHECK
+                .read_duration(&var)?
+                .unwrap_or(replica_defaults.check_interval),
         };
-        if replicas.check_interval < super::MIN_REPLICA_CHECK_INTERVAL {
-            return Err(REPLICA_CHECK.error(Source::Env, replicas.check_interval.as_millis()));
-        }
+        replicas.check(Source::Env)?;
         let migration_url = var("DATABASE_MIGRATION_URL")
             .map(|raw| DbUrl::parse_in(&raw, "DATABASE_MIGRATION_URL"))
             .transpose()?
@@ -271,59 +257,16 @@ where
         .transpose()
 }
 
-/// The value of `knob`'s variable read by `parse`; what `parse` refuses (`None`) is an error
-/// stating the knob's range.
-fn read<T>(
-    var: &impl Fn(&str) -> Option<String>,
-    knob: Knob,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<Option<T>> {
-    var(knob.env)
-        .map(|raw| {
-            let raw = raw.trim();
-            parse(raw).ok_or_else(|| knob.error(Source::Env, raw))
+/// `DB_SQLITE_SYNCHRONOUS`: a [`SqliteSynchronous`] by its pragma value, in any case.
+fn sqlite_synchronous(raw: &str) -> Result<SqliteSynchronous> {
+    let all = SqliteSynchronous::ALL;
+    all.into_iter()
+        .find(|setting| setting.as_sql().eq_ignore_ascii_case(raw))
+        .ok_or_else(|| {
+            let names = all.map(|setting| setting.as_sql().to_ascii_lowercase());
+            Error::config(
+                "DB_SQLITE_SYNCHRONOUS",
+                format!("`{raw}` is not allowed; allowed: {}", names.join(", ")),
+            )
         })
-        .transpose()
-}
-
-/// A whole number of connections (negative, fractional or above `u32` is out of range).
-fn count(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<u32>> {
-    read(var, knob, |raw| raw.parse().ok())
-}
-
-/// Seconds, fractions allowed: finite, not negative, at most [`MAX_DURATION`] (zero is left to
-/// [`PoolConfig::check`]).
-fn seconds(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
-    read(var, knob, |raw| {
-        raw.parse::<f64>()
-            .ok()
-            .filter(|secs| (0.0..=MAX_DURATION.as_secs_f64()).contains(secs))
-            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-    })
-}
-
-/// Whole milliseconds from 0 to [`MAX_DURATION`].
-fn millis(var: &impl Fn(&str) -> Option<String>, knob: Knob) -> Result<Option<Duration>> {
-    read(var, knob, |raw| {
-        raw.parse::<u64>()
-            .ok()
-            .map(Duration::from_millis)
-            .filter(|d| *d <= MAX_DURATION)
-    })
-}
-
-fn parse_bool(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
-    var(name)
-        .map(|raw| match raw.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(Error::config(
-                name,
-                format!(
-                    "`{}` is not a boolean (true/false, 1/0, yes/no, on/off)",
-                    raw.trim()
-                ),
-            )),
-        })
-        .transpose()
 }

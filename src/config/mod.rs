@@ -13,27 +13,27 @@
 //! | `DB_NAME` | PostgreSQL database | the value of `DB_USER` | no NUL |
 //! | `DB_SSLMODE` | libpq's `sslmode` for PostgreSQL URLs that set none (`DATABASE_URL`, the parts, replicas, migrations); see [`DbUrl::effective_sslmode`] | unset: `require` for a host that is not this machine, `verify-full` with `DB_SSLROOTCERT`, else libpq's default | one of [`SSLMODES`] |
 //! | `DB_SSLROOTCERT` | the CA file that verifies the server's certificate (`sslrootcert`); switches the default to `verify-full` | unset | a path |
-//! | `DB_POOL_SIZE` | connections kept open in the pool; `0`: none kept idle | `5` ([`DEFAULT_POOL_SIZE`]) | 0 to 10 000 |
-//! | `DB_MAX_OVERFLOW` | extra connections allowed above `DB_POOL_SIZE` under load | `10` ([`DEFAULT_MAX_OVERFLOW`]) | 0 to 10 000; `DB_POOL_SIZE + DB_MAX_OVERFLOW` 1 to 10 000 ([`MAX_CONNECTIONS`]) |
-//! | `DB_POOL_TIMEOUT_SECS` | seconds a checkout waits for a free connection (fractions allowed) | `30` ([`DEFAULT_POOL_TIMEOUT`]) | above 0, at most 86 400 ([`MAX_DURATION`]) |
-//! | `DB_POOL_RECYCLE_SECS` | replace connections older than this many seconds | `-1`: never | `-1`, or above 0 and at most 86 400 |
-//! | `DB_PRE_PING` | test a connection before handing it out (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`) | `true` | |
-//! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds | `500` ([`DEFAULT_PRE_PING_BYPASS`]) | 0 to 86 400 000 |
-//! | `DB_OVERFLOW_IDLE_TIMEOUT_MS` | close connections above `DB_POOL_SIZE` once more than `DB_POOL_SIZE` have stayed idle this many milliseconds; `0`: as they come back (SQLAlchemy) | `1000` ([`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]) | 0 to 86 400 000 |
-//! | `DB_LEAK_DETECTION_MS` | warn when a session is held longer than this many milliseconds | unset or `0`: off | 0 to 86 400 000 |
-//! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` (same boolean forms) | `false` | |
-//! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | |
-//! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` | |
+//! | `DB_POOL_SIZE` | connections kept open in the pool; `0`: none kept idle ([`DEFAULT_POOL_SIZE`], [`MAX_CONNECTIONS`]) | `5` | a whole number from 0 to 10 000, with `DB_POOL_SIZE + DB_MAX_OVERFLOW` from 1 to 10 000 |
+//! | `DB_MAX_OVERFLOW` | extra connections allowed above `DB_POOL_SIZE` under load ([`DEFAULT_MAX_OVERFLOW`], [`MAX_CONNECTIONS`]) | `10` | a whole number from 0 to 10 000, with `DB_POOL_SIZE + DB_MAX_OVERFLOW` from 1 to 10 000 |
+//! | `DB_POOL_TIMEOUT_SECS` | how long a whole checkout may take ([`PoolConfig::pool_timeout`], [`DEFAULT_POOL_TIMEOUT`], [`MAX_DURATION`]) | `30` | seconds above 0 and at most 86 400 (fractions allowed) |
+//! | `DB_POOL_RECYCLE_SECS` | replace connections older than this many seconds | `-1`: never | `-1` (never) or seconds above 0 and at most 86 400 (fractions allowed) |
+//! | `DB_PRE_PING` | test a connection before handing it out ([`DEFAULT_PRE_PING`]) | `true` | true/false, 1/0, yes/no, on/off |
+//! | `DB_PRE_PING_BYPASS_MS` | skip the pre-ping for a connection used within this many milliseconds ([`DEFAULT_PRE_PING_BYPASS`]) | `500` | whole milliseconds from 0 to 86 400 000 |
+//! | `DB_OVERFLOW_IDLE_TIMEOUT_MS` | close connections above `DB_POOL_SIZE` once more than `DB_POOL_SIZE` have stayed idle this many milliseconds; `0`: as they come back (SQLAlchemy) ([`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]) | `1000` | whole milliseconds from 0 to 86 400 000 |
+//! | `DB_LEAK_DETECTION_MS` | warn when a session is held longer than this many milliseconds | `0`: off | whole milliseconds from 0 (off) to 86 400 000 |
+//! | `DB_ECHO` | log every statement with its binds and duration through `tracing`, target `userbase::sql` | `false` | true/false, 1/0, yes/no, on/off |
+//! | `DB_HIDE_PARAMETERS` | with `DB_ECHO`, log statements without their bind values | `false` | true/false, 1/0, yes/no, on/off |
+//! | `DB_ECHO_POOL` | log checkouts, check-ins, overflow discards, recycles and invalidations, target `userbase::pool` | `false` | true/false, 1/0, yes/no, on/off |
 //! | `DB_POOL_NAME` | the pool's `db.client.connection.pool.name` in its metrics ([`PoolConfig::pool_name`]); replicas get `<name>-replica-<index>` | `host:port/database` (SQLite: the file name) | |
-//! | `DB_STATEMENT_CACHE` | diesel's prepared-statement cache on PostgreSQL connections; `off` behind pgbouncer in transaction mode ([`PoolConfig::statement_cache`]) | `on` | same boolean forms |
-//! | `DB_STATEMENT_TIMEOUT_MS` | PostgreSQL cancels a statement running longer ([`Error::StatementTimeout`](crate::Error::StatementTimeout)); no effect on SQLite ([`PoolConfig::statement_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
-//! | `DB_LOCK_TIMEOUT_MS` | a statement waiting longer for a lock gives up ([`Error::LockTimeout`](crate::Error::LockTimeout)); SQLite's `busy_timeout` ([`PoolConfig::lock_timeout`]) | unset: the server's setting; SQLite 5000 | 0 to 86 400 000 |
-//! | `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` | PostgreSQL closes a connection whose transaction stays idle longer ([`PoolConfig::idle_in_transaction_timeout`]) | unset: the server's setting | 0 (no limit) to 86 400 000 |
+//! | `DB_STATEMENT_CACHE` | diesel's prepared-statement cache on PostgreSQL connections; `off` behind pgbouncer in transaction mode ([`PoolConfig::statement_cache`]) | `true` | true/false, 1/0, yes/no, on/off |
+//! | `DB_STATEMENT_TIMEOUT_MS` | PostgreSQL cancels a statement running longer ([`Error::StatementTimeout`](crate::Error::StatementTimeout)); no effect on SQLite ([`PoolConfig::statement_timeout`]) | unset: the server's setting | whole milliseconds from 0 (no limit) to 86 400 000 |
+//! | `DB_LOCK_TIMEOUT_MS` | a statement waiting longer for a lock gives up ([`Error::LockTimeout`](crate::Error::LockTimeout)); SQLite's `busy_timeout` ([`PoolConfig::lock_timeout`]) | unset: the server's setting; SQLite 5000 | whole milliseconds from 0 to 86 400 000 |
+//! | `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` | PostgreSQL closes a connection whose transaction stays idle longer ([`PoolConfig::idle_in_transaction_timeout`]) | unset: the server's setting | whole milliseconds from 0 (no limit) to 86 400 000 |
 //! | `DB_SQLITE_SYNCHRONOUS` | SQLite's `synchronous`: `normal` (WAL: a process crash loses nothing committed, a power loss may lose the last transactions) or `full` (survives a power loss, one `fsync` per commit) ([`PoolConfig::sqlite_synchronous`]) | `normal` | `normal`, `full` |
 //! | `DATABASE_REPLICA_URLS` | read replicas, comma-separated PostgreSQL URLs ([`ReplicaConfig::urls`]) | none | each starts with `postgres://` or `postgresql://` |
-//! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary | `50` | 0 to 86 400 000 |
-//! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped | `5000` | 1 to 86 400 000 |
-//! | `DB_REPLICA_CHECK_MS` | how often replicas' lag and health are measured in the background | `500` | 10 to 86 400 000 |
+//! | `DB_REPLICA_WAIT_MS` | how long a read that must see a write waits for a replica to catch up before using the primary ([`DEFAULT_REPLICA_WAIT`]) | `50` | whole milliseconds from 0 to 86 400 000 |
+//! | `DB_MAX_REPLICA_LAG_MS` | replicas lagging more are skipped ([`DEFAULT_MAX_REPLICA_LAG`]) | `5000` | whole milliseconds from 1 to 86 400 000 |
+//! | `DB_REPLICA_CHECK_MS` | how often replicas' lag and health are measured in the background ([`DEFAULT_REPLICA_CHECK_INTERVAL`], [`MIN_REPLICA_CHECK_INTERVAL`]) | `500` | whole milliseconds from 10 to 86 400 000 |
 //! | `DB_PASS_FILE`, `DATABASE_URL_FILE`, `DATABASE_REPLICA_URLS_FILE` | a file holding the value of `DB_PASS`, `DATABASE_URL` or `DATABASE_REPLICA_URLS` (Docker and Kubernetes secrets): read once, one trailing newline removed ([`SECRET_FILE_VARIABLES`]) | unset | a readable UTF-8 file; not together with the variable itself |
 //! | `DATABASE_MIGRATION_URL` | where [`Database::run_pending_migrations`](crate::Database::run_pending_migrations) connects (a direct connection, not pgbouncer) | `DATABASE_URL` | a PostgreSQL URL |
 //!
@@ -42,7 +42,10 @@
 //! empty value counts as unset, except `DATABASE_URL`: empty, it is an error (it would otherwise
 //! select the SQLite file without a word). A malformed or out-of-range value is an
 //! [`Error::Config`](crate::Error::Config) naming the variable and the allowed range; the same
-//! bounds apply in code ([`PoolConfig::validate`], [`DbUrl::validate`]).
+//! bounds apply in code ([`PoolConfig::validate`], [`ReplicaConfig::validate`],
+//! [`DbUrl::validate`]), where the error names the field. Each knob's default and bounds are
+//! written once, in one table of settings that validation, this reading and the error messages
+//! all use (the `DEFAULT_*`, `MAX_*` and `MIN_*` constants are its values).
 //!
 //! A secret may come from a file instead (`DB_PASS_FILE`, `DATABASE_URL_FILE`,
 //! `DATABASE_REPLICA_URLS_FILE`): setting both a variable and its `_FILE` is an
@@ -51,6 +54,7 @@
 //! its own password file (`~/.pgpass`, or `PGPASSFILE`, or the URL's `passfile` parameter).
 
 mod env;
+pub(crate) mod knobs;
 mod pool;
 mod replica;
 mod tls;
@@ -59,15 +63,14 @@ pub(crate) mod url;
 pub use self::env::{
     DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SQLITE_PATH, DEFAULT_USER, SECRET_FILE_VARIABLES,
 };
-pub use self::pool::{
-    PoolConfig, SqliteSynchronous, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT,
+pub use self::knobs::{
+    DEFAULT_MAX_OVERFLOW, DEFAULT_MAX_REPLICA_LAG, DEFAULT_OVERFLOW_IDLE_TIMEOUT,
     DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS,
-    MAX_CONNECTIONS, MAX_DURATION,
-};
-pub use self::replica::{
-    ReplicaConfig, DEFAULT_MAX_REPLICA_LAG, DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT,
+    DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT, MAX_CONNECTIONS, MAX_DURATION,
     MIN_REPLICA_CHECK_INTERVAL,
 };
+pub use self::pool::{PoolConfig, SqliteSynchronous};
+pub use self::replica::ReplicaConfig;
 pub use self::tls::SSLMODES;
 pub use self::url::{Backend, DbUrl, Secrets, SECRET_QUERY_PARAMS};
 

@@ -2,36 +2,18 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-
-/// Default `pool_size`: connections kept open (SQLAlchemy's default).
-pub const DEFAULT_POOL_SIZE: u32 = 5;
-/// Default `max_overflow`: connections allowed above `pool_size` (SQLAlchemy's default).
-pub const DEFAULT_MAX_OVERFLOW: u32 = 10;
-/// Default `pool_timeout`: how long a checkout waits (SQLAlchemy's default, 30 s).
-pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `pre_ping`: test connections before handing them out.
-pub const DEFAULT_PRE_PING: bool = true;
-/// Default `pre_ping_bypass`: a connection used this recently is handed out without a ping
-/// (HikariCP's "alive bypass window").
-pub const DEFAULT_PRE_PING_BYPASS: Duration = Duration::from_millis(500);
-/// Default `overflow_idle_timeout`: an overflow connection idle this long is closed.
-///
-/// 1 s: ten times the shortest value that showed no reconnects under a steady load just above
-/// `pool_size` (16 threads on 5 + 10, see BENCHMARKS.md).
-pub const DEFAULT_OVERFLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The most connections one pool may allow: `pool_size + max_overflow` is at most 10 000.
-///
-/// r2d2 allocates room for `max_size` connections up front, so an absurd size aborts the
-/// process (4 294 967 295 asks for about a terabyte); 10 000 is far above what one PostgreSQL
-/// server accepts (`max_connections` defaults to 100).
-pub const MAX_CONNECTIONS: u32 = 10_000;
-/// The longest any duration knob may be: one day.
-///
-/// Every duration is added to an `Instant` somewhere (a checkout deadline, an idle or leak
-/// deadline); bounding them keeps that addition from overflowing, and a wait longer than a day
-/// is a configuration mistake rather than a wish.
-pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+use super::knobs::{
+    check_connections, Source, DEFAULT_MAX_OVERFLOW, DEFAULT_OVERFLOW_IDLE_TIMEOUT,
+    DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_PRE_PING, DEFAULT_PRE_PING_BYPASS, ECHO,
+    ECHO_POOL, HIDE_PARAMETERS, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION, LOCK_TIMEOUT,
+    OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_TIMEOUT, PRE_PING_BYPASS, STATEMENT_CACHE,
+    STATEMENT_TIMEOUT,
+};
+#[cfg(doc)]
+use super::knobs::{MAX_CONNECTIONS, MAX_DURATION};
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 
 /// The engine's pool knobs: SQLAlchemy's `create_engine(pool_size=…, max_overflow=…, …)`.
 ///
@@ -163,6 +145,10 @@ pub enum SqliteSynchronous {
 }
 
 impl SqliteSynchronous {
+    /// Every setting, as `DB_SQLITE_SYNCHRONOUS` lists them.
+    pub(crate) const ALL: [SqliteSynchronous; 2] =
+        [SqliteSynchronous::Normal, SqliteSynchronous::Full];
+
     /// The pragma's value: `NORMAL` or `FULL`.
     pub fn as_sql(self) -> &'static str {
         match self {
@@ -178,134 +164,24 @@ impl Default for PoolConfig {
             pool_size: DEFAULT_POOL_SIZE,
             max_overflow: DEFAULT_MAX_OVERFLOW,
             pool_timeout: DEFAULT_POOL_TIMEOUT,
-            pool_recycle: None,
+            pool_recycle: POOL_RECYCLE.default_duration(),
             pre_ping: DEFAULT_PRE_PING,
             pre_ping_bypass: DEFAULT_PRE_PING_BYPASS,
-            echo: false,
-            hide_parameters: false,
-            echo_pool: false,
+            echo: ECHO.default_flag(),
+            hide_parameters: HIDE_PARAMETERS.default_flag(),
+            echo_pool: ECHO_POOL.default_flag(),
             overflow_idle_timeout: DEFAULT_OVERFLOW_IDLE_TIMEOUT,
-            leak_detection_threshold: None,
-            statement_cache: true,
-            statement_timeout: None,
-            lock_timeout: None,
-            idle_in_transaction_timeout: None,
-            sqlite_synchronous: SqliteSynchronous::Normal,
+            leak_detection_threshold: LEAK_DETECTION.default_duration(),
+            statement_cache: STATEMENT_CACHE.default_flag(),
+            statement_timeout: STATEMENT_TIMEOUT.default_duration(),
+            lock_timeout: LOCK_TIMEOUT.default_duration(),
+            idle_in_transaction_timeout: IDLE_IN_TRANSACTION_TIMEOUT.default_duration(),
+            sqlite_synchronous: SqliteSynchronous::default(),
 
             pool_name: None,
         }
     }
 }
-
-/// Where a knob's value came from, for the variable an error names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// Set in code: errors name the field (`PoolConfig::pool_size`).
-    Code,
-    /// Read from the environment: errors name the variable (`DB_POOL_SIZE`).
-    Env,
-}
-
-/// A knob: its field, its environment variable and its allowed range in words.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Knob {
-    field: &'static str,
-    pub(crate) env: &'static str,
-    code_range: &'static str,
-    env_range: &'static str,
-}
-
-impl Knob {
-    /// A knob set in milliseconds, whose range reads the same in code and in the environment.
-    pub(crate) const fn millis_knob(
-        field: &'static str,
-        env: &'static str,
-        range: &'static str,
-    ) -> Knob {
-        Knob {
-            field,
-            env,
-            code_range: range,
-            env_range: range,
-        }
-    }
-
-    pub(crate) fn error(&self, source: Source, shown: impl std::fmt::Display) -> Error {
-        match source {
-            Source::Code => Error::config(
-                self.field,
-                format!("{shown} is not allowed; allowed: {}", self.code_range),
-            ),
-            Source::Env => Error::config(
-                self.env,
-                format!("`{shown}` is not allowed; allowed: {}", self.env_range),
-            ),
-        }
-    }
-}
-
-pub(crate) const POOL_SIZE: Knob = Knob {
-    field: "PoolConfig::pool_size",
-    env: "DB_POOL_SIZE",
-    code_range: "0 to 10000, with pool_size + max_overflow at most 10000",
-    env_range: "a whole number from 0 to 10000, with DB_POOL_SIZE + DB_MAX_OVERFLOW at most 10000",
-};
-pub(crate) const MAX_OVERFLOW: Knob = Knob {
-    field: "PoolConfig::max_overflow",
-    env: "DB_MAX_OVERFLOW",
-    code_range: "0 to 10000, with pool_size + max_overflow from 1 to 10000",
-    env_range: "a whole number from 0 to 10000, with DB_POOL_SIZE + DB_MAX_OVERFLOW from 1 to \
-                10000",
-};
-pub(crate) const POOL_TIMEOUT: Knob = Knob {
-    field: "PoolConfig::pool_timeout",
-    env: "DB_POOL_TIMEOUT_SECS",
-    code_range: "above 0 and at most 1 day",
-    env_range: "seconds above 0 and at most 86400 (fractions allowed)",
-};
-pub(crate) const POOL_RECYCLE: Knob = Knob {
-    field: "PoolConfig::pool_recycle",
-    env: "DB_POOL_RECYCLE_SECS",
-    code_range: "None (never) or above 0 and at most 1 day",
-    env_range: "-1 (never) or seconds above 0 and at most 86400 (fractions allowed)",
-};
-pub(crate) const PRE_PING_BYPASS: Knob = Knob {
-    field: "PoolConfig::pre_ping_bypass",
-    env: "DB_PRE_PING_BYPASS_MS",
-    code_range: "0 to 1 day",
-    env_range: "whole milliseconds from 0 to 86400000",
-};
-pub(crate) const OVERFLOW_IDLE_TIMEOUT: Knob = Knob {
-    field: "PoolConfig::overflow_idle_timeout",
-    env: "DB_OVERFLOW_IDLE_TIMEOUT_MS",
-    code_range: "0 to 1 day",
-    env_range: "whole milliseconds from 0 to 86400000",
-};
-pub(crate) const LEAK_DETECTION: Knob = Knob {
-    field: "PoolConfig::leak_detection_threshold",
-    env: "DB_LEAK_DETECTION_MS",
-    code_range: "None (off) or above 0 and at most 1 day",
-    env_range: "whole milliseconds from 0 (off) to 86400000",
-};
-
-pub(crate) const STATEMENT_TIMEOUT: Knob = Knob {
-    field: "PoolConfig::statement_timeout",
-    env: "DB_STATEMENT_TIMEOUT_MS",
-    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
-    env_range: "whole milliseconds from 0 (no limit) to 86400000",
-};
-pub(crate) const LOCK_TIMEOUT: Knob = Knob {
-    field: "PoolConfig::lock_timeout",
-    env: "DB_LOCK_TIMEOUT_MS",
-    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
-    env_range: "whole milliseconds from 0 (no limit) to 86400000",
-};
-pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Knob = Knob {
-    field: "PoolConfig::idle_in_transaction_timeout",
-    env: "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-    code_range: "None (the server's setting), or 0 (no limit) to 1 day",
-    env_range: "whole milliseconds from 0 (no limit) to 86400000",
-};
 
 impl PoolConfig {
     /// Sets `pool_size` (default 5; 0 to 10 000, see the field).
@@ -434,68 +310,14 @@ impl PoolConfig {
     }
 
     pub(crate) fn check(&self, source: Source) -> Result<()> {
-        let max = u64::from(MAX_CONNECTIONS);
-        if u64::from(self.pool_size) > max {
-            return Err(POOL_SIZE.error(source, self.pool_size));
-        }
-        let total = u64::from(self.pool_size) + u64::from(self.max_overflow);
-        if total == 0 || total > max {
-            return Err(MAX_OVERFLOW.error(source, self.max_overflow));
-        }
-        let in_range = |d: Duration, zero_ok: bool| d <= MAX_DURATION && (zero_ok || !d.is_zero());
-        if !in_range(self.pool_timeout, false) {
-            return Err(POOL_TIMEOUT.error(source, shown(self.pool_timeout, source, Unit::Secs)));
-        }
-        if let Some(recycle) = self.pool_recycle.filter(|d| !in_range(*d, false)) {
-            return Err(POOL_RECYCLE.error(source, shown(recycle, source, Unit::Secs)));
-        }
-        if !in_range(self.pre_ping_bypass, true) {
-            return Err(
-                PRE_PING_BYPASS.error(source, shown(self.pre_ping_bypass, source, Unit::Millis))
-            );
-        }
-        if !in_range(self.overflow_idle_timeout, true) {
-            return Err(OVERFLOW_IDLE_TIMEOUT.error(
-                source,
-                shown(self.overflow_idle_timeout, source, Unit::Millis),
-            ));
-        }
-        if let Some(threshold) = self
-            .leak_detection_threshold
-            .filter(|d| !in_range(*d, false))
-        {
-            return Err(LEAK_DETECTION.error(source, shown(threshold, source, Unit::Millis)));
-        }
-        for (knob, deadline) in [
-            (STATEMENT_TIMEOUT, self.statement_timeout),
-            (LOCK_TIMEOUT, self.lock_timeout),
-            (
-                IDLE_IN_TRANSACTION_TIMEOUT,
-                self.idle_in_transaction_timeout,
-            ),
-        ] {
-            if let Some(d) = deadline
-                .filter(|d| !in_range(*d, true) || !d.subsec_nanos().is_multiple_of(1_000_000))
-            {
-                return Err(knob.error(source, shown(d, source, Unit::Millis)));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The unit of a knob's environment variable.
-#[derive(Clone, Copy)]
-enum Unit {
-    Secs,
-    Millis,
-}
-
-/// A duration as its source wrote it: `{:?}` in code, the variable's unit from the environment.
-fn shown(d: Duration, source: Source, unit: Unit) -> String {
-    match (source, unit) {
-        (Source::Code, _) => format!("{d:?}"),
-        (Source::Env, Unit::Secs) => d.as_secs_f64().to_string(),
-        (Source::Env, Unit::Millis) => d.as_millis().to_string(),
+        check_connections(self.pool_size, self.max_overflow, source)?;
+        POOL_TIMEOUT.check_duration(self.pool_timeout, source)?;
+        POOL_RECYCLE.check_optional(self.pool_recycle, source)?;
+        PRE_PING_BYPASS.check_duration(self.pre_ping_bypass, source)?;
+        OVERFLOW_IDLE_TIMEOUT.check_duration(self.overflow_idle_timeout, source)?;
+        LEAK_DETECTION.check_optional(self.leak_detection_threshold, source)?;
+        STATEMENT_TIMEOUT.check_optional(self.statement_timeout, source)?;
+        LOCK_TIMEOUT.check_optional(self.lock_timeout, source)?;
+        IDLE_IN_TRANSACTION_TIMEOUT.check_optional(self.idle_in_transaction_timeout, source)
     }
 }

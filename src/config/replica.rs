@@ -2,18 +2,15 @@
 
 use std::time::Duration;
 
+use super::knobs::{
+    Source, DEFAULT_MAX_REPLICA_LAG, DEFAULT_REPLICA_CHECK_INTERVAL, DEFAULT_REPLICA_WAIT,
+    MAX_REPLICA_LAG, REPLICA_CHECK, REPLICA_WAIT,
+};
+#[cfg(doc)]
+use super::knobs::{MAX_DURATION, MIN_REPLICA_CHECK_INTERVAL};
 use super::url::DbUrl;
-use super::{Backend, MAX_DURATION};
+use super::Backend;
 use crate::error::{Error, Result};
-
-/// Default [`ReplicaConfig::wait`]: 50 ms.
-pub const DEFAULT_REPLICA_WAIT: Duration = Duration::from_millis(50);
-/// Default [`ReplicaConfig::max_lag`]: 5 s.
-pub const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(5);
-/// Default [`ReplicaConfig::check_interval`]: 500 ms.
-pub const DEFAULT_REPLICA_CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// Shortest [`ReplicaConfig::check_interval`]: 10 ms.
-pub const MIN_REPLICA_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// PostgreSQL streaming replicas that serve [`Database::read`](crate::Database::read) and
 /// [`Database::read_session`](crate::Database::read_session); writes, transactions and
@@ -114,31 +111,14 @@ impl ReplicaConfig {
             }
             url.validate()?;
         }
-        if self.wait > MAX_DURATION {
-            return Err(Error::config(
-                "ReplicaConfig::wait",
-                format!("{:?} is not allowed; allowed: 0 to 1 day", self.wait),
-            ));
-        }
-        if self.max_lag.is_zero() || self.max_lag > MAX_DURATION {
-            return Err(Error::config(
-                "ReplicaConfig::max_lag",
-                format!(
-                    "{:?} is not allowed; allowed: above 0 and at most 1 day",
-                    self.max_lag
-                ),
-            ));
-        }
-        if self.check_interval < MIN_REPLICA_CHECK_INTERVAL || self.check_interval > MAX_DURATION {
-            return Err(Error::config(
-                "ReplicaConfig::check_interval",
-                format!(
-                    "{:?} is not allowed; allowed: 10 ms to 1 day",
-                    self.check_interval
-                ),
-            ));
-        }
-        Ok(())
+        self.check(Source::Code)
+    }
+
+    /// Checks the knobs (not the URLs) against the settings table.
+    pub(crate) fn check(&self, source: Source) -> Result<()> {
+        REPLICA_WAIT.check_duration(self.wait, source)?;
+        MAX_REPLICA_LAG.check_duration(self.max_lag, source)?;
+        REPLICA_CHECK.check_duration(self.check_interval, source)
     }
 }
 

@@ -6,7 +6,7 @@ use diesel::sql_types::Text;
 use diesel::{QueryableByName, RunQueryDsl};
 
 use super::Repo;
-use crate::config::MAX_DURATION;
+use crate::config::knobs::STATEMENT_TIMEOUT;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
 
@@ -59,12 +59,9 @@ impl Repo<'_> {
         F: FnOnce(&mut Repo<'_>) -> Result<T, E>,
         E: From<Error>,
     {
-        if timeout > MAX_DURATION || !timeout.subsec_nanos().is_multiple_of(1_000_000) {
-            return Err(E::from(Error::config(
-                "Repo::with_statement_timeout",
-                format!("{timeout:?} is not allowed; allowed: whole milliseconds from 0 (no limit) to 1 day"),
-            )));
-        }
+        STATEMENT_TIMEOUT
+            .check_override("Repo::with_statement_timeout", timeout)
+            .map_err(E::from)?;
         let nested = crate::transaction::is_open(self.conn).map_err(E::from)?;
         self.transaction(|repo| {
             let is_pg = matches!(repo.conn, AnyConnection::Pg(_));

@@ -10,13 +10,10 @@ use diesel::connection::CacheSize;
 use diesel::sql_types::{Integer, Nullable, Text};
 use diesel::{Connection, ConnectionError, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 
-use crate::config::{DbUrl, PoolConfig};
+use crate::config::{DbUrl, PoolConfig, DEFAULT_PORT};
 use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::{Error, Result};
-
-/// libpq's default port, for a URL that names none.
-const DEFAULT_PORT: u16 = 5432;
 
 /// Applies the pending migrations: on a connection of its own to `migration_url` when set, else
 /// on a session of `db`; refused when that connection goes through a pooler.
