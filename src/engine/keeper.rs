@@ -4,16 +4,10 @@
 
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
 
 use super::admission::Due;
 use super::gate::Gate;
-use super::{Manager, Pool};
-
-/// How long taking a connection the gate moved to `closing` out of r2d2 may wait: r2d2 has it
-/// already or is pushing it (a check-in counted a moment before its push), so this is never
-/// reached while the pool works.
-const TAKE_LIMIT: Duration = Duration::from_secs(5);
+use super::{Manager, Pool, TAKE_LIMIT};
 
 /// Closes `count` idle connections the gate moved to `closing`: each is taken from r2d2 and
 /// handed back marked for discard, so r2d2 removes it and [`Closer`](super::manager::Closer)

@@ -83,8 +83,9 @@ impl Drop for Pool {
     }
 }
 
-/// How long taking a reserved idle connection out of r2d2 may wait (see [`keeper`]'s limit):
-/// r2d2 has it, or is pushing it.
+/// How long taking a connection the gate reserved (for a checkout, or to close it) out of r2d2
+/// may wait: r2d2 has it already or is pushing it (a check-in is counted a moment before its
+/// push), so this is never reached while the pool works.
 const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Pool {
