@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::env_settings as settings;
+
 use std::time::Duration;
 
 use common::{eventually, TestDb};
@@ -292,14 +293,6 @@ fn sqlite_lock_timeout_is_busy_timeout() {
         PoolConfig::default().with_statement_timeout(Some(Duration::from_millis(100))),
     );
     assert!(db.session().unwrap().repo().users().unwrap().is_empty());
-}
-
-fn settings(vars: &[(&str, &str)]) -> userbase::Result<Settings> {
-    let vars: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Settings::from_lookup(|name| vars.get(name).cloned())
 }
 
 #[test]

@@ -9,22 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 
-use common::{admin, unique_name, Captured, TestDb};
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// Server connections whose `application_name` is `app`.
-fn server_connections(app: &str) -> i64 {
-    diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
-        .bind::<Text, _>(app)
-        .get_result::<Count>(&mut admin())
-        .unwrap()
-        .n
-}
+use common::{admin, server_connections, unique_name, Captured, TestDb};
 
 /// A pool that times out soon, though not before any connect of a loaded machine returns.
 fn short_pool(pool_size: u32, max_overflow: u32) -> PoolConfig {

@@ -10,8 +10,6 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
@@ -21,7 +19,7 @@ use userbase::models::{NewLocation, NewUser, UserChanges, UserLocation};
 use userbase::{Backend, Database, Error, PoolConfig, RetryPolicy, Settings, UpsertOptions};
 use userbase_testing::PrimaryStandby;
 
-use common::{admin, eventually, unique_name, Captured, TestDb};
+use common::{eventually, server_connections, unique_name, Captured, TestDb};
 
 /// The password given to every PostgreSQL URL of these tests (the test server trusts local
 /// connections, so libpq never sends it); no label may contain it.
@@ -509,21 +507,6 @@ fn spans_closed(work: impl FnOnce()) -> String {
     tracing::subscriber::with_default(subscriber, work);
     let bytes = captured.0.lock().unwrap().clone();
     String::from_utf8(bytes).unwrap()
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// The server connections of the pool whose `application_name` is `app`.
-fn server_connections(app: &str) -> i64 {
-    diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
-        .bind::<Text, _>(app)
-        .get_result::<Count>(&mut admin())
-        .unwrap()
-        .n
 }
 
 /// The pool gauges after a scripted sequence equal what the threads and the server count: hold

@@ -7,27 +7,13 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
 use userbase::{Backend, Database, PoolConfig, PoolStatus, Settings};
 
-use common::{admin, eventually, unique_name, TestDb};
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
+use common::{eventually, unique_name, TestDb};
 
 /// Server connections whose `application_name` is `app`.
 fn server_connections(app: &str) -> u32 {
-    let n =
-        diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
-            .bind::<Text, _>(app)
-            .get_result::<Count>(&mut admin())
-            .unwrap()
-            .n;
-    u32::try_from(n).unwrap()
+    u32::try_from(common::server_connections(app)).unwrap()
 }
 
 fn figures(status: PoolStatus) -> (u32, u32, u32) {

@@ -3,20 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::env_settings as settings;
+
 use std::path::Path;
 
 use diesel::connection::SimpleConnection;
 use userbase::{Database, DbUrl, Error, Secrets, Settings};
 use userbase_testing::Cluster;
-
-fn settings(vars: &[(&str, &str)]) -> userbase::Result<Settings> {
-    let vars: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Settings::from_lookup(|name| vars.get(name).cloned())
-}
 
 fn write(dir: &Path, name: &str, content: &str) -> String {
     let path = dir.join(name);

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::env_settings as settings;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -99,14 +100,6 @@ fn host_classification_and_default_sslmode() {
         assert_eq!(url.is_local(), *local, "{input}");
         assert_eq!(url.effective_sslmode().as_deref(), *mode, "{input}");
     }
-}
-
-fn settings(vars: &[(&str, &str)]) -> userbase::Result<Settings> {
-    let vars: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Settings::from_lookup(|name| vars.get(name).cloned())
 }
 
 #[test]

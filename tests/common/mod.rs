@@ -179,3 +179,30 @@ pub struct Port {
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub port: i32,
 }
+
+/// Settings read from `vars` alone, as if they were the whole environment.
+pub fn env_settings(vars: &[(&str, &str)]) -> userbase::Result<userbase::Settings> {
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    userbase::Settings::from_lookup(|name| vars.get(name).cloned())
+}
+
+#[derive(diesel::QueryableByName)]
+struct ConnectionCount {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Server connections whose `application_name` is `app`, counted by the server
+/// (`pg_stat_activity`).
+#[track_caller]
+pub fn server_connections(app: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
+        .bind::<diesel::sql_types::Text, _>(app)
+        .get_result::<ConnectionCount>(&mut admin())
+        .expect("count the server's connections")
+        .n
+}
