@@ -77,8 +77,7 @@ impl Drop for Pool {
     /// frees its own pool only once its worker threads let go of it, which may come after the
     /// process has exited: an SQLite file would then keep its `-wal` and `-shm` files.
     fn drop(&mut self) {
-        let idle = self.gate.close_all_idle();
-        keeper::close_idle(&self.r2d2, &self.gate, idle);
+        self.close_idle();
         drop(self.gate.close());
     }
 }
@@ -228,7 +227,7 @@ impl Pool {
         true
     }
 
-    /// Closes every idle connection now (dispose).
+    /// Closes every idle connection now, in this thread (dispose, and the pool's drop).
     pub(crate) fn close_idle(&self) {
         let count = self.gate.close_all_idle();
         keeper::close_idle(&self.r2d2, &self.gate, count);
