@@ -3,9 +3,11 @@
 //! `crate::transaction`).
 //!
 //! A low module: the engine's instrumentation keeps a [`Failures`] for every pooled connection,
-//! and the transaction helper reads it; it imports neither.
+//! a [`Repo`](crate::Repo) keeps one beside a connection the application opened (never replacing
+//! that connection's own instrumentation), and the transaction helper reads the one that applies;
+//! it imports none of them.
 
-use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::connection::InstrumentationEvent;
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 
 use crate::error::Error;
@@ -138,13 +140,5 @@ impl Failures {
         let first = self.levels.get_mut(depth.checked_sub(1)?)?.take();
         self.sync(depth.saturating_sub(1));
         first
-    }
-}
-
-/// For connections that do not come from a [`Database`](crate::Database) (whose pool installs its
-/// own instrumentation, holding a [`Failures`]).
-impl Instrumentation for Failures {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        self.observe(&event);
     }
 }

@@ -6,9 +6,13 @@
 //! PostgreSQL aborts a transaction at its first failed statement: every later statement fails
 //! and `COMMIT` is answered with `ROLLBACK`. SQLite only undoes the failed statement. So that both
 //! backends behave alike and a transaction never reports success for work the database
-//! discarded, every connection records the first failed statement of each open transaction level
-//! (from Diesel's [`Instrumentation`](diesel::connection::Instrumentation) events); a level with a failure refuses further statements
-//! and cannot commit: it is rolled back and [`Error::TransactionAborted`] carries the failure.
+//! discarded, every connection records the first failed statement of each open transaction level:
+//! a pooled connection from Diesel's [`Instrumentation`](diesel::connection::Instrumentation)
+//! events (the pool's instrumentation keeps the record), a connection the application opened from
+//! the results of the statements its [`Repo`](crate::Repo) runs (the Repo keeps the record, and the
+//! application's own instrumentation stays in place). A level with a failure refuses further
+//! statements and cannot commit: it is rolled back and [`Error::TransactionAborted`] carries the
+//! failure.
 //! Rolling back a savepoint (a nested transaction that returned `Err`) clears its level.
 
 use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
@@ -21,44 +25,45 @@ use crate::failures::{Failure, Failures};
 
 type Tm = <AnyConnection as Connection>::TransactionManager;
 
-/// The failure record of `conn`, if its instrumentation keeps one.
-fn failures(conn: &mut AnyConnection) -> Option<&mut Failures> {
-    let instrumentation = conn.instrumentation();
-    if instrumentation.is::<Watch>() {
-        return instrumentation.downcast_mut::<Watch>().map(Watch::failures);
-    }
-    instrumentation.downcast_mut::<Failures>()
-}
-
-/// Records a failed statement of `conn` that its instrumentation did not report (Diesel's SQLite
-/// connection reports no error met while stepping through rows).
-pub(crate) fn record(conn: &mut AnyConnection, error: &DieselError) {
-    if let Some(failures) = failures(conn) {
-        failures.record(error);
+/// The failure record of `conn`: the one its pool's instrumentation keeps (every pooled
+/// connection), else `own`, the record its [`Repo`](crate::Repo) keeps beside a connection the
+/// application opened (whose own instrumentation, if any, stays in place).
+fn failures<'a>(conn: &'a mut AnyConnection, own: &'a mut Failures) -> &'a mut Failures {
+    match conn.instrumentation().downcast_mut::<Watch>() {
+        Some(watch) => watch.failures(),
+        None => own,
     }
 }
 
-/// Makes every top-level transaction of `conn` begin with `deadlines` as `SET LOCAL`s (in the
-/// same round trip as its `BEGIN`), so that they hold whichever server connection a pooler runs
-/// the transaction on. The pool calls this once per connection.
+/// Records a failed statement of `conn` in its failure record (see [`failures`]). The pool's
+/// instrumentation records most failures itself; this catches the ones it does not see (Diesel's
+/// SQLite connection reports no error met while stepping through rows) and every failure on a
+/// connection outside a pool.
+pub(crate) fn record(conn: &mut AnyConnection, own: &mut Failures, error: &DieselError) {
+    failures(conn, own).record(error);
+}
+
+/// Makes every top-level transaction of the pooled connection `conn` begin with `deadlines` as
+/// `SET LOCAL`s (in the same round trip as its `BEGIN`), so that they hold whichever server
+/// connection a pooler runs the transaction on. The pool calls this once per connection, after
+/// installing its instrumentation (which keeps the settings).
 pub(crate) fn set_deadlines(conn: &mut AnyConnection, deadlines: Deadlines) {
     let sql = deadlines.sql(Scope::Transaction);
     if sql.is_empty() || !matches!(conn, AnyConnection::Pg(_)) {
         return;
     }
-    if failures(conn).is_none() {
-        conn.set_instrumentation(Failures::default());
-    }
-    if let Some(failures) = failures(conn) {
-        failures.set_transaction_settings(sql);
+    if let Some(watch) = conn.instrumentation().downcast_mut::<Watch>() {
+        watch.failures().set_transaction_settings(sql);
     }
 }
 
 /// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.
-fn begin_sql(conn: &mut AnyConnection, begin: &str) -> String {
-    match failures(conn).map(|f| f.transaction_settings()) {
-        Some(settings) if !settings.is_empty() => format!("{begin}; {settings}"),
-        _ => begin.to_owned(),
+fn begin_sql(conn: &mut AnyConnection, own: &mut Failures, begin: &str) -> String {
+    let settings = failures(conn, own).transaction_settings();
+    if settings.is_empty() {
+        begin.to_owned()
+    } else {
+        format!("{begin}; {settings}")
     }
 }
 
@@ -76,11 +81,9 @@ pub(crate) fn is_open(conn: &mut AnyConnection) -> Result<bool> {
 /// `Ok` when the innermost open transaction level of `conn` had no failed statement, else
 /// [`Error::TransactionAborted`] with its first failure. The [`Repo`](crate::Repo) calls this before every
 /// statement, so both backends refuse to go on alike.
-pub(crate) fn check_usable(conn: &mut AnyConnection) -> Result<()> {
+pub(crate) fn check_usable(conn: &mut AnyConnection, own: &mut Failures) -> Result<()> {
     let depth = depth(conn)?;
-    let Some(failures) = failures(conn) else {
-        return Ok(());
-    };
+    let failures = failures(conn, own);
     failures.sync(depth);
     match failures.innermost() {
         Some(first) => Err(Error::TransactionAborted {
@@ -109,7 +112,7 @@ pub(crate) enum Isolation {
 /// write, and a concurrent writer's commit would then fail that upgrade at once ("database is
 /// locked"), however long `busy_timeout` is. SQLite's transactions are serializable, so
 /// [`Isolation::Serializable`] changes nothing there.
-fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
+fn begin(conn: &mut AnyConnection, own: &mut Failures, isolation: Isolation) -> Result<usize> {
     match (depth(conn)?, &mut *conn, isolation) {
         (0, AnyConnection::Sqlite(sqlite), Isolation::ReadOnly) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN")?;
@@ -120,7 +123,7 @@ fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
                 Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
                 Isolation::ReadOnly => "BEGIN READ ONLY",
             };
-            let sql = begin_sql(conn, begin);
+            let sql = begin_sql(conn, own, begin);
             if let AnyConnection::Pg(pg) = conn {
                 AnsiTransactionManager::begin_transaction_sql(pg, &sql)?;
             }
@@ -131,18 +134,13 @@ fn begin(conn: &mut AnyConnection, isolation: Isolation) -> Result<usize> {
         _ => Tm::begin_transaction(conn)?,
     }
     let depth = depth(conn)?;
-    if failures(conn).is_none() {
-        conn.set_instrumentation(Failures::default());
-    }
-    if let Some(failures) = failures(conn) {
-        failures.open(depth);
-    }
+    failures(conn, own).open(depth);
     Ok(depth)
 }
 
 /// Closes the level `depth` of the failure record; returns its first failure.
-fn leave(conn: &mut AnyConnection, depth: usize) -> Option<Failure> {
-    failures(conn)?.close(depth)
+fn leave(conn: &mut AnyConnection, own: &mut Failures, depth: usize) -> Option<Failure> {
+    failures(conn, own).close(depth)
 }
 
 /// Runs `f` in a transaction on `conn` (a savepoint when one is open): the helper behind
@@ -152,26 +150,36 @@ fn leave(conn: &mut AnyConnection, depth: usize) -> Option<Failure> {
 ///
 /// Commits when `f` returns `Ok` and none of its statements failed; rolls back when `f` returns
 /// `Err` (that error is returned) or when a statement failed (then
-/// [`Error::TransactionAborted`]).
-pub(crate) fn transaction<T, E, F>(conn: &mut AnyConnection, f: F) -> Result<T, E>
+/// [`Error::TransactionAborted`]). `own` is the failure record of a connection outside a pool
+/// (see [`failures`]), handed on to `f` with the connection.
+pub(crate) fn transaction<T, E, F>(
+    conn: &mut AnyConnection,
+    own: &mut Failures,
+    f: F,
+) -> Result<T, E>
 where
-    F: FnOnce(&mut AnyConnection) -> Result<T, E>,
+    F: FnOnce(&mut AnyConnection, &mut Failures) -> Result<T, E>,
     E: From<Error>,
 {
-    run(conn, Isolation::Default, f)
+    run(conn, own, Isolation::Default, f)
 }
 
 /// [`transaction`] beginning at `isolation` when it is a top-level one.
-pub(crate) fn run<T, E, F>(conn: &mut AnyConnection, isolation: Isolation, f: F) -> Result<T, E>
+pub(crate) fn run<T, E, F>(
+    conn: &mut AnyConnection,
+    own: &mut Failures,
+    isolation: Isolation,
+    f: F,
+) -> Result<T, E>
 where
-    F: FnOnce(&mut AnyConnection) -> Result<T, E>,
+    F: FnOnce(&mut AnyConnection, &mut Failures) -> Result<T, E>,
     E: From<Error>,
 {
     // A level that already failed takes no savepoint either (PostgreSQL would refuse it).
-    check_usable(conn)?;
-    let depth = begin(conn, isolation)?;
-    let outcome = f(conn);
-    let first = leave(conn, depth);
+    check_usable(conn, own)?;
+    let depth = begin(conn, own, isolation)?;
+    let outcome = f(conn, own);
+    let first = leave(conn, own, depth);
     match (outcome, first) {
         (Ok(value), None) => match Tm::commit_transaction(conn) {
             Ok(()) => Ok(value),

@@ -5,9 +5,13 @@ mod common;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use diesel::connection::SimpleConnection;
+use diesel::Connection;
 use userbase::models::{NewLocation, NewUser, User, UserChanges, UserLocation};
 use userbase::validate::PAGE_LIMIT_MAX;
-use userbase::{Backend, Error, UpsertOptions};
+use userbase::{AnyConnection, Backend, Error, Repo, Secrets, UpsertOptions};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use common::TestDb;
 
@@ -27,6 +31,17 @@ fn aborted_by(err: &Error) -> &Error {
     match err {
         Error::TransactionAborted { first } => first,
         other => panic!("expected TransactionAborted, got {other:?}"),
+    }
+}
+
+/// An application's own instrumentation: counts the statements that ran.
+struct CountQueries(Arc<AtomicUsize>);
+
+impl diesel::connection::Instrumentation for CountQueries {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let diesel::connection::InstrumentationEvent::FinishQuery { .. } = event {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -91,6 +106,44 @@ both_backends! {
         assert_eq!(ids(&session.repo().users().unwrap()), [1]);
         session.repo().insert_user(&NewUser::new(12, "After")).unwrap();
         assert_eq!(ids(&session.repo().users().unwrap()), [1, 12]);
+    }
+
+    fn caller_connection_keeps_its_instrumentation_and_aborts_alike(backend: Backend) {
+        let test = TestDb::new(backend);
+        drop(test.database()); // the schema
+        let target = match backend {
+            Backend::Postgres => test.url().render(Secrets::Shown),
+            _ => test.url().database().unwrap().to_owned(),
+        };
+        let mut conn = AnyConnection::open(backend, &target).unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        conn.set_instrumentation(CountQueries(seen.clone()));
+        Repo::new(&mut conn).insert_user(&NewUser::new(1, "Stored")).unwrap();
+        let before = seen.load(Ordering::SeqCst);
+        assert!(before >= 1, "the application's instrumentation saw the insert");
+
+        let err = Repo::new(&mut conn)
+            .transaction(|repo| {
+                repo.insert_user(&NewUser::new(10, "Lost"))?;
+                let dup = repo.insert_user(&NewUser::new(1, "Duplicate"));
+                assert!(matches!(dup, Err(Error::UniqueViolation { .. })), "{dup:?}");
+                let later = repo.insert_user(&NewUser::new(11, "Later")).unwrap_err();
+                assert!(matches!(aborted_by(&later), Error::UniqueViolation { .. }), "{later:?}");
+                let nested = repo.transaction(|repo| repo.users());
+                assert!(matches!(nested, Err(Error::TransactionAborted { .. })), "{nested:?}");
+                Ok::<_, Error>(())
+            })
+            .unwrap_err();
+        assert!(matches!(aborted_by(&err), Error::UniqueViolation { .. }), "{err:?}");
+
+        // The application's instrumentation is still the connection's, and saw both inserts.
+        assert!(conn.instrumentation().downcast_ref::<CountQueries>().is_some());
+        assert!(seen.load(Ordering::SeqCst) >= before + 2);
+        // Nothing of the transaction was committed; the connection is usable again.
+        let mut repo = Repo::new(&mut conn);
+        assert_eq!(ids(&repo.users().unwrap()), [1]);
+        repo.insert_user(&NewUser::new(12, "After")).unwrap();
+        assert_eq!(ids(&repo.users().unwrap()), [1, 12]);
     }
 
     fn caught_failure_of_a_concurrent_session_aborts(backend: Backend) {

@@ -81,6 +81,7 @@ pub use self::users::UpsertOptions;
 use crate::config::Backend;
 use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
+use crate::failures::Failures;
 use crate::metrics::{Call, Op};
 
 /// Typed queries over one connection: the tutorial's `Repo(session)`.
@@ -92,6 +93,25 @@ pub struct Repo<'c> {
     /// A public method is running ([`op`](Repo::op)): the public methods it calls report no
     /// operation of their own.
     in_op: bool,
+    /// The failure record of a connection the application opened (see `crate::transaction`);
+    /// unused on a pooled connection, whose pool keeps the record.
+    own: OwnRecord<'c>,
+}
+
+/// Where a [`Repo`] keeps the failure record of a connection outside a pool: its own, or (for
+/// the Repo of a transaction's closure) the enclosing Repo's.
+enum OwnRecord<'c> {
+    Here(Failures),
+    Outer(&'c mut Failures),
+}
+
+impl OwnRecord<'_> {
+    fn get(&mut self) -> &mut Failures {
+        match self {
+            OwnRecord::Here(failures) => failures,
+            OwnRecord::Outer(failures) => failures,
+        }
+    }
 }
 
 impl std::fmt::Debug for Repo<'_> {
@@ -103,9 +123,29 @@ impl std::fmt::Debug for Repo<'_> {
 }
 
 impl<'c> Repo<'c> {
-    /// A Repo over a raw connection.
+    /// A Repo over a connection: a pooled one, or one the application opened itself.
+    ///
+    /// On a connection the application opened, the Repo keeps the record of failed statements
+    /// that makes a failed transaction refuse to go on and to commit (see
+    /// [`transaction`](Repo::transaction)) beside the connection: the connection's own
+    /// [`Instrumentation`](diesel::connection::Instrumentation), if the application set one,
+    /// stays in place and keeps receiving every event.
     pub fn new(conn: &'c mut AnyConnection) -> Self {
-        Repo { conn, in_op: false }
+        Repo {
+            conn,
+            in_op: false,
+            own: OwnRecord::Here(Failures::default()),
+        }
+    }
+
+    /// A Repo over `conn` inside a transaction the crate's helper opened, sharing the failure
+    /// record `own` of the enclosing level.
+    pub(crate) fn within(conn: &'c mut AnyConnection, own: &'c mut Failures) -> Self {
+        Repo {
+            conn,
+            in_op: false,
+            own: OwnRecord::Outer(own),
+        }
     }
 
     /// The start of public method `op` (see [`op!`]): `None` inside another method's body, so
@@ -139,15 +179,17 @@ impl<'c> Repo<'c> {
     /// `Ok` when the open transaction level can take another statement, else
     /// [`Error::TransactionAborted`] (see [`run`](Repo::run)).
     fn check_usable(&mut self) -> Result<()> {
-        crate::transaction::check_usable(self.conn)
+        crate::transaction::check_usable(self.conn, self.own.get())
     }
 
     /// Runs one statement and records its failure in the open transaction level (`statement`
     /// picks the concrete connection with `dispatch!`). Every statement of the Repo that returns
     /// its whole result goes through here; the streaming reads (`users_iter`, the exports) check
-    /// the level the same way before they start, and a
-    /// failure while they stream is recorded as far as Diesel's instrumentation reports it (on
-    /// PostgreSQL every failed statement; on SQLite not an error met while stepping through rows).
+    /// the level the same way before they start. A failure while `users_iter` streams is recorded
+    /// by the stream on a connection the application opened, and as far as Diesel's
+    /// instrumentation reports it on a pooled one (on PostgreSQL every failed statement; on SQLite
+    /// not an error met while stepping through rows); one while an export streams fails the
+    /// export's own transaction.
     ///
     /// Refused with [`Error::TransactionAborted`] when a statement of the open transaction level
     /// already failed (PostgreSQL would refuse it with an untyped error, SQLite would run it).
@@ -160,7 +202,7 @@ impl<'c> Repo<'c> {
         self.check_usable()?;
         let result = statement(self.conn);
         if let Err(error) = &result {
-            crate::transaction::record(self.conn, error);
+            crate::transaction::record(self.conn, self.own.get(), error);
         }
         Ok(result?)
     }
@@ -204,6 +246,12 @@ impl<'c> Repo<'c> {
         E: From<Error>,
     {
         let in_op = self.in_op;
-        crate::transaction::transaction(self.conn, |conn| f(&mut Repo { conn, in_op }))
+        crate::transaction::transaction(self.conn, self.own.get(), |conn, own| {
+            f(&mut Repo {
+                conn,
+                in_op,
+                own: OwnRecord::Outer(own),
+            })
+        })
     }
 }

@@ -78,19 +78,33 @@ impl Repo<'_> {
     }
 
     /// The rows of [`users_iter`](Repo::users_iter).
+    ///
+    /// Failures go into the Repo's own failure record too: on a connection the application
+    /// opened, nothing else sees them (on a pooled one the pool's instrumentation records what
+    /// Diesel reports).
     fn users_rows(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
         self.check_usable()?;
-        Ok(match &mut *self.conn {
-            AnyConnection::Pg(c) => Box::new(
-                user::all()
-                    .load_iter::<User, PgRowByRowLoadingMode>(c)?
-                    .map(|row| row.map_err(Error::from)),
-            ),
-            AnyConnection::Sqlite(c) => Box::new(
-                user::all()
-                    .load_iter::<User, DefaultLoadingMode>(c)?
-                    .map(|row| row.map_err(Error::from)),
-            ),
-        })
+        let own = self.own.get();
+        let rows: QueryResult<Box<dyn Iterator<Item = QueryResult<User>> + '_>> =
+            match &mut *self.conn {
+                AnyConnection::Pg(c) => user::all()
+                    .load_iter::<User, PgRowByRowLoadingMode>(c)
+                    .map(|rows| Box::new(rows) as Box<dyn Iterator<Item = _>>),
+                AnyConnection::Sqlite(c) => user::all()
+                    .load_iter::<User, DefaultLoadingMode>(c)
+                    .map(|rows| Box::new(rows) as Box<dyn Iterator<Item = _>>),
+            };
+        match rows {
+            Ok(rows) => Ok(Box::new(rows.map(move |row| {
+                row.map_err(|error| {
+                    own.record(&error);
+                    Error::from(error)
+                })
+            }))),
+            Err(error) => {
+                own.record(&error);
+                Err(error.into())
+            }
+        }
     }
 }

@@ -93,6 +93,7 @@ use self::router::{Health, Route};
 use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::{Error, Result};
+use crate::failures::Failures;
 use crate::repo::Repo;
 use crate::session::Session;
 use crate::transaction::Isolation;
@@ -141,14 +142,16 @@ fn read_only<T, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T>
 where
     F: FnMut(&mut Repo<'_>) -> Result<T>,
 {
-    let mut read = |conn: &mut AnyConnection| f(&mut Repo::new(conn));
+    let mut read = |conn: &mut AnyConnection, own: &mut Failures| f(&mut Repo::within(conn, own));
+    let mut own = Failures::default();
     if conn.backend() == crate::config::Backend::Sqlite {
         let mut query_only = QueryOnly::on(conn)?;
-        let outcome = crate::transaction::run(query_only.conn, Isolation::ReadOnly, &mut read);
+        let outcome =
+            crate::transaction::run(query_only.conn, &mut own, Isolation::ReadOnly, &mut read);
         query_only.off()?;
         return outcome;
     }
-    crate::transaction::run(conn, Isolation::ReadOnly, read)
+    crate::transaction::run(conn, &mut own, Isolation::ReadOnly, read)
 }
 
 /// SQLite's `PRAGMA query_only` on a pooled connection, switched off again even when the read
@@ -353,9 +356,10 @@ where
     let ask = db.router().is_some() && matches!(conn, AnyConnection::Pg(_));
     // Unknown (no replicas, SQLite, or a failure before the question): treated as written.
     let mut wrote = true;
-    let outcome = crate::transaction::run(conn, isolation, |conn| {
-        let outcome = f(&mut Repo::new(conn));
-        if ask && outcome.is_ok() && crate::transaction::check_usable(conn).is_ok() {
+    let mut own = Failures::default();
+    let outcome = crate::transaction::run(conn, &mut own, isolation, |conn, own| {
+        let outcome = f(&mut Repo::within(conn, own));
+        if ask && outcome.is_ok() && crate::transaction::check_usable(conn, own).is_ok() {
             // A failure here is recorded as the transaction's: it rolls back, as the commit
             // on a connection that fails a query would.
             wrote = status::wrote(conn).unwrap_or(true);
