@@ -30,6 +30,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::{ConnectionError, PgConnection, SqliteConnection};
 
+use crate::config::DEFAULT_SQLITE_BUSY_TIMEOUT;
 use crate::config::{Backend, PoolConfig};
 
 pub use self::multi::{AnyConnection, MultiBackend};
@@ -52,9 +53,6 @@ mod multi {
         Sqlite(SqliteConnection),
     }
 }
-
-/// The `busy_timeout` of SQLite connections when `PoolConfig::lock_timeout` is unset: 5 s.
-pub(crate) const DEFAULT_SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pragmas every SQLite connection gets: without `foreign_keys` SQLite enforces none of the
 /// schema's `ON DELETE` rules; WAL lets readers run beside a writer; `busy_timeout` makes a

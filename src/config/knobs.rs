@@ -44,6 +44,10 @@ pub const MAX_DURATION: Duration = DAY;
 /// One day.
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The `busy_timeout` of SQLite connections when
+/// [`PoolConfig::lock_timeout`](super::PoolConfig::lock_timeout) is unset: 5 s.
+pub const DEFAULT_SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default [`ReplicaConfig::wait`](super::ReplicaConfig::wait): 50 ms.
 pub const DEFAULT_REPLICA_WAIT: Duration = Duration::from_millis(50);
 /// Default [`ReplicaConfig::max_lag`](super::ReplicaConfig::max_lag): 5 s.
@@ -56,127 +60,115 @@ pub const MIN_REPLICA_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// The fewest connections a pool may allow: `pool_size + max_overflow` is at least 1.
 const MIN_CONNECTIONS: u32 = 1;
 
-/// The settings table: every knob (the tests go through it).
-#[cfg(test)]
-const KNOBS: [&Knob; 18] = [
-    &POOL_SIZE,
-    &MAX_OVERFLOW,
-    &POOL_TIMEOUT,
-    &POOL_RECYCLE,
-    &PRE_PING,
-    &PRE_PING_BYPASS,
-    &OVERFLOW_IDLE_TIMEOUT,
-    &LEAK_DETECTION,
-    &STATEMENT_CACHE,
-    &STATEMENT_TIMEOUT,
-    &LOCK_TIMEOUT,
-    &IDLE_IN_TRANSACTION_TIMEOUT,
-    &ECHO,
-    &HIDE_PARAMETERS,
-    &ECHO_POOL,
-    &REPLICA_WAIT,
-    &MAX_REPLICA_LAG,
-    &REPLICA_CHECK,
-];
+/// Defines every knob as a constant and `KNOBS`, the list of them all that the tests walk,
+/// from one list: a knob cannot be added without the tests seeing it.
+macro_rules! knobs {
+    ($($name:ident = $knob:expr;)*) => {
+        $(pub(crate) const $name: Knob = $knob;)*
 
-pub(crate) const POOL_SIZE: Knob =
-    Knob::count("PoolConfig::pool_size", "DB_POOL_SIZE", DEFAULT_POOL_SIZE);
-pub(crate) const MAX_OVERFLOW: Knob = Knob::count(
-    "PoolConfig::max_overflow",
-    "DB_MAX_OVERFLOW",
-    DEFAULT_MAX_OVERFLOW,
-);
+        /// The settings table: every knob (the tests go through it).
+        #[cfg(test)]
+        const KNOBS: &[&Knob] = &[$(&$name),*];
+    };
+}
+
+knobs! {
+    POOL_SIZE = Knob::count("PoolConfig::pool_size", "DB_POOL_SIZE", DEFAULT_POOL_SIZE);
+    MAX_OVERFLOW = Knob::count(
+        "PoolConfig::max_overflow",
+        "DB_MAX_OVERFLOW",
+        DEFAULT_MAX_OVERFLOW,
+    );
+    POOL_TIMEOUT = Knob::duration(
+        "PoolConfig::pool_timeout",
+        "DB_POOL_TIMEOUT_SECS",
+        Unit::Seconds,
+        Some(DEFAULT_POOL_TIMEOUT),
+    )
+    .above_min();
+    POOL_RECYCLE = Knob::duration(
+        "PoolConfig::pool_recycle",
+        "DB_POOL_RECYCLE_SECS",
+        Unit::Seconds,
+        None,
+    )
+    .above_min()
+    .unset_means("never", Some("-1"));
+    PRE_PING = Knob::flag("PoolConfig::pre_ping", "DB_PRE_PING", DEFAULT_PRE_PING);
+    PRE_PING_BYPASS = Knob::duration(
+        "PoolConfig::pre_ping_bypass",
+        "DB_PRE_PING_BYPASS_MS",
+        Unit::Millis,
+        Some(DEFAULT_PRE_PING_BYPASS),
+    );
+    OVERFLOW_IDLE_TIMEOUT = Knob::duration(
+        "PoolConfig::overflow_idle_timeout",
+        "DB_OVERFLOW_IDLE_TIMEOUT_MS",
+        Unit::Millis,
+        Some(DEFAULT_OVERFLOW_IDLE_TIMEOUT),
+    );
+    LEAK_DETECTION = Knob::duration(
+        "PoolConfig::leak_detection_threshold",
+        "DB_LEAK_DETECTION_MS",
+        Unit::Millis,
+        None,
+    )
+    .above_min()
+    .unset_means("off", Some("0"));
+    STATEMENT_CACHE = Knob::flag("PoolConfig::statement_cache", "DB_STATEMENT_CACHE", true);
+    STATEMENT_TIMEOUT = Knob::duration(
+        "PoolConfig::statement_timeout",
+        "DB_STATEMENT_TIMEOUT_MS",
+        Unit::Millis,
+        None,
+    )
+    .zero_means("no limit")
+    .unset_means(SERVER_SETTING, None)
+    .whole_millis();
+    LOCK_TIMEOUT = Knob::duration(
+        "PoolConfig::lock_timeout",
+        "DB_LOCK_TIMEOUT_MS",
+        Unit::Millis,
+        None,
+    )
+    .unset_means(SERVER_SETTING, None)
+    .whole_millis();
+    IDLE_IN_TRANSACTION_TIMEOUT = Knob::duration(
+        "PoolConfig::idle_in_transaction_timeout",
+        "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        Unit::Millis,
+        None,
+    )
+    .zero_means("no limit")
+    .unset_means(SERVER_SETTING, None)
+    .whole_millis();
+    ECHO = Knob::flag("PoolConfig::echo", "DB_ECHO", false);
+    HIDE_PARAMETERS = Knob::flag("PoolConfig::hide_parameters", "DB_HIDE_PARAMETERS", false);
+    ECHO_POOL = Knob::flag("PoolConfig::echo_pool", "DB_ECHO_POOL", false);
+    REPLICA_WAIT = Knob::duration(
+        "ReplicaConfig::wait",
+        "DB_REPLICA_WAIT_MS",
+        Unit::Millis,
+        Some(DEFAULT_REPLICA_WAIT),
+    );
+    MAX_REPLICA_LAG = Knob::duration(
+        "ReplicaConfig::max_lag",
+        "DB_MAX_REPLICA_LAG_MS",
+        Unit::Millis,
+        Some(DEFAULT_MAX_REPLICA_LAG),
+    )
+    .above_min();
+    REPLICA_CHECK = Knob::duration(
+        "ReplicaConfig::check_interval",
+        "DB_REPLICA_CHECK_MS",
+        Unit::Millis,
+        Some(DEFAULT_REPLICA_CHECK_INTERVAL),
+    )
+    .at_least(MIN_REPLICA_CHECK_INTERVAL);
+}
+
 /// The two knobs whose sum is the pool's size, from [`MIN_CONNECTIONS`] to [`MAX_CONNECTIONS`].
 const CONNECTIONS: [&Knob; 2] = [&POOL_SIZE, &MAX_OVERFLOW];
-pub(crate) const POOL_TIMEOUT: Knob = Knob::duration(
-    "PoolConfig::pool_timeout",
-    "DB_POOL_TIMEOUT_SECS",
-    Unit::Seconds,
-    Some(DEFAULT_POOL_TIMEOUT),
-)
-.above_min();
-pub(crate) const POOL_RECYCLE: Knob = Knob::duration(
-    "PoolConfig::pool_recycle",
-    "DB_POOL_RECYCLE_SECS",
-    Unit::Seconds,
-    None,
-)
-.above_min()
-.unset_means("never", Some("-1"));
-pub(crate) const PRE_PING: Knob =
-    Knob::flag("PoolConfig::pre_ping", "DB_PRE_PING", DEFAULT_PRE_PING);
-pub(crate) const PRE_PING_BYPASS: Knob = Knob::duration(
-    "PoolConfig::pre_ping_bypass",
-    "DB_PRE_PING_BYPASS_MS",
-    Unit::Millis,
-    Some(DEFAULT_PRE_PING_BYPASS),
-);
-pub(crate) const OVERFLOW_IDLE_TIMEOUT: Knob = Knob::duration(
-    "PoolConfig::overflow_idle_timeout",
-    "DB_OVERFLOW_IDLE_TIMEOUT_MS",
-    Unit::Millis,
-    Some(DEFAULT_OVERFLOW_IDLE_TIMEOUT),
-);
-pub(crate) const LEAK_DETECTION: Knob = Knob::duration(
-    "PoolConfig::leak_detection_threshold",
-    "DB_LEAK_DETECTION_MS",
-    Unit::Millis,
-    None,
-)
-.above_min()
-.unset_means("off", Some("0"));
-pub(crate) const STATEMENT_CACHE: Knob =
-    Knob::flag("PoolConfig::statement_cache", "DB_STATEMENT_CACHE", true);
-pub(crate) const STATEMENT_TIMEOUT: Knob = Knob::duration(
-    "PoolConfig::statement_timeout",
-    "DB_STATEMENT_TIMEOUT_MS",
-    Unit::Millis,
-    None,
-)
-.zero_means("no limit")
-.unset_means(SERVER_SETTING, None)
-.whole_millis();
-pub(crate) const LOCK_TIMEOUT: Knob = Knob::duration(
-    "PoolConfig::lock_timeout",
-    "DB_LOCK_TIMEOUT_MS",
-    Unit::Millis,
-    None,
-)
-.unset_means(SERVER_SETTING, None)
-.whole_millis();
-pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Knob = Knob::duration(
-    "PoolConfig::idle_in_transaction_timeout",
-    "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-    Unit::Millis,
-    None,
-)
-.zero_means("no limit")
-.unset_means(SERVER_SETTING, None)
-.whole_millis();
-pub(crate) const ECHO: Knob = Knob::flag("PoolConfig::echo", "DB_ECHO", false);
-pub(crate) const HIDE_PARAMETERS: Knob =
-    Knob::flag("PoolConfig::hide_parameters", "DB_HIDE_PARAMETERS", false);
-pub(crate) const ECHO_POOL: Knob = Knob::flag("PoolConfig::echo_pool", "DB_ECHO_POOL", false);
-pub(crate) const REPLICA_WAIT: Knob = Knob::duration(
-    "ReplicaConfig::wait",
-    "DB_REPLICA_WAIT_MS",
-    Unit::Millis,
-    Some(DEFAULT_REPLICA_WAIT),
-);
-pub(crate) const MAX_REPLICA_LAG: Knob = Knob::duration(
-    "ReplicaConfig::max_lag",
-    "DB_MAX_REPLICA_LAG_MS",
-    Unit::Millis,
-    Some(DEFAULT_MAX_REPLICA_LAG),
-)
-.above_min();
-pub(crate) const REPLICA_CHECK: Knob = Knob::duration(
-    "ReplicaConfig::check_interval",
-    "DB_REPLICA_CHECK_MS",
-    Unit::Millis,
-    Some(DEFAULT_REPLICA_CHECK_INTERVAL),
-)
-.at_least(MIN_REPLICA_CHECK_INTERVAL);
 
 /// What an unset deadline means: the server keeps its own setting.
 const SERVER_SETTING: &str = "the server's setting";
@@ -813,7 +805,7 @@ mod tests {
             "{name}"
         );
         // SQLite's own lock wait, the note on the lock timeout's default.
-        let busy = crate::connection::DEFAULT_SQLITE_BUSY_TIMEOUT.as_millis();
+        let busy = DEFAULT_SQLITE_BUSY_TIMEOUT.as_millis();
         assert_eq!(
             rows[LOCK_TIMEOUT.env][0].0,
             format!("{}; SQLite {busy}", LOCK_TIMEOUT.table_default()),

@@ -37,7 +37,7 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Connections kept open once made. Default [`DEFAULT_POOL_SIZE`] (5); 0 to
+    /// Connections kept open once made. Default [`DEFAULT_POOL_SIZE`]; 0 to
     /// [`MAX_CONNECTIONS`] (env `DB_POOL_SIZE`).
     ///
     /// `0` keeps no connection idle: every connection is overflow, closed once idle for
@@ -45,7 +45,7 @@ pub struct PoolConfig {
     /// `pool_size=0` means "no limit"; here the limit is always `pool_size + max_overflow`.)
     pub pool_size: u32,
     /// Connections allowed above `pool_size` under load; at most `pool_size + max_overflow` are
-    /// open at once. Default [`DEFAULT_MAX_OVERFLOW`] (10); 0 to [`MAX_CONNECTIONS`], with
+    /// open at once. Default [`DEFAULT_MAX_OVERFLOW`]; 0 to [`MAX_CONNECTIONS`], with
     /// `pool_size + max_overflow` at most [`MAX_CONNECTIONS`] and at least 1 (env
     /// `DB_MAX_OVERFLOW`).
     pub max_overflow: u32,
@@ -53,17 +53,17 @@ pub struct PoolConfig {
     /// made for it ([`Error::PoolTimeout`] when every slot stayed in use,
     /// [`Error::ConnectTimeout`] when a connect had no answer yet; the pre-ping of an idle
     /// connection is bounded by libpq's TCP timeouts instead).
-    /// Default [`DEFAULT_POOL_TIMEOUT`] (30 s); above 0, at most [`MAX_DURATION`] (env
+    /// Default [`DEFAULT_POOL_TIMEOUT`]; above 0, at most [`MAX_DURATION`] (env
     /// `DB_POOL_TIMEOUT_SECS`).
     pub pool_timeout: Duration,
     /// Replace connections older than this. Default `None`: never (SQLAlchemy's
     /// `pool_recycle=-1`); `Some` above 0, at most [`MAX_DURATION`] (env `DB_POOL_RECYCLE_SECS`).
     pub pool_recycle: Option<Duration>,
-    /// Test a connection before handing it out. Default [`DEFAULT_PRE_PING`] (`true`) (env
+    /// Test a connection before handing it out. Default [`DEFAULT_PRE_PING`] (env
     /// `DB_PRE_PING`).
     pub pre_ping: bool,
     /// With `pre_ping`, skip the ping for a connection that was in use this recently.
-    /// Default [`DEFAULT_PRE_PING_BYPASS`] (500 ms); 0 (ping on every checkout) to
+    /// Default [`DEFAULT_PRE_PING_BYPASS`]; 0 (ping on every checkout) to
     /// [`MAX_DURATION`] (env `DB_PRE_PING_BYPASS_MS`).
     pub pre_ping_bypass: Duration,
     /// Log every statement with its bind values, duration and error through `tracing`
@@ -105,7 +105,8 @@ pub struct PoolConfig {
     /// How long a statement waits for a lock before giving up with [`Error::LockTimeout`]:
     /// PostgreSQL's `lock_timeout`; on SQLite, `busy_timeout` (how long a writer waits for the
     /// database's write lock; it then fails with [`Error::SerializationFailure`]). Default
-    /// `None`: the server's own setting on PostgreSQL (no limit by default), 5 s on SQLite;
+    /// `None`: the server's own setting on PostgreSQL (no limit by default),
+    /// [`DEFAULT_SQLITE_BUSY_TIMEOUT`](super::DEFAULT_SQLITE_BUSY_TIMEOUT) on SQLite;
     /// `Some(0)`: no limit on PostgreSQL, no wait at all on SQLite; at most [`MAX_DURATION`],
     /// whole milliseconds (env `DB_LOCK_TIMEOUT_MS`).
     pub lock_timeout: Option<Duration>,
@@ -184,100 +185,97 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    /// Sets `pool_size` (default 5; 0 to 10 000, see the field).
+    /// Sets [`pool_size`](PoolConfig::pool_size) (its default and bounds are there).
     pub fn with_pool_size(mut self, pool_size: u32) -> Self {
         self.pool_size = pool_size;
         self
     }
 
-    /// Sets `max_overflow` (default 10; `pool_size + max_overflow` from 1 to 10 000).
+    /// Sets [`max_overflow`](PoolConfig::max_overflow) (its default and bounds are there).
     pub fn with_max_overflow(mut self, max_overflow: u32) -> Self {
         self.max_overflow = max_overflow;
         self
     }
 
-    /// Sets `pool_timeout` (default 30 s; above 0, at most 1 day).
+    /// Sets [`pool_timeout`](PoolConfig::pool_timeout) (its default and bounds are there).
     pub fn with_pool_timeout(mut self, pool_timeout: Duration) -> Self {
         self.pool_timeout = pool_timeout;
         self
     }
 
-    /// Sets `pool_recycle` (default `None`: never; `Some` above 0, at most 1 day).
+    /// Sets [`pool_recycle`](PoolConfig::pool_recycle) (its default and bounds are there).
     pub fn with_pool_recycle(mut self, pool_recycle: Option<Duration>) -> Self {
         self.pool_recycle = pool_recycle;
         self
     }
 
-    /// Sets `pre_ping` (default `true`).
+    /// Sets [`pre_ping`](PoolConfig::pre_ping) (its default and bounds are there).
     pub fn with_pre_ping(mut self, pre_ping: bool) -> Self {
         self.pre_ping = pre_ping;
         self
     }
 
-    /// Sets `pre_ping_bypass` (default 500 ms; 0 to 1 day).
+    /// Sets [`pre_ping_bypass`](PoolConfig::pre_ping_bypass) (its default and bounds are there).
     pub fn with_pre_ping_bypass(mut self, pre_ping_bypass: Duration) -> Self {
         self.pre_ping_bypass = pre_ping_bypass;
         self
     }
 
-    /// Sets `echo` (default `false`).
+    /// Sets [`echo`](PoolConfig::echo) (its default and bounds are there).
     pub fn with_echo(mut self, echo: bool) -> Self {
         self.echo = echo;
         self
     }
 
-    /// Sets `hide_parameters` (default `false`).
+    /// Sets [`hide_parameters`](PoolConfig::hide_parameters) (its default and bounds are there).
     pub fn with_hide_parameters(mut self, hide_parameters: bool) -> Self {
         self.hide_parameters = hide_parameters;
         self
     }
 
-    /// Sets `echo_pool` (default `false`).
+    /// Sets [`echo_pool`](PoolConfig::echo_pool) (its default and bounds are there).
     pub fn with_echo_pool(mut self, echo_pool: bool) -> Self {
         self.echo_pool = echo_pool;
         self
     }
 
-    /// Sets `overflow_idle_timeout` (default [`DEFAULT_OVERFLOW_IDLE_TIMEOUT`]; 0 to 1 day).
+    /// Sets [`overflow_idle_timeout`](PoolConfig::overflow_idle_timeout) (its default and bounds are there).
     pub fn with_overflow_idle_timeout(mut self, overflow_idle_timeout: Duration) -> Self {
         self.overflow_idle_timeout = overflow_idle_timeout;
         self
     }
 
-    /// Sets `leak_detection_threshold` (default `None`: off; `Some` above 0, at most 1 day).
+    /// Sets [`leak_detection_threshold`](PoolConfig::leak_detection_threshold) (its default and bounds are there).
     pub fn with_leak_detection_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.leak_detection_threshold = threshold;
         self
     }
 
-    /// Sets `statement_cache` (default `true`; `false` behind pgbouncer in transaction mode).
+    /// Sets [`statement_cache`](PoolConfig::statement_cache) (its default and bounds are there).
     pub fn with_statement_cache(mut self, statement_cache: bool) -> Self {
         self.statement_cache = statement_cache;
         self
     }
 
-    /// Sets `statement_timeout` (default `None`: the server's setting; `Some(0)`: no limit; at
-    /// most 1 day, whole milliseconds).
+    /// Sets [`statement_timeout`](PoolConfig::statement_timeout) (its default and bounds are there).
     pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
         self
     }
 
-    /// Sets `lock_timeout` (default `None`: the server's setting, 5 s on SQLite; at most 1 day,
-    /// whole milliseconds).
+    /// Sets [`lock_timeout`](PoolConfig::lock_timeout) (its default and bounds are there).
     pub fn with_lock_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.lock_timeout = timeout;
         self
     }
 
-    /// Sets `idle_in_transaction_timeout` (default `None`: the server's setting; `Some(0)`: no
-    /// limit; at most 1 day, whole milliseconds).
+    /// Sets [`idle_in_transaction_timeout`](PoolConfig::idle_in_transaction_timeout) (its default and bounds are there).
     pub fn with_idle_in_transaction_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_in_transaction_timeout = timeout;
         self
     }
 
-    /// Sets `sqlite_synchronous` (default [`SqliteSynchronous::Normal`]).
+    /// Sets [`sqlite_synchronous`](PoolConfig::sqlite_synchronous) (its default and bounds are there).
     pub fn with_sqlite_synchronous(mut self, synchronous: SqliteSynchronous) -> Self {
         self.sqlite_synchronous = synchronous;
         self

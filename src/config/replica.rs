@@ -40,18 +40,18 @@ pub struct ReplicaConfig {
     pub urls: Vec<DbUrl>,
     /// How long a read that must see a write (its [`WalPosition`](crate::replica::WalPosition))
     /// waits for a replica to replay that far before it goes to the primary. Default
-    /// [`DEFAULT_REPLICA_WAIT`] (50 ms); 0 (check once, never wait) to [`MAX_DURATION`] (env
+    /// [`DEFAULT_REPLICA_WAIT`]; 0 (check once, never wait) to [`MAX_DURATION`] (env
     /// `DB_REPLICA_WAIT_MS`).
     pub wait: Duration,
-    /// Replicas lagging more than this are skipped. Default [`DEFAULT_MAX_REPLICA_LAG`] (5 s);
+    /// Replicas lagging more than this are skipped. Default [`DEFAULT_MAX_REPLICA_LAG`];
     /// above 0, at most [`MAX_DURATION`] (env `DB_MAX_REPLICA_LAG_MS`). Lag is
     /// `now() - pg_last_xact_replay_timestamp()` on the replica, and 0 when it has replayed
     /// everything it received (an idle primary).
     pub max_lag: Duration,
     /// How often a background thread measures each replica's lag and re-checks a replica that
     /// is down: every interval during an outage, the wait doubling (up to 30 s) only for a
-    /// replica that goes down again within 30 s of coming back. Default [`DEFAULT_REPLICA_CHECK_INTERVAL`]
-    /// (500 ms); [`MIN_REPLICA_CHECK_INTERVAL`] (10 ms) to [`MAX_DURATION`] (env
+    /// replica that goes down again within 30 s of coming back. Default [`DEFAULT_REPLICA_CHECK_INTERVAL`];
+    /// [`MIN_REPLICA_CHECK_INTERVAL`] to [`MAX_DURATION`] (env
     /// `DB_REPLICA_CHECK_MS`).
     pub check_interval: Duration,
 }
@@ -75,21 +75,21 @@ impl ReplicaConfig {
         self
     }
 
-    /// Sets [`wait`](ReplicaConfig::wait) (default 50 ms; 0 to 1 day).
+    /// Sets [`wait`](ReplicaConfig::wait) (its default and bounds are there).
     #[must_use]
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
     }
 
-    /// Sets [`max_lag`](ReplicaConfig::max_lag) (default 5 s; above 0, at most 1 day).
+    /// Sets [`max_lag`](ReplicaConfig::max_lag) (its default and bounds are there).
     #[must_use]
     pub fn with_max_lag(mut self, max_lag: Duration) -> Self {
         self.max_lag = max_lag;
         self
     }
 
-    /// Sets [`check_interval`](ReplicaConfig::check_interval) (default 500 ms; 10 ms to 1 day).
+    /// Sets [`check_interval`](ReplicaConfig::check_interval) (its default and bounds are there).
     #[must_use]
     pub fn with_check_interval(mut self, interval: Duration) -> Self {
         self.check_interval = interval;
