@@ -525,12 +525,10 @@ impl Telemetry {
     }
 }
 
-/// The telemetry of the pool `conn` belongs to (`None` for a connection opened outside a pool).
+/// The telemetry of the pool `conn` belongs to, the tag its engine carries (`None` for a
+/// connection opened outside a pool).
 pub(crate) fn telemetry(conn: &mut AnyConnection) -> Option<&Telemetry> {
-    use diesel::Connection;
-    conn.instrumentation()
-        .downcast_ref::<crate::engine::Watch>()
-        .and_then(|watch| watch.telemetry())
+    crate::engine::tag(conn)?.downcast_ref::<Telemetry>()
 }
 
 /// A Repo method's call under way: its span (entered) and its start.
@@ -613,14 +611,13 @@ impl Stream {
     /// Starts measuring the streaming method `op` on `conn`: `None` inside another method's
     /// body (`nested`) and on a connection outside a pool.
     pub(crate) fn start(conn: &mut AnyConnection, op: Op, nested: bool) -> Option<Stream> {
-        use diesel::Connection;
         if nested {
             return None;
         }
-        let telemetry = conn
-            .instrumentation()
-            .downcast_ref::<crate::engine::Watch>()
-            .and_then(|watch| watch.telemetry_arc())?;
+        let telemetry = crate::engine::tag(conn)?
+            .clone()
+            .downcast::<Telemetry>()
+            .ok()?;
         Some(Stream {
             op,
             span: telemetry.span(op),

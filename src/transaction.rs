@@ -18,7 +18,7 @@
 use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel::result::Error as DieselError;
 
-use crate::connection::{AnyConnection, Deadlines, Scope};
+use crate::connection::AnyConnection;
 use crate::engine::Watch;
 use crate::error::{Error, Result};
 use crate::failures::{Failure, Failures};
@@ -41,20 +41,6 @@ fn failures<'a>(conn: &'a mut AnyConnection, own: &'a mut Failures) -> &'a mut F
 /// connection outside a pool.
 pub(crate) fn record(conn: &mut AnyConnection, own: &mut Failures, error: &DieselError) {
     failures(conn, own).record(error);
-}
-
-/// Makes every top-level transaction of the pooled connection `conn` begin with `deadlines` as
-/// `SET LOCAL`s (in the same round trip as its `BEGIN`), so that they hold whichever server
-/// connection a pooler runs the transaction on. The pool calls this once per connection, after
-/// installing its instrumentation (which keeps the settings).
-pub(crate) fn set_deadlines(conn: &mut AnyConnection, deadlines: Deadlines) {
-    let sql = deadlines.sql(Scope::Transaction);
-    if sql.is_empty() || !matches!(conn, AnyConnection::Pg(_)) {
-        return;
-    }
-    if let Some(watch) = conn.instrumentation().downcast_mut::<Watch>() {
-        watch.failures().set_transaction_settings(sql);
-    }
 }
 
 /// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.

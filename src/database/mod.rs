@@ -17,7 +17,7 @@ pub use self::retry::RetryPolicy;
 use crate::config::{Backend, DbUrl, PoolConfig, Settings};
 use crate::engine::{Pool, PoolStatus};
 use crate::error::{Error, Result};
-use crate::metrics::PoolMetrics;
+use crate::metrics::{PoolMetrics, Telemetry};
 use crate::repo::Repo;
 use crate::session::Session;
 
@@ -108,8 +108,9 @@ impl Database {
         }
         let replicas = replica::Router::start(&replicas, &config)?;
         let instruments = PoolMetrics::new(&crate::metrics::pool_name(&url, &config), &config);
+        let telemetry = Arc::new(Telemetry::new(&url, &config));
         let inner = Arc::new(Inner {
-            pool: Pool::new(url, config, Box::new(instruments)),
+            pool: Pool::new(url, config, Box::new(instruments), telemetry),
             replicas,
             migration_url: migration_url.map(Arc::new),
             statement_cache: replica::StatementCacheCheck::default(),

@@ -34,8 +34,9 @@ use super::admission::Ticket;
 use super::gate::{ConnectFailure, Gate};
 use super::pooled::Pooled;
 use super::watch::{ConnFlags, Watch};
+use super::Tag;
 use crate::config::{Backend, DbUrl, PoolConfig};
-use crate::connection::{AnyConnection, Deadlines};
+use crate::connection::{AnyConnection, Deadlines, Scope};
 use crate::error::{Error, Result};
 
 /// Opens connections of the backend the URL names, one thread per connect.
@@ -48,8 +49,8 @@ pub(crate) struct Opener {
     /// For `sqlite::memory:`, a connection held for the pool's lifetime: the in-memory database
     /// lives as long as one connection to it is open. Opened with the first pooled connection.
     memory_keeper: Mutex<Option<AnyConnection>>,
-    /// The pool's telemetry, handed to every connection's watch.
-    telemetry: Arc<crate::metrics::Telemetry>,
+    /// The pool owner's tag, handed to every connection's watch.
+    tag: Tag,
 }
 
 impl std::fmt::Debug for Opener {
@@ -63,10 +64,10 @@ impl std::fmt::Debug for Opener {
 }
 
 impl Opener {
-    pub(crate) fn new(url: DbUrl, config: PoolConfig, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(url: DbUrl, config: PoolConfig, gate: Arc<Gate>, tag: Tag) -> Self {
         Opener {
             target: url.driver_target(),
-            telemetry: Arc::new(crate::metrics::Telemetry::new(&url, &config)),
+            tag,
             url,
             config,
             gate,
@@ -135,11 +136,17 @@ impl Opener {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
         }
         let flags = Arc::new(ConnFlags::default());
+        // Deadlines as `SET LOCAL`s with every top-level `BEGIN` hold whichever server
+        // connection a pooler runs the transaction on (SQLite has none).
+        let transaction_settings = match conn {
+            AnyConnection::Pg(_) => Deadlines::of(&self.config).sql(Scope::Transaction),
+            AnyConnection::Sqlite(_) => String::new(),
+        };
         conn.set_instrumentation(
             Watch::new(flags.clone(), self.config.echo, self.config.hide_parameters)
-                .with_telemetry(self.telemetry.clone()),
+                .with_tag(self.tag.clone())
+                .with_transaction_settings(transaction_settings),
         );
-        crate::transaction::set_deadlines(&mut conn, Deadlines::of(&self.config));
         Ok((conn, flags))
     }
 }

@@ -61,6 +61,18 @@ use crate::error::{Error, Result};
 /// A connection taken from r2d2 for a checkout.
 pub(crate) type Lent = r2d2::PooledConnection<Manager>;
 
+/// What a pool's owner attaches to each of its connections, for its own use (the Repo's
+/// telemetry): the engine carries it and never reads it.
+pub(crate) type Tag = Arc<dyn std::any::Any + Send + Sync>;
+
+/// The tag of the pool `conn` belongs to (`None` for a connection opened outside a pool).
+pub(crate) fn tag(conn: &mut crate::connection::AnyConnection) -> Option<&Tag> {
+    use diesel::Connection;
+    conn.instrumentation()
+        .downcast_ref::<Watch>()
+        .and_then(Watch::tag)
+}
+
 /// The pool's parts, owned by the [`Database`](crate::Database) (shared by its clones); dropping
 /// it stops the pool's threads.
 pub(crate) struct Pool {
@@ -89,9 +101,16 @@ const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Pool {
     /// Builds the pool for `url` (validated) without opening any connection.
-    pub(crate) fn new(url: DbUrl, config: PoolConfig, observer: Box<dyn Observer>) -> Self {
+    /// `observer` hears the pool's figures and events; `tag` goes with every connection (see
+    /// [`tag`]).
+    pub(crate) fn new(
+        url: DbUrl,
+        config: PoolConfig,
+        observer: Box<dyn Observer>,
+        tag: Tag,
+    ) -> Self {
         let gate = Arc::new(Gate::new(&config, observer));
-        let opener = Arc::new(Opener::new(url.clone(), config.clone(), gate.clone()));
+        let opener = Arc::new(Opener::new(url.clone(), config.clone(), gate.clone(), tag));
         // r2d2 keeps the idle connections; `min_idle` at the maximum keeps a connect call
         // outstanding for every connection not yet open, each taking what a connect thread opened
         // (see `manager`). No reaper: `keeper` closes overflow connections.
@@ -121,9 +140,22 @@ impl Pool {
     /// Starts the keeper thread of the pool `owner` holds, when its settings need one; it stops
     /// when `owner` is dropped.
     pub(crate) fn start_keeper<T: AsRef<Pool> + Send + Sync + 'static>(owner: &Arc<T>) {
-        if (**owner).as_ref().gate.needs_keeper() {
-            keeper::spawn(owner);
+        let gate = &(**owner).as_ref().gate;
+        if !gate.needs_keeper() {
+            return;
         }
+        let owner = Arc::downgrade(owner);
+        keeper::spawn(gate.clone(), move |count| {
+            let Some(owner) = owner.upgrade() else {
+                return false;
+            };
+            let pool = (*owner).as_ref();
+            if pool.config.echo_pool {
+                tracing::debug!(target: "userbase::pool", count, "overflow idle timeout: closing connections above pool_size");
+            }
+            pool.close(count);
+            true
+        });
     }
 
     /// A pool event, logged with `echo_pool`.
@@ -229,8 +261,26 @@ impl Pool {
 
     /// Closes every idle connection now, in this thread (dispose, and the pool's drop).
     pub(crate) fn close_idle(&self) {
-        let count = self.gate.close_all_idle();
-        keeper::close_idle(&self.r2d2, &self.gate, count);
+        self.close(self.gate.close_all_idle());
+    }
+
+    /// Closes `count` idle connections the gate moved to `closing`: each is taken from r2d2 and
+    /// handed back marked for discard, so r2d2 removes it and [`Closer`] closes it and tells the
+    /// gate.
+    fn close(&self, count: u32) {
+        for _ in 0..count {
+            match self.r2d2.get_timeout(TAKE_LIMIT) {
+                Ok(mut conn) => {
+                    conn.mark_discard();
+                    drop(conn);
+                }
+                Err(error) => {
+                    // The count is given back so the figures stay bounded by what exists.
+                    tracing::warn!(target: "userbase::pool", %error, "an idle connection to close was not in the pool");
+                    self.gate.closed_one();
+                }
+            }
+        }
     }
 
     /// Watches a checkout made at `location` for leaks; `None` when detection is off.

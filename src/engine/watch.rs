@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use super::Tag;
 use std::time::Instant;
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
@@ -109,8 +111,9 @@ pub(crate) struct Watch {
     hide_parameters: bool,
     started: Option<Instant>,
     failures: Failures,
-    /// The pool's telemetry, for the Repo's spans and operation metrics.
-    telemetry: Option<Arc<crate::metrics::Telemetry>>,
+    /// What the pool's owner attaches to every connection (the Repo's telemetry); the engine
+    /// never reads it.
+    tag: Option<Tag>,
 }
 
 impl Watch {
@@ -121,24 +124,26 @@ impl Watch {
             hide_parameters,
             started: None,
             failures: Failures::default(),
-            telemetry: None,
+            tag: None,
         }
     }
 
-    /// This watch, reporting to the pool's `telemetry`.
-    pub(crate) fn with_telemetry(mut self, telemetry: Arc<crate::metrics::Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+    /// This watch, carrying the pool owner's `tag`.
+    pub(crate) fn with_tag(mut self, tag: Tag) -> Self {
+        self.tag = Some(tag);
         self
     }
 
-    /// The pool's telemetry, when the connection belongs to a pool.
-    pub(crate) fn telemetry(&self) -> Option<&crate::metrics::Telemetry> {
-        self.telemetry.as_deref()
+    /// This watch, beginning every top-level transaction with `settings` (`SET LOCAL …`
+    /// statements, see `crate::transaction`); empty: none.
+    pub(crate) fn with_transaction_settings(mut self, settings: String) -> Self {
+        self.failures.set_transaction_settings(settings);
+        self
     }
 
-    /// The pool's telemetry, shared: for a stream that outlives the call.
-    pub(crate) fn telemetry_arc(&self) -> Option<Arc<crate::metrics::Telemetry>> {
-        self.telemetry.clone()
+    /// The pool owner's tag.
+    pub(crate) fn tag(&self) -> Option<&Tag> {
+        self.tag.as_ref()
     }
 
     /// Caller SQL is about to run on this connection (see [`ConnFlags::expect_raw_sql`]).
