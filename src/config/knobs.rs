@@ -4,8 +4,8 @@
 //! Everything else is derived from it: [`PoolConfig::validate`](super::PoolConfig::validate) and
 //! [`ReplicaConfig::validate`](super::ReplicaConfig::validate), the reading of the environment
 //! (`env.rs`), every error message about a knob (which names the field or the variable and the
-//! allowed range); tests hold the settings tables of the README and of the
-//! [module docs](super), and the defaults in `.env.example`, to it.
+//! allowed range); tests hold the README's settings table (the crate documentation's) and the
+//! defaults in `.env.example` to it.
 
 use std::fmt;
 use std::time::Duration;
@@ -865,11 +865,6 @@ mod tests {
                 .and_then(|rest| rest.split([' ', ';', ',']).next());
             assert_eq!(stated, Some(default.as_str()), "{}", lines[0]);
         }
-    }
-
-    #[test]
-    fn the_module_docs_settings_table_matches_the_table() {
-        assert_table_matches("src/config/mod.rs", include_str!("mod.rs"), "//! ");
     }
 
     #[test]

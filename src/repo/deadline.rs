@@ -51,7 +51,8 @@ impl Repo<'_> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a `timeout` above one day or not a whole number of milliseconds;
+    /// [`Error::Config`] for a `timeout` above [`MAX_DURATION`](crate::config::MAX_DURATION) or not a
+    /// whole number of milliseconds;
     /// [`Error::StatementTimeout`] (converted into `E`) from a statement that ran past `timeout`;
     /// `f`'s own error; as [`Repo::transaction`].
     pub fn with_statement_timeout<T, E, F>(&mut self, timeout: Duration, f: F) -> Result<T, E>
