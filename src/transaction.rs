@@ -54,6 +54,27 @@ pub(crate) fn set_deadlines(conn: &mut AnyConnection, deadlines: Deadlines) {
     }
 }
 
+/// Sets whether the Repo's statements outside a transaction on `conn` run in a transaction of
+/// their own, begun with the connection's deadlines (see [`needs_own_transaction`]): `bound` when
+/// its pool is behind a pooler that shares server connections between transactions. The pool
+/// calls this at every checkout, from its pooler verdict.
+pub(crate) fn bound_autocommit(conn: &mut AnyConnection, bound: bool) {
+    if let Some(failures) = failures(conn) {
+        failures.set_bound_autocommit(bound);
+    }
+}
+
+/// Whether a Repo statement about to run on `conn` must run in a transaction of its own (`BEGIN;
+/// SET LOCAL …` in one round trip, the statement, `COMMIT`) for the connection's deadlines to
+/// hold: its pool is behind a transaction pooler, which dropped the session `SET`s, the pool has
+/// deadlines, and no transaction is open. Elsewhere it is `false` at the cost of one flag read.
+pub(crate) fn needs_own_transaction(conn: &mut AnyConnection) -> Result<bool> {
+    if !failures(conn).is_some_and(|failures| failures.bounds_autocommit()) {
+        return Ok(false);
+    }
+    Ok(!is_open(conn)?)
+}
+
 /// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.
 fn begin_sql(conn: &mut AnyConnection, begin: &str) -> String {
     match failures(conn).map(|f| f.transaction_settings()) {
