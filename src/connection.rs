@@ -16,9 +16,18 @@
 //!   `crate::transaction`): whichever server connection runs the transaction, its statements are
 //!   bounded, and the settings end with it.
 //!
-//! A statement outside any transaction behind pgbouncer runs with the server connection's own
-//! settings: set the same limits on the role there (`ALTER ROLE app SET statement_timeout =
-//! '5s'`), or run the statement in a transaction.
+//! Behind a pooler that shares server connections between transactions, a statement outside
+//! any transaction would run with the settings of whichever server connection it lands on. So a
+//! pool that finds itself there (its pooler probe, at its first checkout: see the `replica`
+//! module's pgbouncer notes) and has deadlines runs every Repo statement outside a transaction in
+//! a transaction of its own: `BEGIN; SET LOCAL …` (one round trip), the statement, `COMMIT` (or
+//! `ROLLBACK` when it failed). That costs two more round trips per such statement, behind such a
+//! pooler only; statements inside a transaction, and every statement of a pool without a pooler,
+//! a session pooler, or no deadlines, run as they are. [`Repo::users_iter`](crate::Repo::users_iter)
+//! reads in keyset pages there, each page such a statement. SQL run on
+//! [`Session::connection`](crate::Session::connection) itself is the caller's: outside a
+//! transaction it gets no deadline there (set the same limits on the role, `ALTER ROLE app SET
+//! statement_timeout = '5s'`, or run it in a transaction).
 //!
 //! On SQLite, `lock_timeout` is `busy_timeout`: how long a writer waits for the write lock. SQLite
 //! cannot bound a statement's running time or an idle transaction: `statement_timeout` and

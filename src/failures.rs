@@ -78,15 +78,30 @@ impl DatabaseErrorInformation for Failure {
 /// any level (autocommit) are not kept.
 ///
 /// It also keeps the `SET LOCAL` statements the transaction helper sends with every top-level
-/// `BEGIN` of the connection (its pool's deadlines, see `crate::connection`): the one
-/// per-connection record the helper reads.
+/// `BEGIN` of the connection (its pool's deadlines, see `crate::connection`), and whether the
+/// Repo's statements outside a transaction must run in one of their own for those to hold
+/// (behind a transaction pooler): the one per-connection record the helper reads.
 #[derive(Debug, Default)]
 pub(crate) struct Failures {
     levels: Vec<Option<Failure>>,
     transaction_settings: String,
+    bound_autocommit: bool,
 }
 
 impl Failures {
+    /// Whether statements outside a transaction run in one of their own, begun with the
+    /// [`transaction_settings`](Failures::transaction_settings): there are some, and the
+    /// connection's pool is behind a transaction pooler.
+    pub(crate) fn bounds_autocommit(&self) -> bool {
+        self.bound_autocommit && !self.transaction_settings.is_empty()
+    }
+
+    /// Sets whether the connection's pool is behind a transaction pooler (see
+    /// [`bounds_autocommit`](Failures::bounds_autocommit)).
+    pub(crate) fn set_bound_autocommit(&mut self, bound: bool) {
+        self.bound_autocommit = bound;
+    }
+
     /// The `SET LOCAL …` statements for the start of each top-level transaction; empty: none.
     pub(crate) fn transaction_settings(&self) -> &str {
         &self.transaction_settings

@@ -29,10 +29,18 @@ type Tm = <AnyConnection as Connection>::TransactionManager;
 /// connection), else `own`, the record its [`Repo`](crate::Repo) keeps beside a connection the
 /// application opened (whose own instrumentation, if any, stays in place).
 fn failures<'a>(conn: &'a mut AnyConnection, own: &'a mut Failures) -> &'a mut Failures {
-    match conn.instrumentation().downcast_mut::<Watch>() {
-        Some(watch) => watch.failures(),
+    match pooled(conn) {
+        Some(failures) => failures,
         None => own,
     }
+}
+
+/// The failure record the pool's instrumentation keeps for `conn`; `None` for a connection
+/// outside a pool.
+fn pooled(conn: &mut AnyConnection) -> Option<&mut Failures> {
+    conn.instrumentation()
+        .downcast_mut::<Watch>()
+        .map(Watch::failures)
 }
 
 /// Records a failed statement of `conn` in its failure record (see [`failures`]). The pool's
@@ -41,6 +49,27 @@ fn failures<'a>(conn: &'a mut AnyConnection, own: &'a mut Failures) -> &'a mut F
 /// connection outside a pool.
 pub(crate) fn record(conn: &mut AnyConnection, own: &mut Failures, error: &DieselError) {
     failures(conn, own).record(error);
+}
+
+/// Sets whether the Repo's statements outside a transaction on `conn` run in a transaction of
+/// their own, begun with the connection's deadlines (see [`needs_own_transaction`]): `bound` when
+/// its pool is behind a pooler that shares server connections between transactions. The pool
+/// calls this at every checkout, from its pooler verdict.
+pub(crate) fn bound_autocommit(conn: &mut AnyConnection, bound: bool) {
+    if let Some(failures) = pooled(conn) {
+        failures.set_bound_autocommit(bound);
+    }
+}
+
+/// Whether a Repo statement about to run on `conn` must run in a transaction of its own (`BEGIN;
+/// SET LOCAL …` in one round trip, the statement, `COMMIT`) for the connection's deadlines to
+/// hold: its pool is behind a transaction pooler, which dropped the session `SET`s, the pool has
+/// deadlines, and no transaction is open. Elsewhere it is `false` at the cost of one flag read.
+pub(crate) fn needs_own_transaction(conn: &mut AnyConnection) -> Result<bool> {
+    if !pooled(conn).is_some_and(|failures| failures.bounds_autocommit()) {
+        return Ok(false);
+    }
+    Ok(!is_open(conn)?)
 }
 
 /// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.

@@ -6,14 +6,17 @@ mod common;
 
 use common::env_settings as settings;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{eventually, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::{Integer, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
-use userbase::{AnyConnection, Backend, Database, Error, PoolConfig, Repo, Secrets, Settings};
-use userbase_testing::{PgBouncer, PgBouncerOptions};
+use userbase::models::{NewLocation, NewUser};
+use userbase::{
+    AnyConnection, Backend, Database, Error, PoolConfig, Repo, Secrets, Session, Settings,
+};
+use userbase_testing::{Cluster, PgBouncer, PgBouncerOptions, PoolMode};
 
 #[derive(QueryableByName)]
 struct Pid {
@@ -70,6 +73,78 @@ fn assert_statement_timeout<T: std::fmt::Debug>(outcome: userbase::Result<T>) {
         }
         other => panic!("expected Error::StatementTimeout, got {other:?}"),
     }
+}
+
+/// How long a call may take to give up with a deadline of 200-300 ms (pgbouncer's queue and a
+/// loaded machine included).
+const GIVES_UP_WITHIN: Duration = Duration::from_secs(5);
+
+#[track_caller]
+fn assert_lock_timeout<T: std::fmt::Debug>(outcome: userbase::Result<T>, started: Instant) {
+    match outcome {
+        Err(Error::LockTimeout { message }) => {
+            assert!(message.contains("lock timeout"), "{message}");
+        }
+        other => panic!("expected Error::LockTimeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < GIVES_UP_WITHIN,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `holder` (a direct connection to the server) takes a row lock on user `user_id` in a
+/// transaction it leaves open. That transaction ends by itself after 20 s
+/// (`idle_in_transaction_session_timeout`), so a statement that waits for it with no deadline
+/// fails its test instead of hanging it.
+fn hold_user_row(mut holder: PgConnection, user_id: i64) -> PgConnection {
+    holder
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '20s'; BEGIN; \
+             SELECT 1 FROM users WHERE user_id = {user_id} FOR UPDATE"
+        ))
+        .unwrap();
+    holder
+}
+
+/// After a session `SET lock_timeout = 0` on `session`'s connection: the `lock_timeout` a Repo
+/// statement outside a transaction sees, and the one a statement inside one sees.
+fn lock_timeout_after_a_session_set(session: &mut Session) -> (String, String) {
+    session
+        .connection()
+        .batch_execute("SET lock_timeout = 0")
+        .unwrap();
+    let outside = setting(&mut session.repo(), "lock_timeout");
+    let inside = session
+        .transaction(|repo| Ok::<_, Error>(setting(repo, "lock_timeout")))
+        .unwrap();
+    (outside, inside)
+}
+
+/// A private cluster with the schema, and pgbouncer in transaction mode in front of it whose
+/// server connections forget session `SET`s whenever a transaction ends (what a client of a
+/// transaction pooler must expect): there a deadline holds only when the transaction the
+/// statement runs in sets it.
+fn behind_pgbouncer() -> (Cluster, PgBouncer) {
+    let server = Cluster::start().unwrap();
+    Database::new(Settings::new(server.url()))
+        .unwrap()
+        .run_pending_migrations()
+        .unwrap();
+    let bouncer = PgBouncer::start_with(
+        &server.url(),
+        &PgBouncerOptions::new()
+            .default_pool_size(2)
+            .reset_sessions(true),
+    )
+    .unwrap();
+    (server, bouncer)
+}
+
+/// A pool on `bouncer` with `pool`.
+fn through(bouncer: &PgBouncer, pool: PoolConfig) -> Database {
+    Database::new(Settings::new(bouncer.url("postgres")).with_pool(pool)).unwrap()
 }
 
 #[test]
@@ -377,6 +452,9 @@ fn statement_timeout_survives_pgbouncer_transaction_mode() {
 
     let outcome = db.transaction(|repo| sleep(repo, 5.0));
     assert_statement_timeout(outcome);
+    // Outside a transaction too: the pool found the pooler and runs the statement in a
+    // transaction of its own.
+    assert_statement_timeout(sleep(&mut db.session().unwrap().repo(), 5.0));
     let outcome = db
         .session()
         .unwrap()
@@ -391,4 +469,217 @@ fn statement_timeout_survives_pgbouncer_transaction_mode() {
     assert_eq!(row.setting, "0");
     // And the pool's session still works.
     assert!(db.session().unwrap().repo().users().unwrap().is_empty());
+}
+
+/// On a direct connection a statement outside a transaction runs as it is (no `BEGIN; SET
+/// LOCAL …` round trip: after a session `SET` it sees that one), and the deadlines bound the
+/// same autocommit calls the pgbouncer tests below make.
+#[test]
+fn autocommit_statements_run_as_they_are_without_a_pooler() {
+    let test_db = TestDb::new(Backend::Postgres);
+    let db = test_db.database_with(
+        one_connection()
+            .with_lock_timeout(Some(Duration::from_millis(200)))
+            .with_statement_timeout(Some(Duration::from_millis(300))),
+    );
+    let mut session = db.session().unwrap();
+    session.repo().insert_user(&NewUser::new(1, "Ann")).unwrap();
+    let home = session
+        .repo()
+        .insert_location(&NewLocation::new("Home", "1 Main St"))
+        .unwrap();
+
+    let mut holder = hold_user_row(admin_on(&test_db), 1);
+    let started = Instant::now();
+    assert_lock_timeout(session.repo().deactivate_user(1), started);
+    let started = Instant::now();
+    assert_lock_timeout(session.repo().link(1, home.location_id), started);
+    holder.batch_execute("COMMIT").unwrap();
+    assert_statement_timeout(sleep(&mut session.repo(), 5.0));
+    assert!(!session.repo().deactivate_user(1).unwrap().active);
+    assert!(session.repo().link(1, home.location_id).unwrap());
+
+    // Not wrapped: a session SET is what the next autocommit statement sees.
+    assert_eq!(
+        lock_timeout_after_a_session_set(&mut session),
+        ("0".to_owned(), "200ms".to_owned())
+    );
+}
+
+/// Behind pgbouncer in transaction mode, where no session `SET` survives a transaction, an
+/// autocommit Repo write waiting for a row lock another session holds gives up with
+/// `Error::LockTimeout`, and the session goes on.
+#[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test --test deadlines -- --include-ignored"]
+fn lock_timeout_bounds_autocommit_writes_behind_pgbouncer_transaction_mode() {
+    let (server, bouncer) = behind_pgbouncer();
+    let db = through(
+        &bouncer,
+        PoolConfig::default().with_lock_timeout(Some(Duration::from_millis(200))),
+    );
+    let mut session = db.session().unwrap();
+    assert_eq!(setting(&mut session.repo(), "lock_timeout"), "200ms");
+    session.repo().insert_user(&NewUser::new(1, "Ann")).unwrap();
+    let home = session
+        .repo()
+        .insert_location(&NewLocation::new("Home", "1 Main St"))
+        .unwrap();
+
+    let mut holder = hold_user_row(server.connect().unwrap(), 1);
+    let started = Instant::now();
+    assert_lock_timeout(session.repo().deactivate_user(1), started);
+    // The link's foreign key check waits for the same row.
+    let started = Instant::now();
+    assert_lock_timeout(session.repo().link(1, home.location_id), started);
+    holder.batch_execute("COMMIT").unwrap();
+
+    // The session goes on; nothing of the failed writes was stored.
+    assert!(session.repo().user_locations().unwrap().is_empty());
+    assert!(!session.repo().deactivate_user(1).unwrap().active);
+    assert!(session.repo().link(1, home.location_id).unwrap());
+    assert_eq!(session.repo().user_locations().unwrap().len(), 1);
+    drop(session);
+    // The SET LOCALs ended with their transactions: another client sees the server's setting.
+    let mut other =
+        PgConnection::establish(&bouncer.url("postgres").render(Secrets::Shown)).unwrap();
+    let row: Setting = diesel::sql_query("SELECT current_setting('lock_timeout') AS setting")
+        .get_result(&mut other)
+        .unwrap();
+    assert_eq!(row.setting, "0");
+}
+
+/// Behind pgbouncer in transaction mode, an autocommit read running too long, or waiting for
+/// a lock under `statement_timeout` alone, gives `Error::StatementTimeout`; `users_iter` reads
+/// in bounded pages there; the per-call override holds, longer and shorter.
+#[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test --test deadlines -- --include-ignored"]
+fn statement_timeout_bounds_autocommit_reads_behind_pgbouncer_transaction_mode() {
+    let (server, bouncer) = behind_pgbouncer();
+    let db = through(
+        &bouncer,
+        PoolConfig::default().with_statement_timeout(Some(Duration::from_millis(300))),
+    );
+    let mut session = db.session().unwrap();
+    assert_eq!(setting(&mut session.repo(), "statement_timeout"), "300ms");
+    let started = Instant::now();
+    assert_statement_timeout(sleep(&mut session.repo(), 5.0));
+    assert!(
+        started.elapsed() < GIVES_UP_WITHIN,
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut holder = server.connect().unwrap();
+    holder
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '20s'; BEGIN; \
+             LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    let started = Instant::now();
+    assert_statement_timeout(session.repo().users());
+    assert!(
+        started.elapsed() < GIVES_UP_WITHIN,
+        "{:?}",
+        started.elapsed()
+    );
+    {
+        let mut repo = session.repo();
+        let mut rows = repo.users_iter().unwrap();
+        assert_statement_timeout(rows.next().unwrap());
+        assert!(rows.next().is_none(), "a failed page ends the rows");
+    }
+    holder.batch_execute("COMMIT").unwrap();
+
+    // One call may run longer than the pool's deadline ...
+    session
+        .repo()
+        .with_statement_timeout(Duration::from_secs(30), |repo| sleep(repo, 0.6))
+        .unwrap();
+    assert_statement_timeout(sleep(&mut session.repo(), 5.0));
+    // ... or give up sooner, on a pool without deadlines (whose autocommit statements run as
+    // they are: the server's own setting, no limit).
+    let unlimited = through(&bouncer, PoolConfig::default());
+    let mut free = unlimited.session().unwrap();
+    sleep(&mut free.repo(), 0.6).unwrap();
+    assert_eq!(setting(&mut free.repo(), "statement_timeout"), "0");
+    let outcome = free
+        .repo()
+        .with_statement_timeout(Duration::from_millis(100), |repo| sleep(repo, 5.0));
+    assert_statement_timeout(outcome);
+
+    // The session goes on, and users_iter returns every user in order across its pages.
+    let users: Vec<NewUser<'_>> = (1..=2_500).map(|id| NewUser::new(id, "User")).collect();
+    assert_eq!(session.repo().import_users(&users).unwrap(), 2_500);
+    let ids: Vec<i64> = session
+        .repo()
+        .users_iter()
+        .unwrap()
+        .map(|user| user.unwrap().user_id)
+        .collect();
+    assert_eq!(ids, (1..=2_500).collect::<Vec<i64>>());
+}
+
+/// The verdict that a pool is behind a transaction pooler comes from a probe in the
+/// background; checkouts wait for it, so even the first statements of a fresh pool, from
+/// several threads at once, run with the deadlines. 12 fresh pools (statement cache on and off)
+/// of 4 threads each.
+#[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test --test deadlines -- --include-ignored"]
+fn deadlines_hold_from_the_first_statement_of_a_pool_behind_pgbouncer() {
+    let (_server, bouncer) = behind_pgbouncer();
+    for round in 0..12_u64 {
+        let (lock, statement) = (201 + round, 3_001 + round);
+        let db = through(
+            &bouncer,
+            PoolConfig::default()
+                .with_statement_cache(round % 2 == 0)
+                .with_lock_timeout(Some(Duration::from_millis(lock)))
+                .with_statement_timeout(Some(Duration::from_millis(statement))),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let mut session = db.session().unwrap();
+                    let mut repo = session.repo();
+                    (
+                        setting(&mut repo, "lock_timeout"),
+                        setting(&mut repo, "statement_timeout"),
+                    )
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(
+                thread.join().unwrap(),
+                (format!("{lock}ms"), format!("{statement}ms")),
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// A session pooler gives each client its own server connection, where the session `SET`s
+/// hold: the pool runs its autocommit statements as they are there (after a session `SET` of
+/// its own, a statement sees that one), as on a direct connection.
+#[test]
+#[ignore = "needs pgbouncer: apt-get install pgbouncer, then cargo test --test deadlines -- --include-ignored"]
+fn a_session_pooler_runs_autocommit_statements_as_they_are() {
+    let server = Cluster::start().unwrap();
+    let bouncer = PgBouncer::start_with(
+        &server.url(),
+        &PgBouncerOptions::new().pool_mode(PoolMode::Session),
+    )
+    .unwrap();
+    let db = through(
+        &bouncer,
+        one_connection().with_lock_timeout(Some(Duration::from_millis(200))),
+    );
+    let mut session = db.session().unwrap();
+    assert_eq!(setting(&mut session.repo(), "lock_timeout"), "200ms");
+    assert_eq!(
+        lock_timeout_after_a_session_set(&mut session),
+        ("0".to_owned(), "200ms".to_owned())
+    );
 }

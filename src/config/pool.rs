@@ -94,13 +94,22 @@ pub struct PoolConfig {
     pub statement_cache: bool,
 
     // Deadlines and SQLite durability: kept together (see `crate::connection` for how each is
-    // applied).
+    // applied). Behind pgbouncer in transaction mode the deadlines hold too: each Repo statement
+    // outside a transaction then runs in one of its own (see `statement_timeout`).
     /// PostgreSQL's `statement_timeout`: a statement running longer is cancelled with
     /// [`Error::StatementTimeout`]. Default `None`: the server's own setting (unbounded unless
     /// the server or role sets one); `Some(0)`: no limit; at most [`MAX_DURATION`], whole
     /// milliseconds (env `DB_STATEMENT_TIMEOUT_MS`). No effect on SQLite, which cannot bound a
     /// statement's running time. One call may run longer with
     /// [`Repo::with_statement_timeout`](crate::Repo::with_statement_timeout).
+    ///
+    /// The three deadlines (this one, `lock_timeout` and `idle_in_transaction_timeout`) are set
+    /// on each new connection and again as `SET LOCAL`s with the `BEGIN` of every transaction.
+    /// Behind a pooler that shares server connections between transactions (pgbouncer's
+    /// `pool_mode = transaction`, which drops session settings), found by the pool at its first
+    /// checkout, every Repo statement outside a transaction runs in a transaction of its own
+    /// begun with them: two more round trips per such statement, there only (nothing changes
+    /// on a direct connection or behind a session pooler).
     pub statement_timeout: Option<Duration>,
     /// How long a statement waits for a lock before giving up with [`Error::LockTimeout`]:
     /// PostgreSQL's `lock_timeout`; on SQLite, `busy_timeout` (how long a writer waits for the
@@ -108,13 +117,15 @@ pub struct PoolConfig {
     /// `None`: the server's own setting on PostgreSQL (no limit by default),
     /// [`DEFAULT_SQLITE_BUSY_TIMEOUT`](super::DEFAULT_SQLITE_BUSY_TIMEOUT) on SQLite;
     /// `Some(0)`: no limit on PostgreSQL, no wait at all on SQLite; at most [`MAX_DURATION`],
-    /// whole milliseconds (env `DB_LOCK_TIMEOUT_MS`).
+    /// whole milliseconds (env `DB_LOCK_TIMEOUT_MS`). Holds behind pgbouncer in transaction
+    /// mode as [`statement_timeout`](PoolConfig::statement_timeout) says.
     pub lock_timeout: Option<Duration>,
     /// PostgreSQL's `idle_in_transaction_session_timeout`: the server closes a connection whose
     /// transaction stays open without a statement this long (its locks are released; the pool
     /// replaces the connection). Default `None`: the server's own setting; `Some(0)`: no limit;
     /// at most [`MAX_DURATION`], whole milliseconds (env `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`).
-    /// No effect on SQLite.
+    /// No effect on SQLite. Holds behind pgbouncer in transaction mode as
+    /// [`statement_timeout`](PoolConfig::statement_timeout) says.
     pub idle_in_transaction_timeout: Option<Duration>,
     /// SQLite's `synchronous` pragma. Default [`SqliteSynchronous::Normal`]: with WAL, a crash
     /// of the process never loses a committed transaction, but a power loss or an operating

@@ -58,8 +58,9 @@ struct Inner {
     replicas: Option<Arc<replica::Router>>,
     /// Where migrations run, when not the pool's URL.
     migration_url: Option<Arc<DbUrl>>,
-    /// Whether the statement cache must be off (behind a transaction pooler), once per pool.
-    statement_cache: replica::StatementCacheCheck,
+    /// Whether the pool is behind a transaction pooler (then the statement cache goes off and
+    /// statements outside a transaction run in one of their own), once per pool.
+    pooler: replica::PoolerCheck,
 }
 
 impl AsRef<Pool> for Inner {
@@ -113,7 +114,7 @@ impl Database {
             pool: Pool::new(url, config, Box::new(instruments), telemetry),
             replicas,
             migration_url: migration_url.map(Arc::new),
-            statement_cache: replica::StatementCacheCheck::default(),
+            pooler: replica::PoolerCheck::default(),
         });
         Pool::start_keeper(&inner);
         Ok(Database { inner })
@@ -168,9 +169,10 @@ impl Database {
         loop {
             let mut session = self.checkout(deadline, location)?;
             if self.usable(&mut session) {
-                // Behind a pooler sharing server connections, the statement cache goes off.
-                let cache = &self.inner.statement_cache;
-                cache.apply(
+                // Behind a pooler sharing server connections, the statement cache goes off and
+                // the deadlines bound statements outside a transaction too.
+                let pooler = &self.inner.pooler;
+                pooler.apply(
                     self.url(),
                     self.config(),
                     session.repo_connection(),

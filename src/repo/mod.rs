@@ -195,11 +195,22 @@ impl<'c> Repo<'c> {
     /// already failed (PostgreSQL would refuse it with an untyped error, SQLite would run it).
     /// Diesel's instrumentation reports most failures already; SQLite's errors while stepping
     /// through rows (an `INSERT … RETURNING` that violates a constraint) it does not.
+    ///
+    /// Behind a pooler that shares server connections between transactions, on a pool with
+    /// deadlines, a statement outside a transaction runs in one of its own (`BEGIN; SET LOCAL …`
+    /// in one round trip, the statement, `COMMIT`; rolled back when it fails), so that the
+    /// deadlines hold on whichever server connection the pooler runs it: see
+    /// `crate::connection`.
     fn run<T>(
         &mut self,
         statement: impl FnOnce(&mut AnyConnection) -> QueryResult<T>,
     ) -> Result<T> {
         self.check_usable()?;
+        if crate::transaction::needs_own_transaction(self.conn)? {
+            return crate::transaction::transaction(self.conn, self.own.get(), |conn, _| {
+                statement(conn).map_err(Error::from)
+            });
+        }
         let result = statement(self.conn);
         if let Err(error) = &result {
             crate::transaction::record(self.conn, self.own.get(), error);

@@ -68,6 +68,14 @@ impl Repo<'_> {
     /// Every user, ordered by id, streamed row by row (PostgreSQL's single-row mode, SQLite's
     /// statement stepping) instead of loaded at once.
     ///
+    /// Behind a pooler that shares server connections between transactions (pgbouncer's
+    /// transaction mode), on a pool with deadlines and outside a transaction, the users are
+    /// read in keyset pages of 1 000 instead, each page a statement in a transaction of its own
+    /// begun with the deadlines (a stream cannot keep one transaction open at the caller's pace
+    /// without holding the pooler's server connection): each page is bounded, and a user
+    /// inserted or deleted while the rows are read may show or not, as with
+    /// [`each_user`](Repo::each_user). Inside a transaction it streams as above.
+    ///
     /// # Errors
     ///
     /// [`Error::Query`] when the query cannot start; each item carries a row's own error.
@@ -84,6 +92,13 @@ impl Repo<'_> {
     /// Diesel reports).
     fn users_rows(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
         self.check_usable()?;
+        if crate::transaction::needs_own_transaction(self.conn)? {
+            return Ok(Box::new(UserPages {
+                repo: self,
+                from: Some(i64::MIN),
+                page: Vec::new().into_iter(),
+            }));
+        }
         let own = self.own.get();
         let rows: QueryResult<Box<dyn Iterator<Item = QueryResult<User>> + '_>> =
             match &mut *self.conn {
@@ -105,6 +120,42 @@ impl Repo<'_> {
                 own.record(&error);
                 Err(error.into())
             }
+        }
+    }
+}
+
+/// The users of [`Repo::users_iter`] read in keyset pages of [`STREAM_PAGE`], each page through
+/// [`Repo::run`] (so in a transaction of its own where the deadlines need one).
+struct UserPages<'r, 'c> {
+    repo: &'r mut Repo<'c>,
+    /// The first id of the next page; `None`: no page left (or a page failed).
+    from: Option<i64>,
+    page: std::vec::IntoIter<User>,
+}
+
+/// The page size of [`UserPages`].
+const STREAM_PAGE: i64 = 1_000;
+
+impl Iterator for UserPages<'_, '_> {
+    type Item = Result<User>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(user) = self.page.next() {
+            return Some(Ok(user));
+        }
+        let from = self.from.take()?;
+        match self
+            .repo
+            .run(|c| dispatch!(c => user::page(from, STREAM_PAGE).load(c)))
+        {
+            Ok(page) => {
+                if page.len() as i64 == STREAM_PAGE {
+                    self.from = page.last().and_then(|last| last.user_id.checked_add(1));
+                }
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(error) => Some(Err(error)),
         }
     }
 }

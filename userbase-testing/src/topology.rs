@@ -201,6 +201,12 @@ pub struct PgBouncerOptions {
     pub default_pool_size: u32,
     /// `max_client_conn`: client connections accepted; default 200.
     pub max_client_conn: u32,
+    /// `server_reset_query = RESET ALL` with `server_reset_query_always = 1`: every server
+    /// connection forgets its session settings (`SET`) whenever a transaction ends, so no client
+    /// finds a `SET` of its own (or another's) on the server connection of its next transaction.
+    /// Default `false`: pgbouncer's own defaults (a `SET` stays on the server connection for
+    /// whichever client gets it next).
+    pub reset_sessions: bool,
 }
 
 impl Default for PgBouncerOptions {
@@ -209,6 +215,7 @@ impl Default for PgBouncerOptions {
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             max_client_conn: 200,
+            reset_sessions: false,
         }
     }
 }
@@ -230,6 +237,13 @@ impl PgBouncerOptions {
     #[must_use]
     pub fn default_pool_size(mut self, size: u32) -> Self {
         self.default_pool_size = size;
+        self
+    }
+
+    /// Sets [`reset_sessions`](PgBouncerOptions::reset_sessions).
+    #[must_use]
+    pub fn reset_sessions(mut self, reset: bool) -> Self {
+        self.reset_sessions = reset;
         self
     }
 }
@@ -308,10 +322,16 @@ impl PgBouncer {
              pool_mode = {mode}\n\
              default_pool_size = {pool}\n\
              max_client_conn = {clients}\n\
-             ignore_startup_parameters = extra_float_digits,options\n",
+             ignore_startup_parameters = extra_float_digits,options\n\
+             {reset}",
             auth = dir.path().join("userlist.txt").display(),
             pool = options.default_pool_size,
             clients = options.max_client_conn,
+            reset = if options.reset_sessions {
+                "server_reset_query = RESET ALL\nserver_reset_query_always = 1\n"
+            } else {
+                ""
+            },
         );
         write(&dir.path().join("userlist.txt"), "\"postgres\" \"\"\n")?;
         let ini = dir.path().join("pgbouncer.ini");

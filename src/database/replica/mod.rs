@@ -72,7 +72,13 @@
 //! `inet_server_port()` is not the URL's port and a second client connection is served by the
 //! same server backend; the cache stays on when the pooler keeps named prepared statements
 //! itself (PgBouncer 1.21 and later with `max_prepared_statements`: in a transaction, a
-//! statement diesel prepares does not show under diesel's name on the server). Migrations run
+//! statement diesel prepares does not show under diesel's name on the server). The same probe
+//! runs for a pool with deadlines (even with the cache off): behind such a pooler each Repo
+//! statement outside a transaction then runs in a transaction of its own, begun with the
+//! deadlines as `SET LOCAL`s, so that they hold on whichever server connection the pooler picks
+//! (see [`PoolConfig::statement_timeout`](crate::PoolConfig::statement_timeout)). Checkouts wait
+//! for the probe's verdict (up to their `pool_timeout`; one that cannot wait longer goes on as
+//! behind such a pooler), so no statement of the pool runs before it. Migrations run
 //! through
 //! [`Settings::migration_url`](crate::Settings::migration_url) (env `DATABASE_MIGRATION_URL`)
 //! when set, and are refused with [`Error::Config`] when the migration connection goes through a
@@ -87,7 +93,7 @@ mod status;
 use std::time::Duration;
 
 pub use self::lsn::WalPosition;
-pub(crate) use self::pooler::{run_migrations, StatementCacheCheck};
+pub(crate) use self::pooler::{run_migrations, PoolerCheck};
 pub(crate) use self::router::Router;
 use self::router::{Health, Route};
 use crate::connection::AnyConnection;

@@ -4,14 +4,14 @@
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diesel::connection::CacheSize;
 use diesel::sql_types::{Integer, Nullable, Text};
 use diesel::{Connection, ConnectionError, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 
 use crate::config::{DbUrl, PoolConfig, DEFAULT_PORT};
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, Deadlines};
 use crate::database::Database;
 use crate::error::{Error, Result};
 
@@ -89,51 +89,79 @@ fn refuse_pooler(url: &DbUrl, conn: &mut AnyConnection, variable: &str) -> Resul
     }
 }
 
-/// The statement cache's verdict for a pool, decided at its first checkout.
+/// The pooler verdict of a pool, decided at its first checkout.
 const UNDECIDED: u8 = 0;
-/// The cache stays as configured: a direct connection, a session pooler, or the cache is off.
-const KEEP: u8 = 1;
-/// Behind a pooler that shares server connections between transactions: the cache is off.
-const OFF: u8 = 2;
-/// Something sits between the pool and the server; a thread is finding out what. The cache is
-/// off meanwhile.
+/// A direct connection or a session pooler: each client keeps its server connection. The
+/// statement cache stays as configured and statements outside a transaction run as they are.
+const DIRECT: u8 = 1;
+/// Behind a pooler that shares server connections between transactions and does not keep named
+/// prepared statements (or whose probe could not start): the cache is off, and statements
+/// outside a transaction run in one of their own, begun with the deadlines.
+const SHARED: u8 = 2;
+/// Something sits between the pool and the server; a thread is finding out what. Meanwhile a
+/// checkout that cannot wait longer goes on as [`SHARED`].
 const PROBING: u8 = 3;
+/// Behind a pooler that shares server connections but keeps diesel's named statements itself
+/// (PgBouncer 1.21 and later with `max_prepared_statements`): the cache stays as configured,
+/// statements outside a transaction run in one of their own.
+const SHARED_KEEPS_NAMES: u8 = 4;
+/// The server could not be asked: the cache stays as configured, and statements outside a
+/// transaction run in one of their own (the deadlines hold wherever the connection goes).
+const UNKNOWN: u8 = 5;
 
-/// How many times the probe of [`shares_server_connections`] asks before it concludes that
-/// the pooler gives each client its own server connection.
-const PROBES: usize = 3;
+/// The pauses of the probe of [`shares_server_connections`] between the first client's question
+/// and the second's, one per attempt, before it concludes that the pooler gives each client its
+/// own server connection (about 160 ms in all, once per pool, behind a session pooler or a
+/// proxy). A pooler that resets a server connection when a transaction ends
+/// (`server_reset_query_always`) hands it out again only once the reset is done.
+const PROBE_PAUSES: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
 
 /// Once per pool: whether its connections go through a pooler that shares server connections
-/// between transactions (pgbouncer's `pool_mode = transaction` or `statement`) and does not keep
-/// named prepared statements, where the statement cache cannot work.
+/// between transactions (pgbouncer's `pool_mode = transaction` or `statement`), and whether that
+/// pooler keeps named prepared statements. Two things depend on it:
 ///
-/// Diesel's cache names its prepared statements `__diesel_stmt_N` per client connection; such a
-/// pooler runs each transaction on whichever server connection is free, where that name is
-/// missing ("prepared statement \"__diesel_stmt_1\" does not exist") or taken by another
-/// client's statement. So when a pool with the cache on finds itself there, its connections run
-/// with the cache off, and one warning says so. A pooler that tracks the names itself (PgBouncer
-/// 1.21 and later with `max_prepared_statements`) keeps the cache on.
+/// - **The statement cache.** Diesel's cache names its prepared statements `__diesel_stmt_N` per
+///   client connection; such a pooler runs each transaction on whichever server connection is
+///   free, where that name is missing ("prepared statement \"__diesel_stmt_1\" does not
+///   exist") or taken by another client's statement. So when a pool with the cache on finds
+///   itself there, its connections run with the cache off, and one warning says so. A pooler
+///   that tracks the names itself (PgBouncer 1.21 and later with `max_prepared_statements`)
+///   keeps the cache on.
+/// - **The deadlines** ([`PoolConfig::statement_timeout`], `lock_timeout`,
+///   `idle_in_transaction_timeout`). Such a pooler drops the session `SET`s the pool sends at
+///   connect, so a statement outside a transaction would run with whatever the server connection
+///   it lands on has. Behind one, a pool with deadlines runs each Repo statement outside a
+///   transaction in a transaction of its own, begun with the deadlines as `SET LOCAL`s (see
+///   `crate::connection`): two more round trips per such statement, there only.
 ///
-/// Why switch it off rather than refuse the checkout: switching off is always safe (it costs
-/// only the re-use of parsed statements), whereas a refusal would turn a performance knob into
-/// an outage of every request (a `Database` opens no connection before its first checkout, so
-/// nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
+/// Why switch the cache off rather than refuse the checkout: switching off is always safe (it
+/// costs only the re-use of parsed statements), whereas a refusal would turn a performance knob
+/// into an outage of every request (a `Database` opens no connection before its first checkout,
+/// so nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
-pub(crate) struct StatementCacheCheck {
+pub(crate) struct PoolerCheck {
     /// The verdict (one of the constants above), and where checkouts wait for it.
     verdict: Arc<(Mutex<u8>, Condvar)>,
 }
 
-impl StatementCacheCheck {
+impl PoolerCheck {
     /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
     /// `conn`; `deadline` is the checkout's. The first one asks `conn` for its server's port (one
-    /// query): when it is one of the URL's, the cache stays on and every later checkout costs a
-    /// lock and a load. When it is not (something in between), a thread of its own decides, on
-    /// connections of its own (a second client connection compares server backends; when they
-    /// are shared, one transaction sees whether a named statement keeps its name), while this
-    /// pool's checkouts wait for the verdict (so their own load does not blur the probe), each
-    /// until its deadline at the latest: one that has to go on undecided runs with the cache
-    /// off, which is always safe. Nothing with the cache off in `config`, nothing on SQLite.
+    /// query, once per pool): when it is one of the URL's, nothing changes and every later
+    /// checkout costs a lock and a load. When it is not (something in between), a thread of its
+    /// own decides, on connections of its own (a second client connection compares server
+    /// backends; when they are shared and the cache is on, one transaction sees whether a named
+    /// statement keeps its name), while this pool's checkouts wait for the verdict (so their own
+    /// load does not blur the probe, and no statement of theirs runs before it), each until its
+    /// deadline at the latest: one that has to go on undecided runs as behind a transaction
+    /// pooler (cache off, statements outside a transaction in one of their own), which is always
+    /// safe. Nothing when the pool has neither the cache on nor a deadline, nothing on SQLite.
     pub(crate) fn apply(
         &self,
         url: &DbUrl,
@@ -141,7 +169,8 @@ impl StatementCacheCheck {
         conn: &mut AnyConnection,
         deadline: Instant,
     ) {
-        if !config.statement_cache {
+        let deadlines = Deadlines::of(config) != Deadlines::default();
+        if !config.statement_cache && !deadlines {
             return;
         }
         let AnyConnection::Pg(pg) = conn else {
@@ -151,11 +180,11 @@ impl StatementCacheCheck {
         let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if *verdict == UNDECIDED {
             *verdict = match foreign_port(url, pg) {
-                Ok(None) => KEEP,
-                Ok(Some(_)) => self.probe_in_background(url),
+                Ok(None) => DIRECT,
+                Ok(Some(_)) => self.probe_in_background(url, config),
                 Err(error) => {
-                    tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
-                    KEEP
+                    tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether the pool is behind a pooler: the statement cache stays as configured, statements outside a transaction run in one of their own");
+                    UNKNOWN
                 }
             };
         }
@@ -169,21 +198,26 @@ impl StatementCacheCheck {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        if *verdict != KEEP {
+        let verdict = *verdict;
+        if matches!(verdict, SHARED | PROBING) {
             pg.set_prepared_statement_cache_size(CacheSize::Disabled);
         }
+        crate::transaction::bound_autocommit(conn, verdict != DIRECT);
     }
 
     /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
-    /// until it has: [`PROBING`], or [`OFF`] when it cannot start.
-    fn probe_in_background(&self, url: &DbUrl) -> u8 {
+    /// until it has: [`PROBING`], or [`SHARED`] when it cannot start.
+    fn probe_in_background(&self, url: &DbUrl, config: &PoolConfig) -> u8 {
         let verdict = Arc::clone(&self.verdict);
         let url = url.clone();
+        let cache = config.statement_cache;
+        let deadlines = Deadlines::of(config) != Deadlines::default();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let spawned = thread::Builder::new()
             .name("userbase-pooler-probe".to_owned())
             .spawn(move || {
-                let decision = tracing::dispatcher::with_default(&dispatch, || decide(&url));
+                let decision =
+                    tracing::dispatcher::with_default(&dispatch, || decide(&url, cache, deadlines));
                 let (lock, decided) = &*verdict;
                 *lock.lock().unwrap_or_else(PoisonError::into_inner) = decision;
                 decided.notify_all();
@@ -191,41 +225,59 @@ impl StatementCacheCheck {
         match spawned {
             Ok(_) => PROBING,
             Err(error) => {
-                tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache is off for this pool");
-                OFF
+                tracing::warn!(target: "userbase::pool", %error, "could not start the pooler probe: the statement cache is off for this pool, and its statements outside a transaction run in one of their own");
+                SHARED
             }
         }
     }
 }
 
 /// The verdict for a pool on `url`, whose server port is not the URL's, from connections of
-/// its own, with its warning.
-fn decide(url: &DbUrl) -> u8 {
-    let broken = PgConnection::establish(&url.driver_target())
+/// its own, with its log lines; `cache`: the pool has the statement cache on (only then is the
+/// pooler asked whether it keeps named statements); `deadlines`: the pool has deadlines.
+fn decide(url: &DbUrl, cache: bool, deadlines: bool) -> u8 {
+    let verdict = PgConnection::establish(&url.driver_target())
         .map_err(|e| Error::connect(url, e))
         .and_then(|mut pg| {
-            let shared = shares_server_connections(url, &mut pg)?;
+            if !shares_server_connections(url, &mut pg)? {
+                return Ok(DIRECT);
+            }
             // Shared server connections: the cache works only if the pooler keeps the names.
-            Ok(shared && !keeps_named_statements(&mut pg)?)
+            Ok(if cache && keeps_named_statements(&mut pg)? {
+                SHARED_KEEPS_NAMES
+            } else {
+                SHARED
+            })
         });
-    match broken {
-        Ok(true) => {
-            tracing::warn!(
-                target: "userbase::pool",
-                url = %url,
-                "behind a connection pooler that shares server connections between transactions \
-                 (pgbouncer pool_mode = transaction) and does not keep named prepared statements \
-                 (pgbouncer before 1.21, or max_prepared_statements = 0): the statement cache is \
-                 switched off for this pool, its statements would fail there (\"prepared \
-                 statement does not exist\"). Set DB_STATEMENT_CACHE=off \
-                 (PoolConfig::statement_cache) to say so and skip this check"
-            );
-            OFF
+    match verdict {
+        Ok(DIRECT) => DIRECT,
+        Ok(shared) => {
+            if cache && shared == SHARED {
+                tracing::warn!(
+                    target: "userbase::pool",
+                    url = %url,
+                    "behind a connection pooler that shares server connections between \
+                     transactions (pgbouncer pool_mode = transaction) and does not keep named \
+                     prepared statements (pgbouncer before 1.21, or max_prepared_statements = 0): \
+                     the statement cache is switched off for this pool, its statements would fail \
+                     there (\"prepared statement does not exist\"). Set DB_STATEMENT_CACHE=off \
+                     (PoolConfig::statement_cache) to say so"
+                );
+            }
+            if deadlines {
+                tracing::info!(
+                    target: "userbase::pool",
+                    url = %url,
+                    "behind a connection pooler that shares server connections between \
+                     transactions: each statement outside a transaction runs in one of its own, \
+                     begun with the pool's deadlines (two more round trips per such statement)"
+                );
+            }
+            shared
         }
-        Ok(false) => KEEP,
         Err(error) => {
-            tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler breaks the statement cache: it stays on");
-            KEEP
+            tracing::debug!(target: "userbase::pool", url = %url, %error, "could not tell whether a pooler shares server connections: the statement cache stays as configured, statements outside a transaction run in one of their own");
+            UNKNOWN
         }
     }
 }
@@ -298,7 +350,8 @@ fn backend_pid(pg: &mut PgConnection) -> Result<i32> {
 /// statement, is served by the same server backend. A session pooler (or a direct connection)
 /// never does that: each client keeps its own backend while connected. A transaction pooler
 /// hands the backend `pg` just released to the next transaction (pgbouncer re-uses the most
-/// recently released one first); asked up to [`PROBES`] times in case another client took it.
+/// recently released one first); asked once per pause of [`PROBE_PAUSES`], longer each time,
+/// in case another client took it or the pooler was still resetting it.
 ///
 /// # Errors
 ///
@@ -306,8 +359,10 @@ fn backend_pid(pg: &mut PgConnection) -> Result<i32> {
 fn shares_server_connections(url: &DbUrl, pg: &mut PgConnection) -> Result<bool> {
     let mut probe =
         PgConnection::establish(&url.driver_target()).map_err(|e| Error::connect(url, e))?;
-    for _ in 0..PROBES {
-        if backend_pid(pg)? == backend_pid(&mut probe)? {
+    for pause in PROBE_PAUSES {
+        let first = backend_pid(pg)?;
+        thread::sleep(pause);
+        if first == backend_pid(&mut probe)? {
             return Ok(true);
         }
     }
