@@ -360,7 +360,7 @@ fn statement_timeout_survives_pgbouncer_transaction_mode() {
         &PgBouncerOptions::new().default_pool_size(1),
     )
     .unwrap();
-    let through = bouncer.url(test_db.name().unwrap());
+    let through = bouncer.url(test_db.name().unwrap()).unwrap();
     let db = Database::new(
         Settings::new(through.clone()).with_pool(
             one_connection()

@@ -88,7 +88,7 @@ impl Drop for Pool {
 const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Pool {
-    /// Builds the pool for `url` (validated) without opening any connection.
+    /// Builds the pool for `url` without opening any connection.
     pub(crate) fn new(url: DbUrl, config: PoolConfig, observer: Box<dyn Observer>) -> Self {
         let gate = Arc::new(Gate::new(&config, observer));
         let opener = Arc::new(Opener::new(url.clone(), config.clone(), gate.clone()));
