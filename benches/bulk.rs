@@ -44,7 +44,7 @@ fn main() {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
-    let url = server.clone().with_database(&name);
+    let url = server.clone().with_database(&name).unwrap();
     if wanted("links") || wanted("export") {
         links(&url, &wanted);
     }
@@ -257,9 +257,9 @@ fn memory(server: &DbUrl) {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
-    let pg = server.clone().with_database(&name);
+    let pg = server.clone().with_database(&name).unwrap();
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = DbUrl::sqlite(dir.path().join("memory.sqlite3").to_str().expect("path"));
+    let sqlite = DbUrl::sqlite(dir.path().join("memory.sqlite3").to_str().expect("path")).unwrap();
     for (backend, url) in [("PostgreSQL", pg), ("SQLite", sqlite)] {
         let out = Command::new(std::env::current_exe().expect("exe"))
             .env(CHILD, format!("{users} {}", url.render(Secrets::Shown)))

@@ -203,7 +203,7 @@ fn main() {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
     let bench = Bench {
-        url: server.clone().with_database(&name),
+        url: server.clone().with_database(&name).unwrap(),
         users: env_or("BENCH_USERS", 10_000),
         locations: env_or("BENCH_LOCATIONS", 500),
         seconds: env_or("BENCH_SECONDS", 2.0),
@@ -569,7 +569,7 @@ fn bulk(bench: &Bench, server: &DbUrl) {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
-    let url = server.clone().with_database(&name);
+    let url = server.clone().with_database(&name).unwrap();
     let db = Database::new(Settings::new(url.clone())).expect("engine");
     db.run_pending_migrations().expect("migrate");
     let created = chrono::NaiveDate::from_ymd_opt(2024, 6, 19)
@@ -653,9 +653,9 @@ fn bulk(bench: &Bench, server: &DbUrl) {
         drop(session);
         // The same import into an SQLite file.
         let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite = Database::new(Settings::new(DbUrl::sqlite(
-            dir.path().join("bulk.sqlite3").to_str().expect("path"),
-        )))
+        let sqlite = Database::new(Settings::new(
+            DbUrl::sqlite(dir.path().join("bulk.sqlite3").to_str().expect("path")).unwrap(),
+        ))
         .expect("sqlite");
         sqlite.run_pending_migrations().expect("migrate sqlite");
         let started = Instant::now();

@@ -53,7 +53,7 @@ fn main() {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create");
-    let url = server.clone().with_database(&name);
+    let url = server.clone().with_database(&name).unwrap();
 
     let setup = engine(&url, true, Duration::ZERO);
     setup.run_pending_migrations().expect("migrate");

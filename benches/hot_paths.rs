@@ -13,8 +13,8 @@ use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn database(pre_ping_bypass: Duration) -> Database {
     let pool = PoolConfig::default().with_pre_ping_bypass(pre_ping_bypass);
-    let db =
-        Database::new(Settings::new(DbUrl::sqlite(":memory:")).with_pool(pool)).expect("engine");
+    let db = Database::new(Settings::new(DbUrl::sqlite(":memory:").unwrap()).with_pool(pool))
+        .expect("engine");
     db.run_pending_migrations().expect("migrate");
     db.transaction(|repo| {
         for i in 0..10 {

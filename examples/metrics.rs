@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_pool_timeout(Duration::from_millis(200))
         .with_pool_name("example");
     let db =
-        Database::new(Settings::new(DbUrl::sqlite(path.display().to_string())).with_pool(pool))?;
+        Database::new(Settings::new(DbUrl::sqlite(path.display().to_string())?).with_pool(pool))?;
     db.run_pending_migrations()?;
 
     // 3. A mixed load: a burst now, then a trickle while serving.

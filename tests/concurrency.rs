@@ -321,7 +321,7 @@ fn migration_child() {
         .unwrap()
         .as_millis();
     std::thread::sleep(Duration::from_millis(start.saturating_sub(now) as u64));
-    let db = Database::new(Settings::new(DbUrl::sqlite(&path))).unwrap();
+    let db = Database::new(Settings::new(DbUrl::sqlite(&path).unwrap())).unwrap();
     match db.run_pending_migrations() {
         Ok(applied) => println!("MIGRATED {}", applied.len()),
         Err(e) => println!("MIGRATION FAILED {e}"),
@@ -385,7 +385,10 @@ fn sqlite_migrations_from_four_processes() {
             [0, 0, 0, 3],
             "round {round}: one process applies all three"
         );
-        let db = Database::new(Settings::new(DbUrl::sqlite(path.to_str().unwrap()))).unwrap();
+        let db = Database::new(Settings::new(
+            DbUrl::sqlite(path.to_str().unwrap()).unwrap(),
+        ))
+        .unwrap();
         let mut session = db.session().unwrap();
         let versions: Vec<String> = session
             .repo()

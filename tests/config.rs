@@ -12,10 +12,15 @@ use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
 fn seed_url() -> DbUrl {
     DbUrl::postgres()
         .with_username("testuser")
+        .unwrap()
         .with_password("testpassword")
+        .unwrap()
         .with_host("localhost")
+        .unwrap()
         .with_database("testuser")
+        .unwrap()
         .with_port(5432)
+        .unwrap()
 }
 
 #[test]
@@ -33,7 +38,7 @@ fn renders_like_the_seed_with_and_without_password() {
 
 #[test]
 fn display_and_debug_never_show_the_password() {
-    let url = seed_url().with_password("s3cr3t-Pa55");
+    let url = seed_url().with_password("s3cr3t-Pa55").unwrap();
     assert_eq!(
         url.to_string(),
         "postgres://testuser:***@localhost:5432/testuser"
@@ -49,12 +54,19 @@ fn display_and_debug_never_show_the_password() {
 fn percent_encodes_every_part() {
     let url = DbUrl::postgres()
         .with_username("bot user")
+        .unwrap()
         .with_password("p@ss:w/rd?#%é")
+        .unwrap()
         .with_host("db.internal")
+        .unwrap()
         .with_port(6432)
+        .unwrap()
         .with_database("my db")
+        .unwrap()
         .with_query_param("application_name", "chat bot")
-        .with_query_param("sslmode", "require");
+        .unwrap()
+        .with_query_param("sslmode", "require")
+        .unwrap();
     let rendered = url.render(Secrets::Shown);
     assert_eq!(
         rendered,
@@ -169,7 +181,7 @@ fn settings(vars: &[(&str, &str)]) -> Result<Settings, Error> {
 #[test]
 fn no_variables_means_the_embedded_sqlite_file_and_seed_defaults() {
     let s = settings(&[]).unwrap();
-    assert_eq!(s.url, DbUrl::sqlite(DEFAULT_SQLITE_PATH));
+    assert_eq!(s.url, DbUrl::sqlite(DEFAULT_SQLITE_PATH).unwrap());
     assert_eq!(s.url.render(Secrets::Shown), "sqlite://userbase.sqlite3");
     assert_eq!(
         s.pool,
@@ -307,7 +319,6 @@ fn config_error(result: Result<impl std::fmt::Debug, Error>) -> (String, String)
 }
 
 fn round_trips(url: &DbUrl) -> String {
-    url.validate().unwrap();
     let rendered = url.render(Secrets::Shown);
     assert_eq!(&DbUrl::parse(&rendered).unwrap(), url, "{rendered}");
     rendered
@@ -320,15 +331,17 @@ fn a_host_that_tries_to_pick_port_database_and_sslmode_is_refused() {
     let (variable, message) = config_error(settings(&[("DB_HOST", INJECTION)]));
     assert_eq!(variable, "DB_HOST");
     assert!(message.contains("is not a host name"), "{message}");
-    let (variable, _) = config_error(DbUrl::postgres().with_host(INJECTION).validate());
+    let (variable, message) = config_error(DbUrl::postgres().with_host(INJECTION));
     assert_eq!(variable, "URL host");
+    assert!(message.contains("is not a host name"), "{message}");
 }
 
-/// `Database::new` refuses the injecting host (it validates URLs built in code too); and even the
-/// rendered string, handed to libpq directly, cannot move the connection: it carries `hostaddr`,
-/// so libpq connects to 127.0.0.1 without resolving the host name. Had the host injected its
-/// port, database and `sslmode`, libpq would have gone to port 6000 and database `otherdb`; it
-/// reaches the test's own database on the server's port.
+/// The builder refuses the injecting host; and even the string rendering would make of it (the
+/// whole value encoded inside the brackets, as the unit tests of `config::url` hold), handed to
+/// libpq directly, cannot move the connection: it carries `hostaddr`, so libpq connects to
+/// 127.0.0.1 without resolving the host name. Had the host injected its port, database and
+/// `sslmode`, libpq would have gone to port 6000 and database `otherdb`; it reaches the test's
+/// own database on the server's port.
 #[test]
 fn libpq_reads_an_injecting_host_as_one_host_name() {
     #[derive(diesel::QueryableByName)]
@@ -340,20 +353,26 @@ fn libpq_reads_an_injecting_host_as_one_host_name() {
     }
     let test = TestDb::new(Backend::Postgres);
     let server = common::server_url();
-    let mut url = DbUrl::postgres()
-        .with_host(INJECTION)
-        .with_port(server.port().unwrap_or(5432))
-        .with_database(test.url.database().unwrap())
-        .with_query_param("hostaddr", "127.0.0.1");
-    if let Some(user) = server.username() {
-        url = url.with_username(user);
-    }
-    assert!(url.validate().is_err());
-    let (variable, _) = config_error(Database::new(Settings::new(url.clone())));
+    let (variable, _) = config_error(DbUrl::postgres().with_host(INJECTION));
     assert_eq!(variable, "URL host");
-    let mut conn =
-        <diesel::PgConnection as diesel::Connection>::establish(&url.render(Secrets::Shown))
-            .unwrap();
+    let mut url = DbUrl::postgres()
+        .with_host("placeholder")
+        .unwrap()
+        .with_port(server.port().unwrap_or(5432))
+        .unwrap()
+        .with_database(test.url.database().unwrap())
+        .unwrap()
+        .with_query_param("hostaddr", "127.0.0.1")
+        .unwrap();
+    if let Some(user) = server.username() {
+        url = url.with_username(user).unwrap();
+    }
+    let rendered = url.render(Secrets::Shown).replacen(
+        "placeholder",
+        "[::1%5D:6000%2Fotherdb%3Fsslmode%3Ddisable%26x%3D]",
+        1,
+    );
+    let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&rendered).unwrap();
     let found: Vec<Where> = diesel::RunQueryDsl::load(
         diesel::sql_query("SELECT current_database()::text AS db, inet_server_port() AS port"),
         &mut conn,
@@ -371,7 +390,7 @@ fn hosts_with_a_colon_are_ipv6_or_refused() {
     assert!(message.contains("`a:b`"), "{message}");
     let (variable, _) = config_error(settings(&[("DB_HOST", "a:b")]));
     assert_eq!(variable, "DB_HOST");
-    let (variable, _) = config_error(DbUrl::postgres().with_host("a:b").validate());
+    let (variable, _) = config_error(DbUrl::postgres().with_host("a:b"));
     assert_eq!(variable, "URL host");
 }
 
@@ -381,27 +400,39 @@ fn ipv6_hosts_are_the_same_with_or_without_brackets_and_zone_ids_are_encoded() {
         let s = settings(&[("DB_HOST", host), ("DB_NAME", "app")]).unwrap();
         assert_eq!(s.url.host(), Some("::1"));
         assert_eq!(round_trips(&s.url), "postgres://postgres@[::1]:5432/app");
-        assert_eq!(DbUrl::postgres().with_host(host).host(), Some("::1"));
+        assert_eq!(
+            DbUrl::postgres().with_host(host).unwrap().host(),
+            Some("::1")
+        );
     }
-    let zoned = DbUrl::postgres().with_host("fe80::1%eth0").with_port(5432);
+    let zoned = DbUrl::postgres()
+        .with_host("fe80::1%eth0")
+        .unwrap()
+        .with_port(5432)
+        .unwrap();
     assert_eq!(round_trips(&zoned), "postgres://[fe80::1%25eth0]:5432");
     let parsed = DbUrl::parse("postgres://[fe80::1%25eth0]:5432").unwrap();
     assert_eq!(parsed.host(), Some("fe80::1%eth0"));
-    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%").validate());
+    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%"));
     assert_eq!(variable, "URL host");
-    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%e/0").validate());
+    let (variable, _) = config_error(DbUrl::postgres().with_host("fe80::1%e/0"));
     assert_eq!(variable, "URL host");
     // A raw `%` in a URL is not a zone id: libpq would refuse it too.
     assert!(DbUrl::parse("postgres://[fe80::1%eth0]/db").is_err());
     // IPv4, names and Unix-socket directories.
     for host in ["10.0.0.7", "db-1.internal", "my_db", "/var/run/postgresql"] {
-        let url = DbUrl::postgres().with_host(host).with_database("app");
+        let url = DbUrl::postgres()
+            .with_host(host)
+            .unwrap()
+            .with_database("app")
+            .unwrap();
         round_trips(&url);
         assert_eq!(url.host(), Some(host));
     }
     assert_eq!(
         DbUrl::postgres()
             .with_host("/var/run/postgresql")
+            .unwrap()
             .render(Secrets::Shown),
         "postgres://%2Fvar%2Frun%2Fpostgresql"
     );
@@ -414,7 +445,7 @@ fn ipv6_hosts_are_the_same_with_or_without_brackets_and_zone_ids_are_encoded() {
         "a@b",
         "/dir,other",
     ] {
-        let (variable, _) = config_error(DbUrl::postgres().with_host(bad).validate());
+        let (variable, _) = config_error(DbUrl::postgres().with_host(bad));
         assert_eq!(variable, "URL host", "{bad:?}");
     }
 }
@@ -433,19 +464,20 @@ fn a_query_on_an_sqlite_url_is_refused_not_dropped() {
             "{input}: {message}"
         );
     }
-    let (variable, _) = config_error(
+    let (variable, message) = config_error(
         DbUrl::sqlite(":memory:")
-            .with_query_param("a", "b")
-            .validate(),
+            .unwrap()
+            .with_query_param("a", "b"),
     );
     assert_eq!(variable, "URL query");
-    let (variable, _) = config_error(DbUrl::sqlite("app.db").with_host("h").validate());
+    assert!(message.contains("takes no query parameter"), "{message}");
+    let (variable, _) = config_error(DbUrl::sqlite("app.db").unwrap().with_host("h"));
     assert_eq!(variable, "URL host");
 }
 
 #[test]
 fn empty_parts_set_through_the_builder_are_refused() {
-    let base = || DbUrl::postgres().with_host("h");
+    let base = || DbUrl::postgres().with_host("h").unwrap();
     for (url, part) in [
         (base().with_username(""), "URL user"),
         (base().with_password(""), "URL password"),
@@ -453,11 +485,11 @@ fn empty_parts_set_through_the_builder_are_refused() {
         (base().with_query_param("", "x"), "URL query"),
         (DbUrl::sqlite(""), "URL path"),
     ] {
-        let (variable, _) = config_error(url.validate());
+        let (variable, _) = config_error(url);
         assert_eq!(variable, part);
     }
     // An empty value of a query parameter is a value, kept as such.
-    round_trips(&base().with_query_param("application_name", ""));
+    round_trips(&base().with_query_param("application_name", "").unwrap());
     // In a URL, libpq ignores empty parts; so does the parser (and says so in its docs).
     let url = DbUrl::parse("postgres://:@h/").unwrap();
     assert_eq!(
@@ -466,18 +498,170 @@ fn empty_parts_set_through_the_builder_are_refused() {
     );
 }
 
+/// Each builder method refuses, when the part is set, what could not survive rendering: an
+/// [`Error::Config`] naming exactly that part, whose message holds neither the password nor a
+/// query value.
+#[test]
+fn every_builder_method_refuses_its_invalid_parts_naming_the_part() {
+    let pg = DbUrl::postgres;
+    let lite = || DbUrl::sqlite("app.db").unwrap();
+    let long_name = "a".repeat(254);
+    let cases: Vec<(&str, Result<DbUrl, Error>, &str)> = vec![
+        ("empty path", DbUrl::sqlite(""), "URL path"),
+        ("NUL in path", DbUrl::sqlite("a\0b"), "URL path"),
+        ("file: path", DbUrl::sqlite("file:app.db"), "URL path"),
+        (
+            "file: URI",
+            DbUrl::sqlite("file:app.db?mode=ro"),
+            "URL path",
+        ),
+        ("empty user", pg().with_username(""), "URL user"),
+        ("NUL in user", pg().with_username("u\0"), "URL user"),
+        ("user on SQLite", lite().with_username("u"), "URL user"),
+        ("empty password", pg().with_password(""), "URL password"),
+        (
+            "NUL in password",
+            pg().with_password("pw-secret\0x"),
+            "URL password",
+        ),
+        (
+            "password on SQLite",
+            lite().with_password("pw-secret"),
+            "URL password",
+        ),
+        ("empty host", pg().with_host(""), "URL host"),
+        ("NUL host", pg().with_host("\0"), "URL host"),
+        ("space in host", pg().with_host("db host"), "URL host"),
+        ("colon, not IPv6", pg().with_host("a:b"), "URL host"),
+        ("comma in host", pg().with_host("db,other"), "URL host"),
+        ("brackets, not IPv6", pg().with_host("[db]"), "URL host"),
+        ("empty zone id", pg().with_host("fe80::1%"), "URL host"),
+        ("comma in socket dir", pg().with_host("/dir,x"), "URL host"),
+        ("NUL in socket dir", pg().with_host("/d\0"), "URL host"),
+        (
+            "254-character name",
+            pg().with_host(long_name.as_str()),
+            "URL host",
+        ),
+        ("injection", pg().with_host(INJECTION), "URL host"),
+        ("host on SQLite", lite().with_host("h"), "URL host"),
+        ("port 0", pg().with_port(0), "URL port"),
+        ("port on SQLite", lite().with_port(5432), "URL port"),
+        (
+            "empty added host",
+            pg().with_additional_host("", None),
+            "URL host",
+        ),
+        (
+            "bad added host",
+            pg().with_additional_host("a,b", Some(1)),
+            "URL host",
+        ),
+        (
+            "added port 0",
+            pg().with_additional_host("h", Some(0)),
+            "URL port",
+        ),
+        (
+            "host checked first",
+            pg().with_additional_host("a b", Some(0)),
+            "URL host",
+        ),
+        (
+            "added host on SQLite",
+            lite().with_additional_host("h", None),
+            "URL host",
+        ),
+        ("empty database", pg().with_database(""), "URL database"),
+        ("NUL in database", pg().with_database("d\0"), "URL database"),
+        ("empty SQLite path", lite().with_database(""), "URL path"),
+        (
+            "NUL in SQLite path",
+            lite().with_database("a\0"),
+            "URL path",
+        ),
+        (
+            "file: SQLite path",
+            lite().with_database("file:x.db"),
+            "URL path",
+        ),
+        (
+            "empty query name",
+            pg().with_query_param("", "qv-secret"),
+            "URL query",
+        ),
+        (
+            "NUL in query name",
+            pg().with_query_param("k\0", "qv-secret"),
+            "URL query",
+        ),
+        (
+            "NUL in query value",
+            pg().with_query_param("sslpassword", "qv-secret\0"),
+            "URL query",
+        ),
+        (
+            "query on SQLite",
+            lite().with_query_param("mode", "qv-secret"),
+            "URL query",
+        ),
+    ];
+    for (case, result, part) in cases {
+        match result {
+            Err(Error::Config {
+                variable: Some(variable),
+                message,
+            }) => {
+                assert_eq!(variable, part, "{case}: {message}");
+                assert!(!message.contains("pw-secret"), "{case}: {message}");
+                assert!(!message.contains("qv-secret"), "{case}: {message}");
+            }
+            other => panic!("{case}: expected Error::Config for {part}, got {other:?}"),
+        }
+    }
+    // The limits pass: a 253-character name, ports 1 and 65535, an empty query value.
+    let url = pg()
+        .with_host("a".repeat(253))
+        .and_then(|url| url.with_port(1))
+        .and_then(|url| url.with_additional_host("h", Some(65_535)))
+        .and_then(|url| url.with_query_param("application_name", ""))
+        .unwrap();
+    round_trips(&url);
+    // From the environment, the error names the variable instead.
+    let (variable, _) = config_error(settings(&[("DB_HOST", "db"), ("DB_SSLROOTCERT", "a\0b")]));
+    assert_eq!(variable, "DB_SSLROOTCERT");
+    let (variable, _) = config_error(settings(&[("DB_NAME", "d\0")]));
+    assert_eq!(variable, "DB_NAME");
+}
+
 #[test]
 fn dot_databases_and_parts_without_a_host_are_kept_exactly() {
     for database in [".", "..", "a/../b", "./x", "%2F"] {
-        let url = DbUrl::postgres().with_host("h").with_database(database);
+        let url = DbUrl::postgres()
+            .with_host("h")
+            .unwrap()
+            .with_database(database)
+            .unwrap();
         round_trips(&url);
         assert_eq!(url.database(), Some(database));
     }
-    let user_only = DbUrl::postgres().with_username("u").with_database("app");
+    let user_only = DbUrl::postgres()
+        .with_username("u")
+        .unwrap()
+        .with_database("app")
+        .unwrap();
     assert_eq!(round_trips(&user_only), "postgres://u@/app");
-    let port_only = DbUrl::postgres().with_port(5433).with_database("app");
+    let port_only = DbUrl::postgres()
+        .with_port(5433)
+        .unwrap()
+        .with_database("app")
+        .unwrap();
     assert_eq!(round_trips(&port_only), "postgres://:5433/app");
-    let password_only = DbUrl::postgres().with_password("pw").with_host("h");
+    let password_only = DbUrl::postgres()
+        .with_password("pw")
+        .unwrap()
+        .with_host("h")
+        .unwrap();
     assert_eq!(round_trips(&password_only), "postgres://:pw@h");
 }
 
@@ -486,17 +670,23 @@ fn every_special_character_is_kept_in_every_part() {
     let nasty = "a@b:c/d?e#f%g&h=i+j[k]l m,n\\o\"p'é日🙂";
     let url = DbUrl::postgres()
         .with_username(nasty)
+        .unwrap()
         .with_password(nasty)
+        .unwrap()
         .with_host("h")
+        .unwrap()
         .with_port(1)
+        .unwrap()
         .with_database(nasty)
-        .with_query_param(nasty, nasty);
+        .unwrap()
+        .with_query_param(nasty, nasty)
+        .unwrap();
     round_trips(&url);
-    round_trips(&DbUrl::sqlite(nasty));
+    round_trips(&DbUrl::sqlite(nasty).unwrap());
     // `+` is a plus, as libpq reads it (not a space, as HTML forms would have it).
     let plus = DbUrl::parse("postgres://h/db?application_name=a+b").unwrap();
     assert_eq!(plus.query_value("application_name"), Some("a+b"));
-    let (_, message) = config_error(DbUrl::postgres().with_username("a\0b").validate());
+    let (_, message) = config_error(DbUrl::postgres().with_username("a\0b"));
     assert!(message.contains("NUL"), "{message}");
 }
 
@@ -529,13 +719,13 @@ fn urls_gone_wrong_are_config_errors_not_sqlite_files() {
     }
     // A relative SQLite path starting with `file:` is refused (SQLite would read it as a URI);
     // `./file:…` names such a file.
-    let (variable, message) = config_error(DbUrl::sqlite("file:app.db").validate());
+    let (variable, message) = config_error(DbUrl::sqlite("file:app.db"));
     assert_eq!(variable, "URL path");
     assert!(message.contains("./file:app.db"), "{message}");
     let url = DbUrl::parse("./file:app.db").unwrap();
     assert_eq!(url.database(), Some("./file:app.db"));
     round_trips(&url);
-    round_trips(&DbUrl::sqlite("C:/data/app.db"));
+    round_trips(&DbUrl::sqlite("C:/data/app.db").unwrap());
     assert_eq!(
         DbUrl::parse("C:\\data\\app.db").unwrap().database(),
         Some("C:\\data\\app.db")
@@ -555,10 +745,12 @@ const SECRET_PARAMS: [(&str, &str); 6] = [
 
 fn with_secret_params(mut url: DbUrl) -> DbUrl {
     for (key, value) in SECRET_PARAMS {
-        url = url.with_query_param(key, value);
+        url = url.with_query_param(key, value).unwrap();
     }
     url.with_query_param("sslkey", "/keys/client.key")
+        .unwrap()
         .with_query_param("application_name", "bot")
+        .unwrap()
 }
 
 fn assert_no_secret(text: &str) {
@@ -573,9 +765,13 @@ fn secret_query_parameters_are_hidden_in_every_rendering_of_a_url() {
     let url = with_secret_params(
         DbUrl::postgres()
             .with_username("bot")
+            .unwrap()
             .with_password("main-pw-0")
+            .unwrap()
             .with_host("db")
-            .with_database("app"),
+            .unwrap()
+            .with_database("app")
+            .unwrap(),
     );
     let hidden = url.render(Secrets::Hidden);
     assert_eq!(
@@ -796,7 +992,7 @@ fn absurd_values_set_in_code_are_refused_by_validate_and_database_new() {
         assert_eq!(variable, field, "{pool:?}: {message}");
         assert!(message.contains("allowed:"), "{message}");
         let (variable, _) = config_error(Database::new(
-            Settings::new(DbUrl::sqlite(":memory:")).with_pool(pool),
+            Settings::new(DbUrl::sqlite(":memory:").unwrap()).with_pool(pool),
         ));
         assert_eq!(variable, field);
     }
@@ -833,12 +1029,19 @@ fn multi_host_urls_parse_and_render_exactly_with_the_password_hidden() {
         url,
         DbUrl::postgres()
             .with_username("u")
+            .unwrap()
             .with_password("pw-multi")
+            .unwrap()
             .with_host("h1")
+            .unwrap()
             .with_port(5432)
+            .unwrap()
             .with_additional_host("h2", Some(5433))
+            .unwrap()
             .with_database("db")
+            .unwrap()
             .with_query_param("target_session_attrs", "read-write")
+            .unwrap()
     );
     // IPv6, default ports, socket directories and an empty (default) host keep their places.
     for input in [
@@ -862,16 +1065,20 @@ fn multi_host_urls_parse_and_render_exactly_with_the_password_hidden() {
     );
     let built = DbUrl::postgres()
         .with_additional_host("[::1]", Some(5433))
-        .with_additional_host("h2", None);
+        .unwrap()
+        .with_additional_host("h2", None)
+        .unwrap();
     assert_eq!(round_trips(&built), "postgres://[::1]:5433,h2");
-    // Each host is validated; a port of 0 anywhere is refused.
+    // Each host is checked; a port of 0 anywhere is refused.
     let (variable, _) = config_error(
         DbUrl::postgres()
             .with_host("h1")
-            .with_additional_host("a,b", None)
-            .validate(),
+            .unwrap()
+            .with_additional_host("a,b", None),
     );
     assert_eq!(variable, "URL host");
+    let (variable, _) = config_error(DbUrl::postgres().with_additional_host("h2", Some(0)));
+    assert_eq!(variable, "URL port");
     let (variable, message) = config_error(DbUrl::parse("postgres://u:pw-multi@h1,h2:0/db"));
     assert_eq!(variable, "DATABASE_URL");
     assert!(!message.contains("pw-multi"), "{message}");
@@ -885,12 +1092,15 @@ fn libpq_tries_the_hosts_of_a_multi_host_url_in_order() {
     let server = common::server_url();
     let mut url = DbUrl::postgres()
         .with_host("127.0.0.1")
+        .unwrap()
         .with_port(1)
+        .unwrap()
         .with_additional_host("127.0.0.1", server.port())
-        .with_database(test.url.database().unwrap());
+        .unwrap()
+        .with_database(test.url.database().unwrap())
+        .unwrap();
     if let Some(user) = server.username() {
-        url = url.with_username(user);
+        url = url.with_username(user).unwrap();
     }
-    url.validate().unwrap();
     Database::new(Settings::new(url)).unwrap().check().unwrap();
 }

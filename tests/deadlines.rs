@@ -144,7 +144,7 @@ fn behind_pgbouncer() -> (Cluster, PgBouncer) {
 
 /// A pool on `bouncer` with `pool`.
 fn through(bouncer: &PgBouncer, pool: PoolConfig) -> Database {
-    Database::new(Settings::new(bouncer.url("postgres")).with_pool(pool)).unwrap()
+    Database::new(Settings::new(bouncer.url("postgres").unwrap()).with_pool(pool)).unwrap()
 }
 
 #[test]
@@ -435,7 +435,7 @@ fn statement_timeout_survives_pgbouncer_transaction_mode() {
         &PgBouncerOptions::new().default_pool_size(1),
     )
     .unwrap();
-    let through = bouncer.url(test_db.name().unwrap());
+    let through = bouncer.url(test_db.name().unwrap()).unwrap();
     let db = Database::new(
         Settings::new(through.clone()).with_pool(
             one_connection()
@@ -541,7 +541,7 @@ fn lock_timeout_bounds_autocommit_writes_behind_pgbouncer_transaction_mode() {
     drop(session);
     // The SET LOCALs ended with their transactions: another client sees the server's setting.
     let mut other =
-        PgConnection::establish(&bouncer.url("postgres").render(Secrets::Shown)).unwrap();
+        PgConnection::establish(&bouncer.url("postgres").unwrap().render(Secrets::Shown)).unwrap();
     let row: Setting = diesel::sql_query("SELECT current_setting('lock_timeout') AS setting")
         .get_result(&mut other)
         .unwrap();

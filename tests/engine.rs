@@ -23,7 +23,11 @@ fn short_pool(pool_size: u32, max_overflow: u32) -> PoolConfig {
 fn creating_a_database_opens_no_connection() {
     let test = TestDb::new(Backend::Postgres);
     let app = unique_name("lazy");
-    let url = test.url.clone().with_query_param("application_name", &app);
+    let url = test
+        .url
+        .clone()
+        .with_query_param("application_name", &app)
+        .unwrap();
     let db = Database::new(Settings::new(url)).unwrap();
     assert_eq!(server_connections(&app), 0);
     let session = db.session().unwrap();
@@ -42,8 +46,13 @@ fn at_most_pool_size_plus_overflow_then_a_typed_timeout() {
     let test = TestDb::new(Backend::Postgres);
     let app = unique_name("limit");
     let db = Database::new(
-        Settings::new(test.url.clone().with_query_param("application_name", &app))
-            .with_pool(short_pool(2, 1)),
+        Settings::new(
+            test.url
+                .clone()
+                .with_query_param("application_name", &app)
+                .unwrap(),
+        )
+        .with_pool(short_pool(2, 1)),
     )
     .unwrap();
     let held: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
@@ -126,10 +135,15 @@ fn unknown_database_is_a_connect_error_with_the_server_message() {
 fn refused_connection_is_a_connect_error_that_hides_the_password() {
     let url = DbUrl::postgres()
         .with_username("postgres")
+        .unwrap()
         .with_password("hunter2-secret")
+        .unwrap()
         .with_host("127.0.0.1")
+        .unwrap()
         .with_port(1)
-        .with_database("x");
+        .unwrap()
+        .with_database("x")
+        .unwrap();
     let (err, shown) = first_checkout_error(url);
     assert!(matches!(err, Error::Connect { .. }), "{shown}");
     assert!(shown.contains("Connection refused"), "{shown}");
@@ -142,7 +156,7 @@ fn refused_connection_is_a_connect_error_that_hides_the_password() {
 
 #[test]
 fn unopenable_sqlite_file_is_a_connect_error() {
-    match first_checkout_error(DbUrl::sqlite("/nonexistent-dir/sub/x.db")) {
+    match first_checkout_error(DbUrl::sqlite("/nonexistent-dir/sub/x.db").unwrap()) {
         (
             Error::Connect {
                 url,
@@ -166,7 +180,8 @@ fn unopenable_sqlite_file_is_a_connect_error() {
 #[test]
 fn invalid_pool_config_is_rejected() {
     let pool = PoolConfig::default().with_pool_size(0).with_max_overflow(0);
-    let err = Database::new(Settings::new(DbUrl::sqlite(":memory:")).with_pool(pool)).unwrap_err();
+    let err = Database::new(Settings::new(DbUrl::sqlite(":memory:").unwrap()).with_pool(pool))
+        .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
 }
 
@@ -186,7 +201,7 @@ both_backends! {
                 admin().batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
                 (common::database_url(&name), Some(name))
             }
-            Backend::Sqlite => (DbUrl::sqlite(dir.path().join("c.db").to_str().unwrap()), None),
+            Backend::Sqlite => (DbUrl::sqlite(dir.path().join("c.db").to_str().unwrap()).unwrap(), None),
             other => unreachable!("no case for {other:?}"),
         };
         let db = Database::new(Settings::new(url)).unwrap();
@@ -249,7 +264,7 @@ fn sqlite_connections_get_the_pragmas() {
 fn echo_logs_sql_and_duration_but_never_the_password() {
     let test = TestDb::new(Backend::Postgres);
     // The test server trusts every password, so a password in the URL still connects.
-    let url = test.url.clone().with_password("echo-secret-pw");
+    let url = test.url.clone().with_password("echo-secret-pw").unwrap();
     let log = Captured::run(tracing::Level::INFO, || {
         let db = Database::new(Settings::new(url).with_pool(PoolConfig::default().with_echo(true)))
             .unwrap();
@@ -285,7 +300,7 @@ fn sqlite_memory_is_one_database_shared_by_the_pool() {
     // With every pooled connection idle or gone, the data is still there.
     assert_eq!(db.session().unwrap().repo().users().unwrap().len(), 1);
     // Another engine on `sqlite::memory:` is another database.
-    let other = Database::new(Settings::new(DbUrl::sqlite(":memory:"))).unwrap();
+    let other = Database::new(Settings::new(DbUrl::sqlite(":memory:").unwrap())).unwrap();
     other.run_pending_migrations().unwrap();
     assert_eq!(other.session().unwrap().repo().users().unwrap(), vec![]);
 }

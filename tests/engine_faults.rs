@@ -48,7 +48,11 @@ fn server_count(app: &str, state: Option<&str>) -> i64 {
 fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
     let app = unique_name("faults");
     let url = match test.backend {
-        Backend::Postgres => test.url.clone().with_query_param("application_name", &app),
+        Backend::Postgres => test
+            .url
+            .clone()
+            .with_query_param("application_name", &app)
+            .unwrap(),
         Backend::Sqlite => test.url.clone(),
         other => unreachable!("no case for {other:?}"),
     };
@@ -263,9 +267,13 @@ fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
     };
     let url = DbUrl::postgres()
         .with_username("postgres")
+        .unwrap()
         .with_host("127.0.0.1")
+        .unwrap()
         .with_port(port)
-        .with_database("x");
+        .unwrap()
+        .with_database("x")
+        .unwrap();
     let db = Database::new(
         Settings::new(url)
             .with_pool(PoolConfig::default().with_pool_timeout(Duration::from_secs(30))),

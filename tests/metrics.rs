@@ -117,7 +117,7 @@ fn counter(metrics: &[Metric], name: &str, labels: &[(&str, &str)]) -> u64 {
 /// The URL of `test`'s database with [`PASSWORD`] set (PostgreSQL) and the settings' pool.
 fn settings(test: &TestDb, pool: PoolConfig) -> Settings {
     let url = match test.backend {
-        Backend::Postgres => test.url.clone().with_password(PASSWORD),
+        Backend::Postgres => test.url.clone().with_password(PASSWORD).unwrap(),
         _ => test.url.clone(),
     };
     Settings::new(url).with_pool(pool)
@@ -521,7 +521,9 @@ fn pool_gauges(backend: Backend) {
             .url
             .clone()
             .with_password(PASSWORD)
-            .with_query_param("application_name", &app),
+            .unwrap()
+            .with_query_param("application_name", &app)
+            .unwrap(),
         _ => test.url.clone(),
     };
     let pool = PoolConfig::default()

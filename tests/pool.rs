@@ -53,7 +53,11 @@ fn backend_pid(db: &Database) -> i32 {
 /// An engine on a fresh database whose connections carry a unique `application_name`.
 fn engine(test: &TestDb, pool: PoolConfig) -> (Database, String) {
     let app = unique_name("pool");
-    let url = test.url.clone().with_query_param("application_name", &app);
+    let url = test
+        .url
+        .clone()
+        .with_query_param("application_name", &app)
+        .unwrap();
     (
         Database::new(Settings::new(url).with_pool(pool)).unwrap(),
         app,
@@ -281,7 +285,9 @@ fn wrong_password_fails_at_once_with_the_server_message() {
         .url
         .clone()
         .with_username("no_such_role_userbase")
-        .with_password("wrong-pw");
+        .unwrap()
+        .with_password("wrong-pw")
+        .unwrap();
     let db = Database::new(Settings::new(url)).unwrap();
     let started = Instant::now();
     let err = db.session().unwrap_err();

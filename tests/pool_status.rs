@@ -29,7 +29,11 @@ fn closing(status: &PoolStatus) -> u32 {
 }
 
 fn database(test: &TestDb, app: &str, pool: PoolConfig) -> Database {
-    let url = test.url.clone().with_query_param("application_name", app);
+    let url = test
+        .url
+        .clone()
+        .with_query_param("application_name", app)
+        .unwrap();
     Database::new(Settings::new(url).with_pool(pool)).unwrap()
 }
 

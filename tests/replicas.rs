@@ -213,7 +213,7 @@ fn cycles_with_the_cache_on(bouncer: &PgBouncer) -> (Vec<String>, String) {
     let mut errors = Vec::new();
     let log = Captured::run_watching(tracing::Level::WARN, |captured| {
         let db = Database::new(
-            Settings::new(bouncer.url("postgres"))
+            Settings::new(bouncer.url("postgres").unwrap())
                 .with_pool(PoolConfig::default().with_pool_size(16)),
         )
         .unwrap();
@@ -272,7 +272,7 @@ fn behind_a_transaction_pooler_the_statement_cache_switches_itself_off() {
             .unwrap();
     // Deciding leaves nothing behind on the shared server connections: a client with its own
     // statement cache (names from `__diesel_stmt_1` on) meets no name of ours there.
-    let first = Database::new(Settings::new(bouncer.url("postgres"))).unwrap();
+    let first = Database::new(Settings::new(bouncer.url("postgres").unwrap())).unwrap();
     Captured::run_watching(tracing::Level::WARN, |captured| {
         drop(first.session().unwrap());
         // The pool decides on a thread of its own: wait for its verdict.
@@ -280,7 +280,8 @@ fn behind_a_transaction_pooler_the_statement_cache_switches_itself_off() {
             .text()
             .contains("DB_STATEMENT_CACHE")));
     });
-    let mut raw = PgConnection::establish(&bouncer.url("postgres").render(Secrets::Shown)).unwrap();
+    let mut raw =
+        PgConnection::establish(&bouncer.url("postgres").unwrap().render(Secrets::Shown)).unwrap();
     for _ in 0..5 {
         let one = diesel::select(1_i32.into_sql::<Integer>()).get_result::<i32>(&mut raw);
         assert_eq!(one.map_err(|e| e.to_string()), Ok(1));
@@ -307,7 +308,7 @@ fn behind_a_transaction_pooler_the_statement_cache_switches_itself_off() {
     )
     .unwrap();
     let log = Captured::run(tracing::Level::WARN, || {
-        for url in [session_mode.url("postgres"), server.url()] {
+        for url in [session_mode.url("postgres").unwrap(), server.url()] {
             let db = Database::new(Settings::new(url)).unwrap();
             let mut sessions: Vec<_> = (0..3).map(|_| db.session().unwrap()).collect();
             for session in &mut sessions {

@@ -319,8 +319,11 @@ fn failover_url(pair: &PrimaryStandby) -> DbUrl {
     pair.primary()
         .url()
         .with_additional_host("127.0.0.1", Some(pair.standby().port()))
+        .unwrap()
         .with_query_param("target_session_attrs", "read-write")
+        .unwrap()
         .with_query_param("connect_timeout", "2")
+        .unwrap()
 }
 
 #[test]
@@ -387,7 +390,7 @@ fn connections_to_a_demoted_primary_are_evicted() {
 /// 16 threads through pgbouncer in transaction mode; returns the errors.
 fn through_pgbouncer(bouncer: &PgBouncer, statement_cache: bool) -> Vec<String> {
     let db = Database::new(
-        Settings::new(bouncer.url("postgres")).with_pool(
+        Settings::new(bouncer.url("postgres").unwrap()).with_pool(
             PoolConfig::default()
                 .with_pool_size(16)
                 .with_statement_cache(statement_cache),
@@ -428,7 +431,7 @@ fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
         PgBouncer::start_with(&server.url(), &PgBouncerOptions::new().default_pool_size(4))
             .unwrap();
     // Migrations through the pooler are refused with a clear error; a direct URL works.
-    let through = Database::new(Settings::new(bouncer.url("postgres"))).unwrap();
+    let through = Database::new(Settings::new(bouncer.url("postgres").unwrap())).unwrap();
     match through.run_pending_migrations() {
         Err(Error::Config { variable, message }) => {
             assert_eq!(variable.as_deref(), Some("DATABASE_URL"));
@@ -436,9 +439,10 @@ fn pgbouncer_transaction_mode_works_with_the_statement_cache_off() {
         }
         other => panic!("migrating through pgbouncer: {other:?}"),
     }
-    let direct =
-        Database::new(Settings::new(bouncer.url("postgres")).with_migration_url(server.url()))
-            .unwrap();
+    let direct = Database::new(
+        Settings::new(bouncer.url("postgres").unwrap()).with_migration_url(server.url()),
+    )
+    .unwrap();
     assert!(!direct.run_pending_migrations().unwrap().is_empty());
     assert_eq!(
         direct.run_pending_migrations().unwrap(),
@@ -514,10 +518,10 @@ fn replica_and_migration_settings_are_read_from_the_environment() {
         }
     }
     // In code: SQLite replicas and out-of-range knobs are refused.
-    let bad = Settings::new(DbUrl::sqlite(":memory:"))
-        .with_replicas(ReplicaConfig::default().with_url(DbUrl::sqlite("r.db")));
+    let bad = Settings::new(DbUrl::sqlite(":memory:").unwrap())
+        .with_replicas(ReplicaConfig::default().with_url(DbUrl::sqlite("r.db").unwrap()));
     assert!(matches!(Database::new(bad), Err(Error::Config { .. })));
-    let bad = Settings::new(DbUrl::sqlite(":memory:"))
+    let bad = Settings::new(DbUrl::sqlite(":memory:").unwrap())
         .with_replicas(ReplicaConfig::default().with_max_lag(Duration::ZERO));
     assert!(matches!(Database::new(bad), Err(Error::Config { .. })));
 }

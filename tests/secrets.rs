@@ -43,10 +43,15 @@ fn db_pass_file_gives_the_password_without_its_one_trailing_newline() {
         let s = settings(&[("DB_HOST", "db.internal"), ("DB_PASS_FILE", &file)]).unwrap();
         let expected = DbUrl::postgres()
             .with_host("db.internal")
+            .unwrap()
             .with_port(5432)
+            .unwrap()
             .with_username("postgres")
+            .unwrap()
             .with_database("postgres")
-            .with_password(password);
+            .unwrap()
+            .with_password(password)
+            .unwrap();
         assert_eq!(
             s.url.render(Secrets::Shown),
             expected.render(Secrets::Shown),
@@ -160,7 +165,7 @@ fn count_users(db: &Database) -> userbase::Result<usize> {
 #[test]
 fn db_pass_file_and_libpq_passfile_both_authenticate() {
     let cluster = password_cluster("file-secret");
-    let url = cluster.url().with_database("postgres");
+    let url = cluster.url().with_database("postgres").unwrap();
     wait_for_password_auth(&url);
 
     // DB_PASS_FILE through Settings::from_lookup, end to end.
@@ -190,13 +195,14 @@ fn db_pass_file_and_libpq_passfile_both_authenticate() {
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     let with_passfile = url
         .clone()
-        .with_query_param("passfile", pgpass.to_str().unwrap());
+        .with_query_param("passfile", pgpass.to_str().unwrap())
+        .unwrap();
     let db = Database::new(Settings::new(with_passfile)).unwrap();
     assert_eq!(count_users(&db).unwrap(), 0);
 
     // Without it, the same URL is refused: the password did come from the file.
     let db = Database::new(Settings::new(
-        url.with_query_param("passfile", "/nonexistent"),
+        url.with_query_param("passfile", "/nonexistent").unwrap(),
     ))
     .unwrap();
     match count_users(&db) {

@@ -83,8 +83,11 @@ fn a_connect_slower_than_pool_timeout_gives_up_at_the_deadline_and_serves_the_ne
             .url
             .clone()
             .with_host("127.0.0.1")
+            .unwrap()
             .with_port(port)
-            .with_query_param("sslmode", "disable");
+            .unwrap()
+            .with_query_param("sslmode", "disable")
+            .unwrap();
         let db =
             Database::new(Settings::new(url).with_pool(pool(Duration::from_millis(200)))).unwrap();
         let started = Instant::now();
@@ -110,8 +113,11 @@ fn a_server_that_never_answers_is_a_connect_timeout_at_pool_timeout_naming_the_h
     let (port, _) = slow_listener(Duration::from_secs(60), None, 4);
     let url = DbUrl::postgres()
         .with_host("127.0.0.1")
+        .unwrap()
         .with_port(port)
-        .with_database("x");
+        .unwrap()
+        .with_database("x")
+        .unwrap();
     let db = Database::new(Settings::new(url).with_pool(pool(Duration::from_secs(1)))).unwrap();
     for _ in 0..2 {
         let started = Instant::now();
@@ -141,9 +147,13 @@ fn a_connect_that_fails_before_the_deadline_is_a_connect_error_at_once() {
     let (port, _) = slow_listener(Duration::ZERO, None, 4);
     let url = DbUrl::postgres()
         .with_host("127.0.0.1")
+        .unwrap()
         .with_port(port)
+        .unwrap()
         .with_database("x")
-        .with_query_param("sslmode", "disable");
+        .unwrap()
+        .with_query_param("sslmode", "disable")
+        .unwrap();
     let db = Database::new(Settings::new(url).with_pool(pool(Duration::from_secs(30)))).unwrap();
     let started = Instant::now();
     match db.session() {

@@ -17,7 +17,8 @@ use userbase::models::NewUser;
 use userbase::{AnyConnection, Database, DbUrl, Error, PoolConfig, Settings};
 
 fn open(path: &Path, pool: PoolConfig) -> Database {
-    Database::new(Settings::new(DbUrl::sqlite(path.to_str().unwrap())).with_pool(pool)).unwrap()
+    Database::new(Settings::new(DbUrl::sqlite(path.to_str().unwrap()).unwrap()).with_pool(pool))
+        .unwrap()
 }
 
 fn mode(path: &Path) -> u32 {

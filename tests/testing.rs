@@ -264,7 +264,10 @@ fn standby_is_in_recovery_and_replays_the_primarys_writes() {
     test.seeded();
     pair.wait_for_replay(Duration::from_secs(30)).unwrap();
     let replica = Database::new(userbase::Settings::new(
-        pair.standby().url().with_database(test.name().unwrap()),
+        pair.standby()
+            .url()
+            .with_database(test.name().unwrap())
+            .unwrap(),
     ))
     .unwrap();
     let mut session = replica.session().unwrap();
@@ -345,7 +348,7 @@ fn pgbouncer_pools_in_transaction_mode_in_front_of_a_cluster() {
     let name = test.name().unwrap().to_owned();
 
     // Connected to pgbouncer's port, served by the cluster's.
-    let through = bouncer.url(&name);
+    let through = bouncer.url(&name).unwrap();
     assert_eq!(through.port(), Some(bouncer.port()));
     let db = Database::new(userbase::Settings::new(through)).unwrap();
     db.transaction(fixtures::load_demo).unwrap();

@@ -197,7 +197,10 @@ fn tls_cluster(names: &[&str]) -> (Cluster, String) {
     cluster.set("ssl_cert_file", "'server.crt'").unwrap();
     cluster.set("ssl_key_file", "'server.key'").unwrap();
     cluster.set("ssl", "on").unwrap();
-    let require = cluster.url().with_query_param("sslmode", "require");
+    let require = cluster
+        .url()
+        .with_query_param("sslmode", "require")
+        .unwrap();
     let up = eventually(Duration::from_secs(30), || {
         Database::new(Settings::new(require.clone()))
             .and_then(|db| db.session().map(drop))
@@ -258,43 +261,62 @@ fn verify_full_connects_with_the_right_ca_and_refuses_a_wrong_ca_or_name() {
     let verified = cluster
         .url()
         .with_query_param("sslmode", "verify-full")
-        .with_query_param("sslrootcert", ca_path);
+        .unwrap()
+        .with_query_param("sslrootcert", ca_path)
+        .unwrap();
     assert!(encrypted(&open(verified)).unwrap());
     // sslrootcert alone means verify-full: it connects with the right CA ...
-    let pinned = cluster.url().with_query_param("sslrootcert", ca_path);
+    let pinned = cluster
+        .url()
+        .with_query_param("sslrootcert", ca_path)
+        .unwrap();
     assert!(encrypted(&open(pinned)).unwrap());
     // ... and refuses a wrong one (with libpq's default `prefer` it would not check).
-    let pinned_wrong = cluster.url().with_query_param("sslrootcert", wrong_path);
+    let pinned_wrong = cluster
+        .url()
+        .with_query_param("sslrootcert", wrong_path)
+        .unwrap();
     assert_certificate_refused(encrypted(&open(pinned_wrong)));
 
     // A wrong CA under verify-full.
     let wrong = cluster
         .url()
         .with_query_param("sslmode", "verify-full")
-        .with_query_param("sslrootcert", wrong_path);
+        .unwrap()
+        .with_query_param("sslrootcert", wrong_path)
+        .unwrap();
     assert_certificate_refused(encrypted(&open(wrong)));
     let impostor = cluster
         .url()
         .with_query_param("sslmode", "verify-ca")
-        .with_query_param("sslrootcert", impostor_path);
+        .unwrap()
+        .with_query_param("sslrootcert", impostor_path)
+        .unwrap();
     assert_certificate_refused(encrypted(&open(impostor)));
 
     // A host name the certificate does not name (the address stays loopback).
     let mismatch = DbUrl::postgres()
         .with_username("postgres")
+        .unwrap()
         .with_host("db.test")
+        .unwrap()
         .with_port(cluster.port())
+        .unwrap()
         .with_database("postgres")
+        .unwrap()
         .with_query_param("hostaddr", "127.0.0.1")
+        .unwrap()
         .with_query_param("sslmode", "verify-full")
-        .with_query_param("sslrootcert", ca_path);
+        .unwrap()
+        .with_query_param("sslrootcert", ca_path)
+        .unwrap();
     assert_certificate_refused(encrypted(&open(mismatch)));
 
     // With no sslmode to a loopback host: libpq's default (`prefer`) still encrypts here.
     assert!(encrypted(&open(cluster.url())).unwrap());
     // To a name that is not `localhost` (but resolves to loopback): `require` by default.
     if let Some(name) = loopback_name() {
-        let remote = cluster.url().with_host(name);
+        let remote = cluster.url().with_host(name).unwrap();
         assert_eq!(remote.effective_sslmode().as_deref(), Some("require"));
         assert!(encrypted(&open(remote)).unwrap());
     }
@@ -311,7 +333,10 @@ fn a_server_without_tls_is_refused_under_require_and_by_default_for_a_remote_nam
         other => panic!("expected Error::Connect, got {other:?}"),
     };
     refused(encrypted(&open(
-        cluster.url().with_query_param("sslmode", "require"),
+        cluster
+            .url()
+            .with_query_param("sslmode", "require")
+            .unwrap(),
     )));
     // Loopback with no sslmode: libpq's default, unencrypted.
     assert!(!encrypted(&open(cluster.url())).unwrap());
@@ -321,11 +346,11 @@ fn a_server_without_tls_is_refused_under_require_and_by_default_for_a_remote_nam
         return;
     };
     // No sslmode to a host that is not this machine: refused rather than sent in clear.
-    let remote = cluster.url().with_host(name);
+    let remote = cluster.url().with_host(name).unwrap();
     refused(encrypted(&open(remote.clone())));
 
     // An explicit weaker sslmode is honoured, and logged once at warn.
-    let weak = remote.with_query_param("sslmode", "disable");
+    let weak = remote.with_query_param("sslmode", "disable").unwrap();
     let logs = Captured::run(tracing::Level::WARN, || {
         for _ in 0..3 {
             assert!(!encrypted(&open(weak.clone())).unwrap());

@@ -71,18 +71,19 @@ impl Settings {
             Some(raw) => DbUrl::parse(&raw)?,
             None if DB_PARTS.iter().any(|name| var(name).is_some()) => {
                 let user = var("DB_USER").unwrap_or_else(|| DEFAULT_USER.to_owned());
-                let mut url = DbUrl::postgres()
-                    .with_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
-                    .with_port(parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT))
-                    .with_database(var("DB_NAME").unwrap_or_else(|| user.clone()))
-                    .with_username(user);
+                let port = parse_var(&var, "DB_PORT")?.unwrap_or(DEFAULT_PORT);
+                let mut url = DbUrl::postgres().set_username(user.clone());
                 if let Some(password) = lookup("DB_PASS").filter(|p| !p.is_empty()) {
-                    url = url.with_password(password);
+                    url = url.and_then(|url| url.set_password(password));
                 }
-                url.check().map_err(Invalid::in_env_variable)?;
-                url
+                url.and_then(|url| {
+                    url.set_host(var("DB_HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned()))
+                })
+                .and_then(|url| url.set_port(port))
+                .and_then(|url| url.set_database(var("DB_NAME").unwrap_or(user)))
+                .map_err(Invalid::in_env_variable)?
             }
-            None => DbUrl::sqlite(DEFAULT_SQLITE_PATH),
+            None => DbUrl::default_sqlite(),
         };
 
         let url = with_tls_env(url, &var)?;
@@ -233,12 +234,16 @@ fn with_tls_env(mut url: DbUrl, var: &impl Fn(&str) -> Option<String>) -> Result
         let mode = mode.trim();
         check_sslmode("DB_SSLMODE", mode)?;
         if url.query_value("sslmode").is_none() {
-            url = url.with_query_param("sslmode", mode);
+            url = url
+                .set_query_param("sslmode".to_owned(), mode.to_owned())
+                .map_err(|e| e.in_variable("DB_SSLMODE"))?;
         }
     }
     if let Some(root) = var("DB_SSLROOTCERT") {
         if url.query_value("sslrootcert").is_none() {
-            url = url.with_query_param("sslrootcert", root.trim());
+            url = url
+                .set_query_param("sslrootcert".to_owned(), root.trim().to_owned())
+                .map_err(|e| e.in_variable("DB_SSLROOTCERT"))?;
         }
     }
     Ok(url)

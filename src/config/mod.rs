@@ -11,8 +11,9 @@
 //! empty value counts as unset, except `DATABASE_URL`: empty, it is an error (it would otherwise
 //! select the SQLite file without a word). A malformed or out-of-range value is an
 //! [`Error::Config`](crate::Error::Config) naming the variable and the allowed range; the same
-//! bounds apply in code ([`PoolConfig::validate`], [`ReplicaConfig::validate`],
-//! [`DbUrl::validate`]), where the error names the field. Each knob's default and bounds are
+//! bounds apply in code ([`PoolConfig::validate`], [`ReplicaConfig::validate`], and the
+//! [`DbUrl`] builder methods, which refuse a part as it is set), where the error names the field
+//! or the URL part. Each knob's default and bounds are
 //! written once, in one table of settings that validation, this reading and the error messages
 //! all use (the `DEFAULT_*`, `MAX_*` and `MIN_*` constants are its values).
 //!
@@ -63,7 +64,7 @@ impl Default for Settings {
     /// What [`Settings::from_env`] gives with nothing set: the embedded SQLite file
     /// [`DEFAULT_SQLITE_PATH`], the default pool, no replica.
     fn default() -> Self {
-        Settings::new(DbUrl::sqlite(DEFAULT_SQLITE_PATH))
+        Settings::new(DbUrl::default_sqlite())
     }
 }
 

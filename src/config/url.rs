@@ -115,37 +115,41 @@ pub enum Secrets {
 ///
 /// # Exactness
 ///
-/// The builder methods store exactly what they are given (only `[…]` around an IPv6 host is
-/// dropped, on every path alike) and never fail, so they chain; [`DbUrl::validate`] is the one
-/// gate that says whether the parts make a URL that means what they say. Everything that uses a
-/// URL passes through it: [`parse`](DbUrl::parse),
-/// [`Settings::from_lookup`](crate::Settings::from_lookup) and
-/// [`Database::new`](crate::Database::new) (for the URL, the migration URL and every replica)
-/// refuse what it refuses, with the same [`Error::Config`] naming the part. What it refuses is
-/// exactly what could not survive rendering: an empty user name, password, host or database
+/// Every `DbUrl` means exactly what its parts say: each way of making one refuses, with an
+/// [`Error::Config`] naming the part (`URL user`, `URL password`, `URL host`, `URL port`,
+/// `URL database`, `URL query`, `URL path`), exactly what could not survive rendering, so there
+/// is nothing left to check afterwards. The builder methods ([`sqlite`](DbUrl::sqlite) and the
+/// `with_*` setters) refuse a part when it is set, and otherwise store exactly what they are given
+/// (only `[…]` around an IPv6 host is dropped, on every path alike); [`parse`](DbUrl::parse)
+/// refuses the same parts. What they refuse: an empty user name, password, host or database
 /// (libpq reads an empty part as absent), a NUL anywhere, port 0, a host that is not a name, an
-/// address or a socket directory, an empty query parameter name, and on SQLite any part but the
-/// path. For every URL that passes, `DbUrl::parse(&url.render(Secrets::Shown))` gives back an
+/// address or a socket directory, an empty query parameter name, on SQLite any part but the path,
+/// and an SQLite path that starts with `file:`. The message never contains the password or a
+/// query value. For every `DbUrl`, `DbUrl::parse(&url.render(Secrets::Shown))` gives back an
 /// equal `DbUrl`, and libpq reads the rendered string as exactly these parts: no user, password,
 /// host, database or query value can end up as another part, whatever characters it holds.
 ///
 /// ```
 /// use userbase::config::Secrets;
-/// use userbase::DbUrl;
+/// use userbase::{DbUrl, Error};
 ///
 /// let url = DbUrl::postgres()
-///     .with_username("testuser")
-///     .with_password("test p@ss")
-///     .with_host("localhost")
-///     .with_port(5432)
-///     .with_database("testuser");
-/// url.validate()?;
+///     .with_username("testuser")?
+///     .with_password("test p@ss")?
+///     .with_host("localhost")?
+///     .with_port(5432)?
+///     .with_database("testuser")?;
 /// assert_eq!(
 ///     url.render(Secrets::Shown),
 ///     "postgres://testuser:test%20p%40ss@localhost:5432/testuser"
 /// );
 /// assert_eq!(url.to_string(), "postgres://testuser:***@localhost:5432/testuser");
 /// assert_eq!(DbUrl::parse(&url.render(Secrets::Shown))?, url);
+/// let refused = DbUrl::postgres().with_host("db:6000/other");
+/// assert!(matches!(
+///     refused,
+///     Err(Error::Config { variable: Some(part), .. }) if part == "URL host"
+/// ));
 /// let parsed: DbUrl = "sqlite://data/app.db".parse()?;
 /// assert_eq!(parsed.database(), Some("data/app.db"));
 /// # Ok::<(), userbase::Error>(())
@@ -174,7 +178,8 @@ struct HostPort {
 }
 
 impl DbUrl {
-    /// An empty PostgreSQL URL (`postgres://`) to fill with the builder methods.
+    /// An empty PostgreSQL URL (`postgres://`) to fill with the builder methods: libpq's default
+    /// host, port, user and database until they are set.
     #[doc(alias = "create")]
     pub fn postgres() -> Self {
         DbUrl {
@@ -189,55 +194,142 @@ impl DbUrl {
     }
 
     /// An SQLite URL for a file path, or for `:memory:` (an in-memory database).
-    pub fn sqlite(path: impl Into<String>) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL path` when the path is empty, holds a NUL, or starts with
+    /// `file:` (SQLite would read it as a URI: write `./file:…` for a file of that name).
+    pub fn sqlite(path: impl Into<String>) -> Result<Self> {
+        let path = path.into();
+        check_path(&path).map_err(Invalid::into_part_error)?;
+        Ok(DbUrl::sqlite_unchecked(path))
+    }
+
+    /// The SQLite URL of [`DEFAULT_SQLITE_PATH`](crate::config::DEFAULT_SQLITE_PATH), a path
+    /// [`sqlite`](DbUrl::sqlite) accepts (a unit test holds it to that).
+    pub(crate) fn default_sqlite() -> Self {
+        DbUrl::sqlite_unchecked(super::DEFAULT_SQLITE_PATH.to_owned())
+    }
+
+    /// An SQLite URL for `path` as given: for the parser, which checks the whole URL after.
+    fn sqlite_unchecked(path: String) -> Self {
         DbUrl {
             backend: Backend::Sqlite,
             scheme: "sqlite".to_owned(),
-            database: Some(path.into()),
+            database: Some(path),
             ..DbUrl::postgres()
         }
     }
 
-    /// Sets the user name: any characters but NUL, not empty ([`validate`](DbUrl::validate)
-    /// refuses the empty name, which libpq would read as no user, and a NUL).
-    pub fn with_username(mut self, username: impl Into<String>) -> Self {
-        self.username = Some(username.into());
-        self
+    /// Sets the user name: any characters but NUL, not empty (libpq would read an empty name as
+    /// no user). PostgreSQL only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL user` when the name is empty or holds a NUL, or when this is
+    /// an SQLite URL (which takes no user name).
+    pub fn with_username(self, username: impl Into<String>) -> Result<Self> {
+        self.set_username(username.into())
+            .map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_username`](DbUrl::with_username), refusing with the part.
+    pub(crate) fn set_username(mut self, username: String) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::User)?;
+        check_text(&username, Part::User)?;
+        self.username = Some(username);
+        Ok(self)
     }
 
     /// Sets the password (hidden by `Display` and `Debug`): any characters but NUL, not empty
-    /// ([`validate`](DbUrl::validate) refuses the empty password, which libpq would read as no
-    /// password, and a NUL).
-    pub fn with_password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
-        self
+    /// (libpq would read an empty password as none). PostgreSQL only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL password` when the password is empty or holds a NUL, or when
+    /// this is an SQLite URL (which takes no password). The message never contains the password.
+    pub fn with_password(self, password: impl Into<String>) -> Result<Self> {
+        self.set_password(password.into())
+            .map_err(Invalid::into_part_error)
     }
 
-    /// Sets the (first) host: a name (`db.internal`), an IPv4 address, an IPv6 address with or without
-    /// brackets (`::1` and `[::1]` alike, stored without), optionally with a zone id
-    /// (`fe80::1%eth0`), or the absolute path of a Unix-socket directory
-    /// (`/var/run/postgresql`). Anything else is refused by [`validate`](DbUrl::validate).
-    pub fn with_host(mut self, host: impl Into<String>) -> Self {
-        self.first_host().host = Some(unbracketed(host.into()));
-        self
+    /// [`with_password`](DbUrl::with_password), refusing with the part.
+    pub(crate) fn set_password(mut self, password: String) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::Password)?;
+        check_text(&password, Part::Password)?;
+        self.password = Some(password);
+        Ok(self)
     }
 
-    /// Sets the port of the first host: 1 to 65535 ([`validate`](DbUrl::validate) refuses 0).
-    pub fn with_port(mut self, port: u16) -> Self {
+    /// Sets the (first) host: a name of ASCII letters, digits, `-`, `.` and `_` (`db.internal`,
+    /// at most 253 of them), an IPv4 address, an IPv6 address with or without brackets (`::1`
+    /// and `[::1]` alike, stored without), optionally with a zone id of name characters
+    /// (`fe80::1%eth0`), or the absolute path of a Unix-socket directory without `,`
+    /// (`/var/run/postgresql`). PostgreSQL only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL host` when the host is none of these (an empty host, a NUL, a
+    /// host that would carry a port, a database or a parameter, …) or when this is an SQLite
+    /// URL (which takes no host).
+    pub fn with_host(self, host: impl Into<String>) -> Result<Self> {
+        self.set_host(host.into()).map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_host`](DbUrl::with_host), refusing with the part.
+    pub(crate) fn set_host(mut self, host: String) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::Host)?;
+        let host = unbracketed(host);
+        check_host(&host)?;
+        self.first_host().host = Some(host);
+        Ok(self)
+    }
+
+    /// Sets the port of the first host: 1 to 65535. PostgreSQL only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL port` when the port is 0 or when this is an SQLite URL (which
+    /// takes no port).
+    pub fn with_port(self, port: u16) -> Result<Self> {
+        self.set_port(port).map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_port`](DbUrl::with_port), refusing with the part.
+    pub(crate) fn set_port(mut self, port: u16) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::Port)?;
+        check_port(port)?;
         self.first_host().port = Some(port);
-        self
+        Ok(self)
     }
 
     /// Adds a host to try after the ones already set, with its own port or libpq's default:
     /// libpq's multi-host URLs (`postgres://h1:5432,h2:5433/db?target_session_attrs=read-write`).
-    /// The host is normalised and validated like [`with_host`](DbUrl::with_host)'s, the port
-    /// like [`with_port`](DbUrl::with_port)'s.
-    pub fn with_additional_host(mut self, host: impl Into<String>, port: Option<u16>) -> Self {
+    /// The host is normalised and checked like [`with_host`](DbUrl::with_host)'s, the port like
+    /// [`with_port`](DbUrl::with_port)'s. PostgreSQL only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL host` when the host is refused (checked first) or this is an
+    /// SQLite URL, for `URL port` when the port is 0.
+    pub fn with_additional_host(self, host: impl Into<String>, port: Option<u16>) -> Result<Self> {
+        self.add_host(host.into(), port)
+            .map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_additional_host`](DbUrl::with_additional_host), refusing with the part.
+    fn add_host(mut self, host: String, port: Option<u16>) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::Host)?;
+        let host = unbracketed(host);
+        check_host(&host)?;
+        if let Some(port) = port {
+            check_port(port)?;
+        }
         self.hosts.push(HostPort {
-            host: Some(unbracketed(host.into())),
+            host: Some(host),
             port,
         });
-        self
+        Ok(self)
     }
 
     /// The first host, created when there is none yet.
@@ -248,18 +340,69 @@ impl DbUrl {
         &mut self.hosts[0]
     }
 
-    /// Sets the database name (PostgreSQL) or file path (SQLite): any characters but NUL, not
-    /// empty ([`validate`](DbUrl::validate) refuses the empty name, which libpq would read as no
-    /// database, and a NUL).
-    pub fn with_database(mut self, database: impl Into<String>) -> Self {
-        self.database = Some(database.into());
-        self
+    /// Refuses `part` on an SQLite URL, which would ignore it.
+    fn postgres_only(&self, part: Part) -> std::result::Result<(), Invalid> {
+        match self.backend {
+            Backend::Postgres => Ok(()),
+            Backend::Sqlite => Err(not_on_sqlite(part)),
+        }
     }
 
-    /// Adds a query parameter (`?sslmode=require`, `?application_name=bot`, …); PostgreSQL only.
-    /// The name is not empty; neither name nor value holds a NUL (an empty value is a value);
-    /// [`validate`](DbUrl::validate) refuses the rest.
-    pub fn with_query_param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    /// Sets the database name (PostgreSQL: any characters but NUL, not empty, since libpq would
+    /// read an empty name as no database) or the file path (SQLite: as
+    /// [`sqlite`](DbUrl::sqlite)'s path).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL database` when a PostgreSQL database name is empty or holds a
+    /// NUL; for `URL path` when an SQLite path is empty, holds a NUL or starts with `file:`.
+    pub fn with_database(self, database: impl Into<String>) -> Result<Self> {
+        self.set_database(database.into())
+            .map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_database`](DbUrl::with_database), refusing with the part.
+    pub(crate) fn set_database(mut self, database: String) -> std::result::Result<Self, Invalid> {
+        match self.backend {
+            Backend::Postgres => check_text(&database, Part::Database)?,
+            Backend::Sqlite => check_path(&database)?,
+        }
+        self.database = Some(database);
+        Ok(self)
+    }
+
+    /// Adds a query parameter (`?sslmode=require`, `?application_name=bot`, …) after the ones
+    /// already set; PostgreSQL only. The name is not empty; neither name nor value holds a NUL
+    /// (an empty value is a value).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `URL query` when the name is empty or holds a NUL, the value holds
+    /// a NUL, or this is an SQLite URL (which takes no query parameter). The message names the
+    /// parameter, never its value.
+    pub fn with_query_param(
+        self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self> {
+        self.set_query_param(key.into(), value.into())
+            .map_err(Invalid::into_part_error)
+    }
+
+    /// [`with_query_param`](DbUrl::with_query_param), refusing with the part.
+    pub(crate) fn set_query_param(
+        self,
+        key: String,
+        value: String,
+    ) -> std::result::Result<Self, Invalid> {
+        self.postgres_only(Part::Query)?;
+        check_query_param(&key, &value)?;
+        Ok(self.push_query_param(key, value))
+    }
+
+    /// Adds a query parameter known to pass [`with_query_param`](DbUrl::with_query_param)'s
+    /// checks (a PostgreSQL URL, a name from a constant, a value without NUL).
+    fn push_query_param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.query.push((key.into(), value.into()));
         self
     }
@@ -403,9 +546,9 @@ impl DbUrl {
     ///
     /// [`Error::Config`] for `DATABASE_URL` when the input is empty, the scheme is not one of
     /// these (the message names it), the syntax is broken (bad percent-encoding, a raw space, an
-    /// unclosed `[`, a port that is not 1 to 65535) or the parts do not pass
-    /// [`validate`](DbUrl::validate). The message names the part and never contains the
-    /// password.
+    /// unclosed `[`, a port that is not 1 to 65535) or a part is one the builder methods refuse
+    /// (an empty user, a host that is not a host, an SQLite URL with a query, …). The message
+    /// names the part and never contains the password.
     pub fn parse(input: &str) -> Result<Self> {
         let url = parse_unchecked(input.trim()).map_err(|e| e.in_variable("DATABASE_URL"))?;
         url.check().map_err(|e| e.in_variable("DATABASE_URL"))?;
@@ -419,14 +562,18 @@ impl DbUrl {
         Ok(url)
     }
 
-    /// This URL with query parameter `key` set to `value`, replacing any value it had.
+    /// This URL with query parameter `key` set to `value`, replacing any value it had. For a
+    /// PostgreSQL URL, a `key` from a constant and a `value` without NUL: the checks of
+    /// [`with_query_param`](DbUrl::with_query_param), which this skips.
     pub(crate) fn with_query_param_replaced(mut self, key: &str, value: String) -> Self {
         self.query.retain(|(k, _)| k != key);
         self.query.push((key.to_owned(), value));
         self
     }
 
-    /// Checks that the parts make a URL that means exactly what they say.
+    /// Checks that parsed parts make a URL that means exactly what they say: the builder's
+    /// checks, applied to the whole URL (every [`DbUrl`] passes them, since every way of making
+    /// one checks them).
     ///
     /// PostgreSQL: a user name, password or database name is not empty (libpq would ignore it)
     /// and holds no NUL; the host is a name (ASCII letters, digits, `-`, `.`, `_`), an IPv4
@@ -437,16 +584,6 @@ impl DbUrl {
     /// SQLite: a non-empty path without NUL that does not start with `file:` (SQLite would read it
     /// as a URI; write `./file:…`), and no user, password, host, port or query parameter (they
     /// would be ignored).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] whose `variable` names the part (`URL host`, `URL port`, `URL user`,
-    /// `URL password`, `URL database`, `URL query`, `URL path`); the message never contains the
-    /// password or a query value.
-    pub fn validate(&self) -> Result<()> {
-        self.check().map_err(Invalid::into_part_error)
-    }
-
     pub(crate) fn check(&self) -> std::result::Result<(), Invalid> {
         match self.backend {
             Backend::Postgres => {
@@ -461,34 +598,16 @@ impl DbUrl {
                         check_host(host)?;
                     }
                 }
-                if self.hosts.iter().any(|h| h.port == Some(0)) {
-                    return Err(Invalid::new(
-                        Part::Port,
-                        "port 0 is not a port: use 1 to 65535",
-                    ));
+                for HostPort { port, .. } in &self.hosts {
+                    if let Some(port) = port {
+                        check_port(*port)?;
+                    }
                 }
                 if let Some(database) = &self.database {
                     check_text(database, Part::Database)?;
                 }
                 for (key, value) in &self.query {
-                    if key.is_empty() || key.contains('\0') {
-                        return Err(Invalid::new(
-                            Part::Query,
-                            format!(
-                                "the query parameter name `{}` is empty or holds a NUL",
-                                key.escape_debug()
-                            ),
-                        ));
-                    }
-                    if value.contains('\0') {
-                        return Err(Invalid::new(
-                            Part::Query,
-                            format!(
-                                "the value of query parameter `{}` holds a NUL",
-                                key.escape_debug()
-                            ),
-                        ));
-                    }
+                    check_query_param(key, value)?;
                 }
             }
             Backend::Sqlite => {
@@ -500,47 +619,28 @@ impl DbUrl {
                     (Part::Query, !self.query.is_empty()),
                 ];
                 if let Some((part, _)) = extra.into_iter().find(|(_, set)| *set) {
-                    return Err(Invalid::new(
-                        part,
-                        format!(
-                            "an SQLite URL takes no {} (it would be ignored)",
-                            part.name()
-                        ),
-                    ));
+                    return Err(not_on_sqlite(part));
                 }
-                let path = self.database.as_deref().unwrap_or_default();
-                check_text(path, Part::Path)?;
-                if path.starts_with("file:") {
-                    return Err(Invalid::new(
-                        Part::Path,
-                        format!(
-                            "the SQLite path `{}` would be read by SQLite as a `file:` URI; write \
-                             `./{}` for a file of that name",
-                            path.escape_debug(),
-                            path.escape_debug()
-                        ),
-                    ));
-                }
+                check_path(self.database.as_deref().unwrap_or_default())?;
             }
         }
         Ok(())
     }
 
     /// The string the driver opens: for PostgreSQL the URL with its password, the
-    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set and the default `sslmode` (`config::tls`); for SQLite the file path (a relative path
-    /// starting with `file:` prefixed with `./`, so that SQLite never reads it as a URI), or a
-    /// shared `memdb` database for `:memory:`. Never printed.
+    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set and the default `sslmode` (`config::tls`); for
+    /// SQLite the file path, or a shared `memdb` database for `:memory:`. Never printed.
     pub(crate) fn driver_target(&self) -> String {
         match self.backend() {
             Backend::Postgres => {
                 let mut with_defaults = self.clone();
                 for (key, value) in LIBPQ_SAFETY_DEFAULTS {
                     if with_defaults.query_value(key).is_none() {
-                        with_defaults = with_defaults.with_query_param(key, value);
+                        with_defaults = with_defaults.push_query_param(key, value);
                     }
                 }
                 if let Some(mode) = super::tls::default_sslmode(self) {
-                    with_defaults = with_defaults.with_query_param("sslmode", mode);
+                    with_defaults = with_defaults.push_query_param("sslmode", mode);
                 }
                 with_defaults.render(Secrets::Shown)
             }
@@ -551,14 +651,8 @@ impl DbUrl {
                 std::process::id(),
                 MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed)
             ),
-            Backend::Sqlite => {
-                let path = self.database().unwrap_or_default();
-                if path.starts_with("file:") {
-                    format!("./{path}")
-                } else {
-                    path.to_owned()
-                }
-            }
+            // Never a `file:` path, which SQLite would read as a URI: no `DbUrl` holds one.
+            Backend::Sqlite => self.database().unwrap_or_default().to_owned(),
         }
     }
 }
@@ -604,7 +698,7 @@ impl Part {
         }
     }
 
-    /// The `Error::Config` variable of [`DbUrl::validate`].
+    /// The `Error::Config` variable of the builder's refusals.
     fn label(self) -> &'static str {
         match self {
             Part::Url => "URL",
@@ -665,6 +759,68 @@ fn check_text(value: &str, part: Part) -> std::result::Result<(), Invalid> {
         return Err(Invalid::new(
             part,
             format!("the {}{} holds a NUL character", part.name(), shown(value)),
+        ));
+    }
+    Ok(())
+}
+
+/// `part` set on an SQLite URL.
+fn not_on_sqlite(part: Part) -> Invalid {
+    Invalid::new(
+        part,
+        format!(
+            "an SQLite URL takes no {} (it would be ignored)",
+            part.name()
+        ),
+    )
+}
+
+/// An SQLite path: not empty, no NUL, not starting with `file:` (SQLite would read it as a URI).
+fn check_path(path: &str) -> std::result::Result<(), Invalid> {
+    check_text(path, Part::Path)?;
+    if path.starts_with("file:") {
+        return Err(Invalid::new(
+            Part::Path,
+            format!(
+                "the SQLite path `{}` would be read by SQLite as a `file:` URI; write `./{}` for \
+                 a file of that name",
+                path.escape_debug(),
+                path.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_port(port: u16) -> std::result::Result<(), Invalid> {
+    if port == 0 {
+        return Err(Invalid::new(
+            Part::Port,
+            "port 0 is not a port: use 1 to 65535",
+        ));
+    }
+    Ok(())
+}
+
+/// A query parameter: a name that is not empty, no NUL in the name or the value. The message
+/// names the parameter, never its value.
+fn check_query_param(key: &str, value: &str) -> std::result::Result<(), Invalid> {
+    if key.is_empty() || key.contains('\0') {
+        return Err(Invalid::new(
+            Part::Query,
+            format!(
+                "the query parameter name `{}` is empty or holds a NUL",
+                key.escape_debug()
+            ),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(Invalid::new(
+            Part::Query,
+            format!(
+                "the value of query parameter `{}` holds a NUL",
+                key.escape_debug()
+            ),
         ));
     }
     Ok(())
@@ -783,10 +939,10 @@ fn parse_unchecked(input: &str) -> std::result::Result<DbUrl, Invalid> {
         return Err(Invalid::new(Part::Url, "the URL is empty"));
     }
     if input == "sqlite::memory:" || input == ":memory:" {
-        return Ok(DbUrl::sqlite(":memory:"));
+        return Ok(DbUrl::sqlite_unchecked(":memory:".to_owned()));
     }
     if let Some(query) = input.strip_prefix("sqlite::memory:?") {
-        let mut url = DbUrl::sqlite(":memory:");
+        let mut url = DbUrl::sqlite_unchecked(":memory:".to_owned());
         url.query = parse_query(query)?;
         return Ok(url);
     }
@@ -830,7 +986,7 @@ fn parse_bare_path(input: &str) -> std::result::Result<DbUrl, Invalid> {
             "a bare file path cannot hold `?`: write sqlite://… with `%3F` for a file of that name",
         ));
     }
-    Ok(DbUrl::sqlite(input))
+    Ok(DbUrl::sqlite_unchecked(input.to_owned()))
 }
 
 fn parse_sqlite(rest: &str) -> std::result::Result<DbUrl, Invalid> {
@@ -838,7 +994,7 @@ fn parse_sqlite(rest: &str) -> std::result::Result<DbUrl, Invalid> {
         Some((path, query)) => (path, Some(query)),
         None => (rest, None),
     };
-    let mut url = DbUrl::sqlite(decode(path, Part::Path)?);
+    let mut url = DbUrl::sqlite_unchecked(decode(path, Part::Path)?);
     if let Some(query) = query {
         url.query = parse_query(query)?;
     }
@@ -1017,34 +1173,43 @@ mod tests {
 
     #[test]
     fn sqlite_targets_are_the_path_or_a_shared_memdb() {
-        assert_eq!(DbUrl::sqlite("data/app.db").driver_target(), "data/app.db");
-        // A relative path starting with `file:` is never handed over as a URI.
-        assert_eq!(
-            DbUrl::sqlite("file:app.db?mode=ro").driver_target(),
-            "./file:app.db?mode=ro"
-        );
-        let memory = DbUrl::sqlite(":memory:").driver_target();
-        assert!(memory.starts_with("file:/userbase-"), "{memory}");
-        assert!(memory.ends_with("?vfs=memdb"), "{memory}");
-        assert_ne!(
-            memory,
-            DbUrl::sqlite(":memory:").driver_target(),
-            "one database per engine"
-        );
+        let file = DbUrl::sqlite("data/app.db").unwrap();
+        assert_eq!(file.driver_target(), "data/app.db");
+        let memory = DbUrl::sqlite(":memory:").unwrap();
+        let target = memory.driver_target();
+        assert!(target.starts_with("file:/userbase-"), "{target}");
+        assert!(target.ends_with("?vfs=memdb"), "{target}");
+        assert_ne!(target, memory.driver_target(), "one database per engine");
     }
 
-    /// The string handed to libpq for a host that tries to pick the port, the database and
-    /// `sslmode`: the whole value stays the host (encoded inside the brackets), and libpq's own
-    /// grammar, which `parse_unchecked` follows, reads back exactly the parts that were set.
+    #[test]
+    fn the_default_sqlite_url_is_one_the_builder_accepts() {
+        assert_eq!(
+            DbUrl::default_sqlite(),
+            DbUrl::sqlite(super::super::DEFAULT_SQLITE_PATH).unwrap()
+        );
+        DbUrl::default_sqlite().check().unwrap();
+    }
+
+    /// The builder refuses a host that tries to pick the port, the database and `sslmode`; were
+    /// one stored anyway, rendering would still keep the whole value the host (encoded inside the
+    /// brackets), and libpq's own grammar, which `parse_unchecked` follows, would read back
+    /// exactly the parts that were set.
     #[test]
     fn an_injecting_host_stays_one_host_in_the_libpq_string() {
         let evil = "::1]:6000/otherdb?sslmode=disable&x=";
-        let url = DbUrl::postgres()
-            .with_username("bot")
-            .with_host(evil)
-            .with_port(5432)
-            .with_database("app");
-        assert!(url.validate().is_err());
+        let refused = DbUrl::postgres().set_host(evil.to_owned()).unwrap_err();
+        assert_eq!(refused.part, Part::Host);
+        let url = DbUrl {
+            username: Some("bot".to_owned()),
+            hosts: vec![HostPort {
+                host: Some(evil.to_owned()),
+                port: Some(5432),
+            }],
+            database: Some("app".to_owned()),
+            ..DbUrl::postgres()
+        };
+        assert_eq!(url.check().unwrap_err().part, Part::Host);
         let target = url.driver_target();
         assert_eq!(
             target,

@@ -93,8 +93,11 @@ impl Database {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the URL or the pool knobs are unusable (see [`DbUrl::validate`] and
-    /// [`PoolConfig::validate`]).
+    /// [`Error::Config`] when the pool knobs are unusable (see [`PoolConfig::validate`]) or the
+    /// replica settings are (see
+    /// [`ReplicaConfig::validate`](crate::config::ReplicaConfig::validate): a replica URL that is
+    /// not a PostgreSQL URL, …). Every [`DbUrl`] is valid already (its builder methods and
+    /// [`DbUrl::parse`] refuse what is not).
     pub fn new(settings: Settings) -> Result<Self> {
         let Settings {
             url,
@@ -102,11 +105,7 @@ impl Database {
             replicas,
             migration_url,
         } = settings;
-        url.validate()?;
         config.validate()?;
-        if let Some(migration_url) = &migration_url {
-            migration_url.validate()?;
-        }
         let replicas = replica::Router::start(&replicas, &config)?;
         let instruments = PoolMetrics::new(&crate::metrics::pool_name(&url, &config), &config);
         let telemetry = Arc::new(Telemetry::new(&url, &config));

@@ -100,7 +100,7 @@ impl Drop for Pool {
 const TAKE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Pool {
-    /// Builds the pool for `url` (validated) without opening any connection.
+    /// Builds the pool for `url` without opening any connection.
     /// `observer` hears the pool's figures and events; `tag` goes with every connection (see
     /// [`tag`]).
     pub(crate) fn new(

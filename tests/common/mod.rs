@@ -24,7 +24,7 @@ pub fn server_url() -> DbUrl {
 /// A URL for another database on the test server.
 #[track_caller]
 pub fn database_url(name: &str) -> DbUrl {
-    server_url().with_database(name)
+    server_url().with_database(name).unwrap()
 }
 
 /// An admin connection to the server's maintenance database.

@@ -86,6 +86,8 @@ pub struct Cluster {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// `loopback_url(port)`.
+    url: DbUrl,
     running: bool,
     // Declared last: removed after the server is stopped.
     _dir: OwnedDir,
@@ -169,20 +171,24 @@ impl Cluster {
     ) -> Result<Cluster, SetupError> {
         let log = dir.path().join("server.log");
         let port = start_on_free_port(&bin, &run_as, &data, &log)?;
-        Ok(Cluster {
+        let mut cluster = Cluster {
             bin,
             run_as,
             data,
             log,
             port,
+            url: DbUrl::postgres(),
             running: true,
             _dir: dir,
-        })
+        };
+        // On an error the cluster is dropped here, which stops the server.
+        cluster.url = loopback_url(port)?;
+        Ok(cluster)
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`: the superuser on the maintenance database.
     pub fn url(&self) -> DbUrl {
-        loopback_url(self.port)
+        self.url.clone()
     }
 
     /// The loopback port the server listens on (kept across [`stop`](Cluster::stop) and
@@ -292,12 +298,30 @@ impl Drop for Cluster {
 }
 
 /// `postgres://postgres@127.0.0.1:<port>/postgres`.
-pub(crate) fn loopback_url(port: u16) -> DbUrl {
+///
+/// # Errors
+///
+/// [`SetupError::Database`] holding the [`Error::Config`](userbase::Error::Config) for port 0.
+pub(crate) fn loopback_url(port: u16) -> Result<DbUrl, SetupError> {
+    loopback_url_of(port, "postgres")
+}
+
+/// `postgres://postgres@127.0.0.1:<port>/<database>`.
+///
+/// # Errors
+///
+/// [`SetupError::Database`] holding the [`Error::Config`](userbase::Error::Config) naming the
+/// part for port 0 or a database name the URL builder refuses (empty, or holding a NUL).
+pub(crate) fn loopback_url_of(port: u16, database: &str) -> Result<DbUrl, SetupError> {
     DbUrl::postgres()
         .with_username("postgres")
-        .with_host("127.0.0.1")
-        .with_port(port)
-        .with_database("postgres")
+        .and_then(|url| url.with_host("127.0.0.1"))
+        .and_then(|url| url.with_port(port))
+        .and_then(|url| url.with_database(database))
+        .map_err(|source| SetupError::Database {
+            action: format!("build the URL of database `{database}` on port {port}"),
+            source,
+        })
 }
 
 /// `initdb` a new cluster in `data` (which must not exist): user `postgres`, trust
@@ -437,7 +461,12 @@ pub(crate) fn connect(url: &DbUrl) -> Result<PgConnection, SetupError> {
     let target = if url.query_value("connect_timeout").is_some() {
         url.clone()
     } else {
-        url.clone().with_query_param("connect_timeout", "10")
+        url.clone()
+            .with_query_param("connect_timeout", "10")
+            .map_err(|source| SetupError::Database {
+                action: format!("add connect_timeout to {url}"),
+                source,
+            })?
     };
     PgConnection::establish(&target.render(Secrets::Shown)).map_err(|error| SetupError::Database {
         action: "open a connection for the test support".into(),

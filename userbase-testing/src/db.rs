@@ -76,7 +76,10 @@ impl TestDb {
                 let path = path.to_str().ok_or_else(|| SetupError::Unsupported {
                     message: format!("the temporary path {} is not UTF-8", path.display()),
                 })?;
-                let url = DbUrl::sqlite(path);
+                let url = DbUrl::sqlite(path).map_err(|source| SetupError::Database {
+                    action: format!("build the URL of {path}"),
+                    source,
+                })?;
                 migrate(&url)?;
                 Ok(TestDb {
                     url,
@@ -110,12 +113,13 @@ impl TestDb {
     pub fn try_postgres_on(server: &DbUrl) -> Result<TestDb, SetupError> {
         let template = template(server)?;
         let name = unique_name("userbase_test");
+        let url = on_server(server, &name)?;
         execute(
             &mut connect(server)?,
             &format!("CREATE DATABASE {name} TEMPLATE {template}"),
         )?;
         Ok(TestDb {
-            url: server.clone().with_database(&name),
+            url,
             kind: Kind::Postgres {
                 server: server.clone(),
                 name,
@@ -130,7 +134,10 @@ impl TestDb {
     ///
     /// [`SetupError::Database`] when `pool` is invalid or the migrations fail.
     pub fn try_sqlite_memory(pool: PoolConfig) -> Result<TestDb, SetupError> {
-        let url = DbUrl::sqlite(":memory:");
+        let url = DbUrl::sqlite(":memory:").map_err(|source| SetupError::Database {
+            action: "build the URL of an in-memory database".into(),
+            source,
+        })?;
         let db = engine(&url, pool)?;
         db.run_pending_migrations()
             .map_err(|source| SetupError::Database {
@@ -308,6 +315,17 @@ pub fn database_exists(admin: &mut PgConnection, name: &str) -> Result<bool, Set
         })
 }
 
+/// Database `name` on `server` (whose URL names any database there).
+fn on_server(server: &DbUrl, name: &str) -> Result<DbUrl, SetupError> {
+    server
+        .clone()
+        .with_database(name)
+        .map_err(|source| SetupError::Database {
+            action: format!("build the URL of database `{name}` on {server}"),
+            source,
+        })
+}
+
 fn engine(url: &DbUrl, pool: PoolConfig) -> Result<Database, SetupError> {
     Database::new(Settings::new(url.clone()).with_pool(pool)).map_err(|source| {
         SetupError::Database {
@@ -331,7 +349,8 @@ fn migrate(url: &DbUrl) -> Result<(), SetupError> {
 /// server; across processes the advisory lock and the hash in the name decide).
 fn template(server: &DbUrl) -> Result<String, SetupError> {
     static BUILT: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let key = server.clone().with_database("").render(Secrets::Shown);
+    // The server, whichever of its databases `server` names.
+    let key = on_server(server, "postgres")?.render(Secrets::Shown);
     let built = BUILT.get_or_init(Mutex::default);
     let mut built = built
         .lock()
@@ -368,7 +387,7 @@ fn make_template(admin: &mut PgConnection, server: &DbUrl, name: &str) -> Result
         &format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
     )?;
     execute(admin, &format!("CREATE DATABASE {building}"))?;
-    migrate(&server.clone().with_database(&building))?;
+    migrate(&on_server(server, &building)?)?;
     execute(
         admin,
         &format!("ALTER DATABASE {building} RENAME TO {name}"),

@@ -114,8 +114,8 @@ pub fn private_server_url() -> Result<DbUrl, SetupError> {
     PRIVATE
         .get_or_init(|| attach().map_err(|error| super::report(&error)))
         .clone()
-        .map(cluster::loopback_url)
         .map_err(|message| SetupError::ServerUnavailable { message })
+        .and_then(cluster::loopback_url)
 }
 
 /// The lock on `users` this process holds for its lifetime.

@@ -382,8 +382,13 @@ impl PgBouncer {
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`: a database of the server, through
     /// pgbouncer.
-    pub fn url(&self, database: &str) -> DbUrl {
-        cluster::loopback_url(self.port).with_database(database)
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::Database`] holding the [`Error::Config`](userbase::Error::Config) for
+    /// `URL database` when `database` is empty or holds a NUL.
+    pub fn url(&self, database: &str) -> Result<DbUrl, SetupError> {
+        cluster::loopback_url_of(self.port, database)
     }
 
     /// pgbouncer's log so far (empty when unreadable).

@@ -69,7 +69,7 @@ fn refuse_pooler(url: &DbUrl, conn: &mut AnyConnection, variable: &str) -> Resul
     let Some(port) = foreign_port(url, pg)? else {
         return Ok(());
     };
-    let probe = url.clone().with_database("pgbouncer");
+    let probe = url.clone().with_database("pgbouncer")?;
     match PgConnection::establish(&probe.driver_target()) {
         Err(ConnectionError::BadConnection(message))
             if message.contains("database \"pgbouncer\" does not exist") =>
