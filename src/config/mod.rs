@@ -27,6 +27,7 @@ mod env;
 pub(crate) mod knobs;
 mod pool;
 mod replica;
+mod target;
 mod tls;
 pub(crate) mod url;
 

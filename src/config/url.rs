@@ -9,7 +9,6 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -48,9 +47,6 @@ fn is_secret_param(key: &str) -> bool {
         || key.contains("password")
         || key.contains("secret")
 }
-
-/// Names the in-memory databases of this process apart.
-static MEMORY_DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// What is percent-encoded in user names, passwords, hosts, database names and query parameters:
 /// everything but RFC 3986's unreserved characters.
@@ -402,7 +398,11 @@ impl DbUrl {
 
     /// Adds a query parameter known to pass [`with_query_param`](DbUrl::with_query_param)'s
     /// checks (a PostgreSQL URL, a name from a constant, a value without NUL).
-    fn push_query_param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub(super) fn push_query_param(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         self.query.push((key.into(), value.into()));
         self
     }
@@ -625,35 +625,6 @@ impl DbUrl {
             }
         }
         Ok(())
-    }
-
-    /// The string the driver opens: for PostgreSQL the URL with its password, the
-    /// [`LIBPQ_SAFETY_DEFAULTS`] it does not set and the default `sslmode` (`config::tls`); for
-    /// SQLite the file path, or a shared `memdb` database for `:memory:`. Never printed.
-    pub(crate) fn driver_target(&self) -> String {
-        match self.backend() {
-            Backend::Postgres => {
-                let mut with_defaults = self.clone();
-                for (key, value) in LIBPQ_SAFETY_DEFAULTS {
-                    if with_defaults.query_value(key).is_none() {
-                        with_defaults = with_defaults.push_query_param(key, value);
-                    }
-                }
-                if let Some(mode) = super::tls::default_sslmode(self) {
-                    with_defaults = with_defaults.push_query_param("sslmode", mode);
-                }
-                with_defaults.render(Secrets::Shown)
-            }
-            // `memdb` with a name starting with `/` is one database shared by every connection
-            // of the process (unlike plain `:memory:`, one per connection), with normal locking.
-            Backend::Sqlite if self.is_memory() => format!(
-                "file:/userbase-{}-{}?vfs=memdb",
-                std::process::id(),
-                MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed)
-            ),
-            // Never a `file:` path, which SQLite would read as a URI: no `DbUrl` holds one.
-            Backend::Sqlite => self.database().unwrap_or_default().to_owned(),
-        }
     }
 }
 
@@ -1162,27 +1133,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn libpq_safety_defaults_are_added_unless_the_url_sets_them() {
-        let url = DbUrl::parse("postgres://bot:pw@db:5432/app?connect_timeout=3").unwrap();
-        assert_eq!(
-            url.driver_target(),
-            "postgres://bot:pw@db:5432/app?connect_timeout=3&keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
-        );
-    }
-
-    #[test]
-    fn sqlite_targets_are_the_path_or_a_shared_memdb() {
-        let file = DbUrl::sqlite("data/app.db").unwrap();
-        assert_eq!(file.driver_target(), "data/app.db");
-        let memory = DbUrl::sqlite(":memory:").unwrap();
-        let target = memory.driver_target();
-        assert!(target.starts_with("file:/userbase-"), "{target}");
-        assert!(target.ends_with("?vfs=memdb"), "{target}");
-        assert_ne!(target, memory.driver_target(), "one database per engine");
-    }
-
-    #[test]
     fn the_default_sqlite_url_is_one_the_builder_accepts() {
         assert_eq!(
             DbUrl::default_sqlite(),
@@ -1210,19 +1160,15 @@ mod tests {
             ..DbUrl::postgres()
         };
         assert_eq!(url.check().unwrap_err().part, Part::Host);
-        let target = url.driver_target();
+        let target = url.render(Secrets::Shown);
         assert_eq!(
             target,
-            "postgres://bot@[::1%5D:6000%2Fotherdb%3Fsslmode%3Ddisable%26x%3D]:5432/app\
-             ?connect_timeout=10&keepalives=1&keepalives_idle=30&keepalives_interval=10\
-             &keepalives_count=3&tcp_user_timeout=30000&sslmode=require"
+            "postgres://bot@[::1%5D:6000%2Fotherdb%3Fsslmode%3Ddisable%26x%3D]:5432/app"
         );
         let read = parse_unchecked(&target).unwrap();
         assert_eq!(read.host(), Some(evil));
         assert_eq!(read.port(), Some(5432));
         assert_eq!(read.database(), Some("app"));
-        // The host is a name, not this machine: TLS is required (`config::tls`).
-        assert_eq!(read.query_value("sslmode"), Some("require"));
-        assert_eq!(read.query().len(), LIBPQ_SAFETY_DEFAULTS.len() + 1);
+        assert!(read.query().is_empty());
     }
 }
