@@ -8,7 +8,7 @@
 //! - A checkout the gate gives a ticket starts a **connect thread** ([`Opener::start`]), one per
 //!   connect: as many connects run at once as the pool has room for, none waits for a worker, and
 //!   the checkout can leave at its deadline while its connect goes on. A failure goes straight
-//!   back to the checkout (which returns [`Error::Connect`](crate::Error::Connect) at once); a
+//!   back to the checkout (which returns [`Error::Connect`] at once); a
 //!   connection that opens after its checkout left serves the next one.
 //! - The opened connection goes to the gate's `ready` queue. The pool is built with `min_idle`
 //!   at its maximum, so r2d2 keeps a `connect` call outstanding for every connection not yet

@@ -90,7 +90,7 @@ use crate::metrics::{Call, Op};
 /// [`Database::transaction`](crate::Database::transaction).
 pub struct Repo<'c> {
     conn: &'c mut AnyConnection,
-    /// A public method is running ([`op`](Repo::op)): the public methods it calls report no
+    /// A public method is running (the `op!` macro): the public methods it calls report no
     /// operation of their own.
     in_op: bool,
     /// The failure record of a connection the application opened (see `crate::transaction`);
