@@ -7,7 +7,8 @@
 //! `cargo bench --bench bulk` (needs PostgreSQL and `psql`). Knobs: `BENCH_DATABASE_URL` (the
 //! server; default `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_LINKS` (link counts,
 //! default `1000000,3000000`), `BENCH_BULK_RUNS` (3), `BENCH_MEMORY_USERS` (5000000),
-//! `BENCH_ONLY` (sections: `links,export,memory`).
+//! `BENCH_ONLY` (sections: `links,streamed,export,memory`; `streamed` adds the
+//! `import_links_from` columns to `links`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -86,11 +87,21 @@ fn psql(url: &DbUrl, command: &str) {
     );
 }
 
-fn rate((median, min, max): (f64, f64, f64)) -> String {
+/// Median (min-max) of rows/s figures; `-` when not measured.
+fn rate(figures: Vec<f64>) -> String {
+    if figures.is_empty() {
+        return "-".to_owned();
+    }
+    let (median, min, max) = stats(figures);
     format!("{median:.0} ({min:.0}-{max:.0})")
 }
 
-fn ratio((median, min, max): (f64, f64, f64)) -> String {
+/// Median (min-max) of ratios; `-` when not measured.
+fn ratio(figures: Vec<f64>) -> String {
+    if figures.is_empty() {
+        return "-".to_owned();
+    }
+    let (median, min, max) = stats(figures);
     format!("{median:.2} ({min:.2}-{max:.2})")
 }
 
@@ -152,10 +163,13 @@ fn links(url: &DbUrl, wanted: &dyn Fn(&str) -> bool) {
                 truncate();
                 let started = Instant::now();
                 f();
-                n as f64 / started.elapsed().as_secs_f64()
+                let rate = n as f64 / started.elapsed().as_secs_f64();
+                eprintln!("{n} links: {rate:.0} rows/s");
+                rate
             };
             let (mut theirs, mut ours, mut streamed, mut progress) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let with_streamed = wanted("streamed");
             for _ in 0..runs {
                 theirs.push(timed(&mut || {
                     psql(
@@ -170,6 +184,9 @@ fn links(url: &DbUrl, wanted: &dyn Fn(&str) -> bool) {
                     let made = db.session().unwrap().repo().import_links(&links).unwrap();
                     assert_eq!(made, n);
                 }));
+                if !with_streamed {
+                    continue;
+                }
                 streamed.push(timed(&mut || {
                     let rows = links.iter().map(|l| Ok::<_, std::io::Error>(*l));
                     let imported = db
@@ -203,13 +220,13 @@ fn links(url: &DbUrl, wanted: &dyn Fn(&str) -> bool) {
                 progress.iter().zip(&streamed).map(|(p, s)| p / s).collect();
             println!(
                 "| {n} | {} | {} | {} | {} | {} | {} | {} |",
-                rate(stats(theirs.clone())),
-                rate(stats(ours.clone())),
-                ratio(stats(per_run(&ours))),
-                rate(stats(streamed.clone())),
-                ratio(stats(per_run(&streamed))),
-                rate(stats(progress.clone())),
-                ratio(stats(progress_cost)),
+                rate(theirs.clone()),
+                rate(ours.clone()),
+                ratio(per_run(&ours)),
+                rate(streamed.clone()),
+                ratio(per_run(&streamed)),
+                rate(progress.clone()),
+                ratio(progress_cost),
             );
         }
         if wanted("export") {
@@ -236,9 +253,9 @@ fn links(url: &DbUrl, wanted: &dyn Fn(&str) -> bool) {
             let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t).collect();
             println!(
                 "\nExport of {n} links (rows/s, {runs} runs): psql \\copy (SELECT … ORDER BY) TO /dev/null {}, export_links to a sink {}, ratio {}\n",
-                rate(stats(theirs)),
-                rate(stats(ours)),
-                ratio(stats(ratios))
+                rate(theirs),
+                rate(ours),
+                ratio(ratios)
             );
         }
         let _ = std::fs::remove_file(&csv);

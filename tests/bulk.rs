@@ -13,7 +13,7 @@ use userbase::bulk::{
 use userbase::models::{NewLocation, NewUser, UserLocation};
 use userbase::{Error, Repo};
 
-use common::TestDb;
+use common::{eventually, Flag, TestDb};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -382,4 +382,74 @@ fn postgres_export_cancelled_by_the_server_fails() {
         .export_users(&mut out, ExportOptions::default())
         .unwrap();
     assert_eq!(exported.rows, 200_000);
+}
+
+/// PostgreSQL: a link that a writer taking no user lock (plain SQL here) stores while
+/// `import_links` runs makes the import's plain `INSERT` fail on the key; the import then goes
+/// on with `ON CONFLICT DO NOTHING` and skips that link. When the writer rolls back instead, the
+/// import stores every link. Either way the import waits for the writer, then succeeds.
+#[test]
+fn postgres_import_links_skips_a_link_stored_meanwhile() {
+    use diesel::connection::SimpleConnection;
+
+    let test = TestDb::new(userbase::Backend::Postgres);
+    let db = test.database();
+    let users: Vec<NewUser> = (1..=4).map(|id| NewUser::new(id, "User")).collect();
+    db.session().unwrap().repo().import_users(&users).unwrap();
+    db.session()
+        .unwrap()
+        .repo()
+        .import_locations(&[NewLocation::new("A", "a"), NewLocation::new("B", "b")])
+        .unwrap();
+    let link = |user_id, location_id| UserLocation {
+        location_id,
+        user_id,
+    };
+    let import_waits = || {
+        db.session()
+            .unwrap()
+            .repo()
+            .load_sql::<Flag>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND wait_event = 'transactionid') AS flag",
+            )
+            .unwrap()[0]
+            .flag
+    };
+    for (commit, user, made) in [(true, 1, 2), (false, 3, 3)] {
+        let mut writer = db.session().unwrap();
+        writer
+            .connection()
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO userlocations (location_id, user_id) VALUES (1, {user})"
+            ))
+            .unwrap();
+        let links = [link(user, 1), link(user, 2), link(user + 1, 1)];
+        let imported = std::thread::scope(|scope| {
+            let importer = scope.spawn(|| db.session().unwrap().repo().import_links(&links));
+            assert!(
+                eventually(Duration::from_secs(30), import_waits),
+                "commit {commit}: the import never waited for the writer"
+            );
+            let end = if commit { "COMMIT" } else { "ROLLBACK" };
+            writer.connection().batch_execute(end).unwrap();
+            importer.join().unwrap()
+        });
+        assert_eq!(imported.unwrap(), made, "commit {commit}");
+        let mut stored: Vec<UserLocation> = db
+            .session()
+            .unwrap()
+            .repo()
+            .user_locations()
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.user_id == user || l.user_id == user + 1)
+            .collect();
+        stored.sort_by_key(|l| (l.user_id, l.location_id));
+        assert_eq!(
+            stored,
+            [link(user, 1), link(user, 2), link(user + 1, 1)],
+            "commit {commit}"
+        );
+    }
 }

@@ -317,8 +317,8 @@ impl Repo<'_> {
     /// PostgreSQL, `FOR NO KEY UPDATE` as [`lock_user`](Repo::lock_user); nothing on SQLite): what
     /// a bulk write of links takes first, so it cannot deadlock with the writes of one user's
     /// links, nor with another bulk write (both take their user locks in the same order).
-    /// Queries stay under the bind limit; users that do not exist are skipped (the insert then
-    /// reports them).
+    /// One statement, each user once (the ids are one array parameter, not one bind each); users
+    /// that do not exist are skipped (the insert then reports them).
     pub(super) fn lock_link_users(&mut self, links: &[UserLocation]) -> Result<()> {
         if matches!(self.backend(), Backend::Sqlite) {
             return Ok(());
@@ -326,18 +326,14 @@ impl Repo<'_> {
         let mut user_ids: Vec<i64> = links.iter().map(|l| l.user_id).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
-        let per_chunk = chunk_rows(self.backend(), 1);
-        for chunk in user_ids.chunks(per_chunk) {
-            let query = users::table
-                .filter(users::user_id.eq_any(chunk))
-                .order(users::user_id)
-                .select(users::user_id);
-            self.run(|c| match c {
-                AnyConnection::Pg(c) => query.for_no_key_update().load::<i64>(c).map(drop),
-                AnyConnection::Sqlite(_) => Ok(()),
-            })?;
-        }
-        Ok(())
+        let query = users::table
+            .filter(users::user_id.eq_any(&user_ids))
+            .order(users::user_id)
+            .select(users::user_id);
+        self.run(|c| match c {
+            AnyConnection::Pg(c) => query.for_no_key_update().load::<i64>(c).map(drop),
+            AnyConnection::Sqlite(_) => Ok(()),
+        })
     }
 
     /// Locks user `user_id`'s row until the transaction ends (`FOR NO KEY UPDATE` on

@@ -233,8 +233,8 @@ impl Repo<'_> {
     }
 
     /// Imports the links of `rows` in batches, as [`import_links`](Repo::import_links) does
-    /// (PostgreSQL: `COPY` into a temporary table, then `INSERT … SELECT … ON CONFLICT DO
-    /// NOTHING`): links that exist or come twice are skipped, and not counted in
+    /// (PostgreSQL: `COPY` into a temporary table, then one `INSERT … SELECT` of the links not
+    /// stored yet): links that exist or come twice are skipped, and not counted in
     /// [`Imported::inserted`].
     ///
     /// # Errors
