@@ -74,8 +74,9 @@ impl DatabaseErrorInformation for Failure {
 }
 
 /// The first failed statement of each open transaction level of one connection (index 0: the
-/// top level). Levels are opened and closed by [`transaction`](crate::transaction::transaction); statements that fail outside
-/// any level (autocommit) are not kept.
+/// top level). Levels are opened and closed by
+/// [`transaction`](crate::transaction::transaction); statements that fail outside any level
+/// (autocommit) are not kept.
 ///
 /// It also keeps the `SET LOCAL` statements the transaction helper sends with every top-level
 /// `BEGIN` of the connection (its pool's deadlines, see `crate::connection`), and whether the
