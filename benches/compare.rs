@@ -119,11 +119,11 @@ fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
 
 /// The statements (SQL, binds) userbase sends for `op`, captured through `echo`.
 fn capture(url: &DbUrl, op: &dyn Fn(&Database, i64)) -> Vec<(String, Vec<String>)> {
-    let log = common::Captured::run(tracing::Level::INFO, || {
-        let pool = PoolConfig::default().with_echo(true);
-        let db = Database::new(Settings::new(url.clone()).with_pool(pool)).expect("engine");
-        op(&db, CAPTURE_ID);
-    });
+    let pool = PoolConfig::default().with_echo(true);
+    let db = Database::new(Settings::new(url.clone()).with_pool(pool)).expect("engine");
+    // The pool's own first-checkout statements (its pooler probe) are not the operation's.
+    drop(db.session().expect("first checkout"));
+    let log = common::Captured::run(tracing::Level::INFO, || op(&db, CAPTURE_ID));
     log.lines()
         .filter_map(|line| line.split_once("userbase::sql: ").map(|(_, rest)| rest))
         .filter_map(|rest| {
