@@ -133,16 +133,10 @@ fn unknown_database_is_a_connect_error_with_the_server_message() {
 
 #[test]
 fn refused_connection_is_a_connect_error_that_hides_the_password() {
-    let url = DbUrl::postgres()
+    let url = common::loopback_url(1)
         .with_username("postgres")
         .unwrap()
         .with_password("hunter2-secret")
-        .unwrap()
-        .with_host("127.0.0.1")
-        .unwrap()
-        .with_port(1)
-        .unwrap()
-        .with_database("x")
         .unwrap();
     let (err, shown) = first_checkout_error(url);
     assert!(matches!(err, Error::Connect { .. }), "{shown}");

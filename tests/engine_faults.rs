@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use userbase::models::NewUser;
-use userbase::{Backend, Database, DbUrl, Error, PoolConfig, Settings};
+use userbase::{Backend, Database, Error, PoolConfig, Settings};
 use userbase_testing::{Cluster, StopMode};
 
 use common::{admin, eventually, unique_name, Captured, TestDb};
@@ -265,14 +265,8 @@ fn thirty_two_threads_on_a_refused_port_all_fail_fast_with_connect() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let url = DbUrl::postgres()
+    let url = common::loopback_url(port)
         .with_username("postgres")
-        .unwrap()
-        .with_host("127.0.0.1")
-        .unwrap()
-        .with_port(port)
-        .unwrap()
-        .with_database("x")
         .unwrap();
     let db = Database::new(
         Settings::new(url)

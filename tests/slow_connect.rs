@@ -111,13 +111,7 @@ fn a_connect_slower_than_pool_timeout_gives_up_at_the_deadline_and_serves_the_ne
 #[test]
 fn a_server_that_never_answers_is_a_connect_timeout_at_pool_timeout_naming_the_host() {
     let (port, _) = slow_listener(Duration::from_secs(60), None, 4);
-    let url = DbUrl::postgres()
-        .with_host("127.0.0.1")
-        .unwrap()
-        .with_port(port)
-        .unwrap()
-        .with_database("x")
-        .unwrap();
+    let url = common::loopback_url(port);
     let db = Database::new(Settings::new(url).with_pool(pool(Duration::from_secs(1)))).unwrap();
     for _ in 0..2 {
         let started = Instant::now();
@@ -145,13 +139,7 @@ fn a_server_that_never_answers_is_a_connect_timeout_at_pool_timeout_naming_the_h
 fn a_connect_that_fails_before_the_deadline_is_a_connect_error_at_once() {
     // Accepts and closes at once: the connect fails long before the 30 s pool_timeout.
     let (port, _) = slow_listener(Duration::ZERO, None, 4);
-    let url = DbUrl::postgres()
-        .with_host("127.0.0.1")
-        .unwrap()
-        .with_port(port)
-        .unwrap()
-        .with_database("x")
-        .unwrap()
+    let url = common::loopback_url(port)
         .with_query_param("sslmode", "disable")
         .unwrap();
     let db = Database::new(Settings::new(url).with_pool(pool(Duration::from_secs(30)))).unwrap();

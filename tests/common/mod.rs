@@ -27,6 +27,17 @@ pub fn database_url(name: &str) -> DbUrl {
     server_url().with_database(name).unwrap()
 }
 
+/// `postgres://127.0.0.1:{port}/x`: database `x` at a loopback port where the test controls what
+/// answers (a silent listener, a closed port).
+#[track_caller]
+pub fn loopback_url(port: u16) -> DbUrl {
+    DbUrl::postgres()
+        .with_host("127.0.0.1")
+        .and_then(|url| url.with_port(port))
+        .and_then(|url| url.with_database("x"))
+        .unwrap()
+}
+
 /// An admin connection to the server's maintenance database.
 #[track_caller]
 pub fn admin() -> PgConnection {
