@@ -1,6 +1,7 @@
 //! Sessions: a pooled connection checked out for a scope, and transactions on it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{Backend, PoolConfig};
 use crate::connection::AnyConnection;
@@ -18,10 +19,14 @@ pub struct Session {
     conn: Lent,
     gate: Arc<Gate>,
     invalidation: Arc<Invalidation>,
-    config: PoolConfig,
+    /// `echo_pool`: the check-in's events are logged.
+    echo_pool: bool,
+    /// `overflow_idle_timeout` is zero: a connection coming back while `pool_size` are idle is
+    /// closed at once.
+    close_above_pool_size: bool,
     lease: Option<LeaseId>,
     /// When the connection was handed to this session.
-    since: std::time::Instant,
+    since: Instant,
 }
 
 impl Drop for Session {
@@ -33,18 +38,29 @@ impl Drop for Session {
     /// `engine::manager::Closer`).
     fn drop(&mut self) {
         let keep = self.decide();
-        let pooled: &mut Pooled = &mut self.conn;
-        if keep {
-            pooled.last_used = std::time::Instant::now();
-            self.gate.kept();
+        let now = Instant::now();
+        let kept = if keep {
+            let pooled: &mut Pooled = &mut self.conn;
+            pooled.last_used = now;
+            let kept = self.gate.check_in(self.close_above_pool_size, now);
+            if !kept {
+                self.event("overflow discard: pool_size connections are already idle");
+            }
+            kept
         } else {
-            pooled.mark_discard();
             self.gate.discarding();
+            false
+        };
+        if !kept {
+            let pooled: &mut Pooled = &mut self.conn;
+            pooled.mark_discard();
         }
         if let Some(lease) = self.lease {
             self.gate.release(lease);
         }
-        self.gate.observer().used(self.since.elapsed());
+        self.gate
+            .observer()
+            .used(now.saturating_duration_since(self.since));
     }
 }
 
@@ -57,20 +73,36 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The session of `conn`, handed out `since`.
     pub(crate) fn new(
         conn: Lent,
         gate: Arc<Gate>,
         invalidation: Arc<Invalidation>,
-        config: PoolConfig,
+        config: &PoolConfig,
         lease: Option<LeaseId>,
+        since: Instant,
     ) -> Self {
         Session {
             conn,
             gate,
             invalidation,
-            config,
+            echo_pool: config.echo_pool,
+            close_above_pool_size: config.overflow_idle_timeout.is_zero(),
             lease,
-            since: std::time::Instant::now(),
+            since,
+        }
+    }
+
+    /// The session, handed to its caller at `now` (the start of its use time).
+    pub(crate) fn handed_out(mut self, now: Instant) -> Self {
+        self.since = now;
+        self
+    }
+
+    /// Logs a pool event with `echo_pool`.
+    fn event(&self, event: &'static str) {
+        if self.echo_pool {
+            tracing::debug!(target: "userbase::pool", "{event}");
         }
     }
 
@@ -78,13 +110,7 @@ impl Session {
     /// could not be rolled back, was invalidated, or (with `overflow_idle_timeout` zero) would be
     /// above `pool_size` idle ones. Rolls back what the session left open.
     fn decide(&mut self) -> bool {
-        let config = &self.config;
         let pooled: &mut Pooled = &mut self.conn;
-        let event = |event: &'static str| {
-            if config.echo_pool {
-                tracing::debug!(target: "userbase::pool", "{event}");
-            }
-        };
         if pooled.is_discarded() {
             return false;
         }
@@ -95,18 +121,16 @@ impl Session {
         }
         match pooled.reset() {
             Err(()) => {
-                event("discarding a connection whose rollback failed");
+                self.event("discarding a connection whose rollback failed");
                 false
             }
             Ok(rolled_back) => {
                 if rolled_back {
-                    event("reset: rolled back a transaction left open");
+                    self.event("reset: rolled back a transaction left open");
                 }
-                if self.invalidation.is_invalidated(pooled.created) {
-                    event("closing an invalidated connection at check-in");
-                    false
-                } else if config.overflow_idle_timeout.is_zero() && self.gate.pool_size_idle() {
-                    event("overflow discard: pool_size connections are already idle");
+                let created = self.conn.created;
+                if self.invalidation.is_invalidated(created) {
+                    self.event("closing an invalidated connection at check-in");
                     false
                 } else {
                     true

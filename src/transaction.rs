@@ -52,24 +52,13 @@ pub(crate) fn record(conn: &mut AnyConnection, own: &mut Failures, error: &Diese
 }
 
 /// Sets whether the Repo's statements outside a transaction on `conn` run in a transaction of
-/// their own, begun with the connection's deadlines (see [`needs_own_transaction`]): `bound` when
+/// their own, begun with the connection's deadlines (see [`before_statement`]): `bound` when
 /// its pool is behind a pooler that shares server connections between transactions. The pool
 /// calls this at every checkout, from its pooler verdict.
 pub(crate) fn bound_autocommit(conn: &mut AnyConnection, bound: bool) {
     if let Some(failures) = pooled(conn) {
         failures.set_bound_autocommit(bound);
     }
-}
-
-/// Whether a Repo statement about to run on `conn` must run in a transaction of its own (`BEGIN;
-/// SET LOCAL …` in one round trip, the statement, `COMMIT`) for the connection's deadlines to
-/// hold: its pool is behind a transaction pooler, which dropped the session `SET`s, the pool has
-/// deadlines, and no transaction is open. Elsewhere it is `false` at the cost of one flag read.
-pub(crate) fn needs_own_transaction(conn: &mut AnyConnection) -> Result<bool> {
-    if !pooled(conn).is_some_and(|failures| failures.bounds_autocommit()) {
-        return Ok(false);
-    }
-    Ok(!is_open(conn)?)
 }
 
 /// `begin`, followed by the connection's `SET LOCAL` deadlines when it has some.
@@ -106,6 +95,27 @@ pub(crate) fn check_usable(conn: &mut AnyConnection, own: &mut Failures) -> Resu
         }),
         None => Ok(()),
     }
+}
+
+/// Before a Repo statement on `conn`: [`check_usable`], then whether the statement must run in a
+/// transaction of its own (`BEGIN; SET LOCAL …` in one round trip, the statement, `COMMIT`) for
+/// the connection's deadlines to hold: its pool is behind a transaction pooler, which dropped the
+/// session `SET`s, the pool has deadlines, and no transaction is open. Elsewhere it is `false` at
+/// the cost of one flag read, in the same look at the failure record.
+///
+/// # Errors
+///
+/// As [`check_usable`].
+pub(crate) fn before_statement(conn: &mut AnyConnection, own: &mut Failures) -> Result<bool> {
+    let depth = depth(conn)?;
+    let failures = failures(conn, own);
+    failures.sync(depth);
+    if let Some(first) = failures.innermost() {
+        return Err(Error::TransactionAborted {
+            first: Box::new(first.to_error()),
+        });
+    }
+    Ok(depth == 0 && failures.bounds_autocommit())
 }
 
 /// How a top-level transaction begins. Nested ones are savepoints either way.

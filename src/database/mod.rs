@@ -161,13 +161,24 @@ impl Database {
     #[track_caller]
     pub fn session(&self) -> Result<Session> {
         let location = Location::caller();
-        let deadline = Instant::now()
-            .checked_add(self.pool().config.pool_timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let started = Instant::now();
+        let deadline = started
+            .checked_add(self.pool().config.pool_timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365));
+        let mut now = started;
         loop {
-            let mut session = self.checkout(deadline, location)?;
-            if self.usable(&mut session) {
+            let pool = self.pool();
+            let conn = pool.checkout(now, deadline)?;
+            let mut session = Session::new(
+                conn,
+                pool.gate.clone(),
+                pool.invalidation.clone(),
+                &pool.config,
+                pool.lease(location),
+                started,
+            );
+            now = Instant::now();
+            if pool.validate(session.pooled(), now) {
                 // Behind a pooler sharing server connections, the statement cache goes off and
                 // the deadlines bound statements outside a transaction too.
                 let pooler = &self.inner.pooler;
@@ -177,29 +188,13 @@ impl Database {
                     session.repo_connection(),
                     deadline,
                 );
-                self.pool().gate.observer().waited(started.elapsed());
-                return Ok(session);
+                pool.gate
+                    .observer()
+                    .waited(now.saturating_duration_since(started));
+                return Ok(session.handed_out(now));
             }
             session.discard();
         }
-    }
-
-    /// Waits in the gate, then takes the reserved connection from r2d2 as a [`Session`].
-    fn checkout(&self, deadline: Instant, location: &'static Location<'static>) -> Result<Session> {
-        let pool = self.pool();
-        let conn = pool.checkout(deadline)?;
-        Ok(Session::new(
-            conn,
-            pool.gate.clone(),
-            pool.invalidation.clone(),
-            pool.config.clone(),
-            pool.lease(location),
-        ))
-    }
-
-    /// Checkout-time validation, in the caller's thread: invalidation, recycle, pre-ping.
-    fn usable(&self, session: &mut Session) -> bool {
-        self.pool().validate(session.pooled())
     }
 
     /// Checks the server answers: checks a connection out and pings it, always (no bypass

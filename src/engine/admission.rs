@@ -222,6 +222,20 @@ impl<E, D: Clone> Admission<E, D> {
 
     // ---- checkouts ----------------------------------------------------------------------------
 
+    /// A checkout arriving at `now` takes an idle connection at once when nobody is queued
+    /// before it (`true`): what [`arrive`](Admission::arrive) and a first
+    /// [`poll`](Admission::poll) would decide, without joining the queue. `false`: it arrives and
+    /// polls.
+    pub(crate) fn take_at_once(&mut self, now: Instant) -> bool {
+        if !self.waiters.is_empty() || self.idle == 0 {
+            return false;
+        }
+        self.idle -= 1;
+        self.out = self.out.saturating_add(1);
+        self.track_excess(now);
+        true
+    }
+
     /// A checkout arrives: it joins the queue.
     pub(crate) fn arrive(&mut self) -> Waiter {
         let id = self.id();
@@ -595,6 +609,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_checkout_takes_an_idle_connection_at_once_only_when_nobody_is_queued() {
+        let t0 = Instant::now();
+        let mut a = Admission::<String>::new(limits(2, 0));
+        assert!(!a.take_at_once(t0), "nothing idle");
+        checkout(&mut a, t0);
+        checkout(&mut a, t0);
+        a.kept(t0);
+        let queued = a.arrive();
+        assert!(!a.take_at_once(t0), "one is queued before it");
+        assert_eq!(a.poll(queued, t0, ms(t0, 100)), Step::Take);
+        a.kept(t0);
+        assert!(a.take_at_once(t0));
+        let figures = a.figures();
+        assert_eq!(
+            (figures.idle, figures.checked_out, figures.waiting),
+            (0, 2, 0)
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub(crate) struct Gate {
     /// The keeper thread.
     keeper: Condvar,
     observer: Box<dyn Observer>,
+    /// `leak_detection_threshold` is set: checkouts are leased.
+    leak_detection: bool,
 }
 
 /// A checkout's outcome in the gate.
@@ -74,6 +76,7 @@ impl Gate {
     pub(crate) fn new(config: &PoolConfig, observer: Box<dyn Observer>) -> Self {
         Gate {
             observer,
+            leak_detection: config.leak_detection_threshold.is_some(),
             inner: Mutex::new(Inner {
                 admission: Admission::new(Limits::new(config)),
                 ready: VecDeque::new(),
@@ -123,22 +126,30 @@ impl Gate {
     /// Waits until an idle connection is reserved for the caller or it gives up at `deadline`.
     /// `open` starts a connect thread for a ticket the caller was given (called without the lock
     /// held); when it cannot, it returns the failure, which refuses the checkout.
+    /// `now` is the time of arrival, a moment before the call: the first decision is taken at it
+    /// (a checkout served at once reads no clock here). The figures are published whenever the
+    /// lock is let go of, so the arrival alone (pending one more) is seen only by a checkout
+    /// that waits.
     pub(crate) fn admit(
         &self,
+        now: Instant,
         deadline: Instant,
         open: impl Fn(Ticket) -> Result<(), ConnectFailure>,
     ) -> Admitted {
         let mut inner = self.lock();
+        if inner.admission.take_at_once(now) {
+            self.wake_callers(inner);
+            return Admitted::Take;
+        }
         let me = inner.admission.arrive();
-        self.publish(&inner);
         // Leaves the queue however this ends (an `open` that panics included).
         let mut guard = Leave {
             gate: self,
             me,
             done: false,
         };
+        let mut now = now;
         loop {
-            let now = Instant::now();
             match inner.admission.poll(me, now, deadline) {
                 Step::Take => {
                     guard.done = true;
@@ -159,6 +170,7 @@ impl Gate {
                     inner = self.lock();
                 }
                 Step::Wait(until) => {
+                    self.publish(&inner);
                     let timeout = until.saturating_duration_since(now);
                     inner = self
                         .callers
@@ -167,22 +179,27 @@ impl Gate {
                         .0;
                 }
             }
+            now = Instant::now();
         }
     }
 
-    /// A checked-out connection goes back to r2d2's idle list (it is pushed right after: a
-    /// checkout woken by this takes it from r2d2, whose own wait covers the moment between).
-    pub(crate) fn kept(&self) {
+    /// A checked-out connection comes back at `now`: counted idle and `true` (it is pushed to
+    /// r2d2's idle list right after: a checkout woken by this takes it from r2d2, whose own wait
+    /// covers the moment between); or, when `close_above_pool_size` and `pool_size` connections
+    /// are idle already, counted as closing and `false` (the caller discards it). One decision
+    /// under the lock, so two check-ins at once never both keep a connection above `pool_size`.
+    pub(crate) fn check_in(&self, close_above_pool_size: bool, now: Instant) -> bool {
         let mut inner = self.lock();
-        if inner.admission.kept(Instant::now()) {
+        if close_above_pool_size && inner.admission.pool_size_idle() {
+            inner.admission.discarding();
+            self.publish(&inner);
+            return false;
+        }
+        if inner.admission.kept(now) {
             self.keeper.notify_one();
         }
         self.wake_callers(inner);
-    }
-
-    /// Whether `pool_size` connections are idle already.
-    pub(crate) fn pool_size_idle(&self) -> bool {
-        self.lock().admission.pool_size_idle()
+        true
     }
 
     /// A checked-out connection is about to be closed instead of kept.
@@ -268,6 +285,9 @@ impl Gate {
 
     /// Watches a checkout for leaks; `None` when detection is off.
     pub(crate) fn lease(&self, location: &'static Location<'static>) -> Option<LeaseId> {
+        if !self.leak_detection {
+            return None;
+        }
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let mut inner = self.lock();
         let lease = inner.admission.lease(location, dispatch, Instant::now());

@@ -40,7 +40,8 @@ impl Invalidation {
     }
 
     pub(crate) fn is_invalidated(&self, created: Instant) -> bool {
-        self.nanos(created) < self.before.load(Ordering::Acquire)
+        let before = self.before.load(Ordering::Acquire);
+        before != 0 && self.nanos(created) < before
     }
 }
 

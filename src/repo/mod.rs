@@ -205,8 +205,7 @@ impl<'c> Repo<'c> {
         &mut self,
         statement: impl FnOnce(&mut AnyConnection) -> QueryResult<T>,
     ) -> Result<T> {
-        self.check_usable()?;
-        if crate::transaction::needs_own_transaction(self.conn)? {
+        if crate::transaction::before_statement(self.conn, self.own.get())? {
             return crate::transaction::transaction(self.conn, self.own.get(), |conn, _| {
                 statement(conn).map_err(Error::from)
             });

@@ -91,8 +91,7 @@ impl Repo<'_> {
     /// opened, nothing else sees them (on a pooled one the pool's instrumentation records what
     /// Diesel reports).
     fn users_rows(&mut self) -> Result<Box<dyn Iterator<Item = Result<User>> + '_>> {
-        self.check_usable()?;
-        if crate::transaction::needs_own_transaction(self.conn)? {
+        if crate::transaction::before_statement(self.conn, self.own.get())? {
             return Ok(Box::new(UserPages {
                 repo: self,
                 from: Some(i64::MIN),

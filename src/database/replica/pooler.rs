@@ -2,6 +2,7 @@
 //! behind a pooler that shares server connections between transactions (and does not keep
 //! named prepared statements) switches its statement cache off.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -146,15 +147,16 @@ const PROBE_PAUSES: [Duration; 5] = [
 /// so nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
 pub(crate) struct PoolerCheck {
-    /// The verdict (one of the constants above), and where checkouts wait for it.
-    verdict: Arc<(Mutex<u8>, Condvar)>,
+    /// The verdict (one of the constants above), where checkouts wait for it, and the verdict
+    /// once final (not [`UNDECIDED`] nor [`PROBING`]), read without the lock.
+    verdict: Arc<(Mutex<u8>, Condvar, AtomicU8)>,
 }
 
 impl PoolerCheck {
     /// At every checkout of a pool on `url` with the knobs `config`, before the caller uses
     /// `conn`; `deadline` is the checkout's. The first one asks `conn` for its server's port (one
     /// query, once per pool): when it is one of the URL's, nothing changes and every later
-    /// checkout costs a lock and a load. When it is not (something in between), a thread of its
+    /// checkout costs an atomic load. When it is not (something in between), a thread of its
     /// own decides, on connections of its own (a second client connection compares server
     /// backends; when they are shared and the cache is on, one transaction sees whether a named
     /// statement keeps its name), while this pool's checkouts wait for the verdict (so their own
@@ -176,7 +178,13 @@ impl PoolerCheck {
         let AnyConnection::Pg(pg) = conn else {
             return;
         };
-        let (lock, decided) = &*self.verdict;
+        let (lock, decided, settled) = &*self.verdict;
+        let final_verdict = settled.load(Ordering::Acquire);
+        if final_verdict != UNDECIDED {
+            Self::apply_verdict(pg, final_verdict);
+            crate::transaction::bound_autocommit(conn, final_verdict != DIRECT);
+            return;
+        }
         let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if *verdict == UNDECIDED {
             *verdict = match foreign_port(url, pg) {
@@ -199,10 +207,18 @@ impl PoolerCheck {
                 .0;
         }
         let verdict = *verdict;
+        if verdict != PROBING {
+            settled.store(verdict, Ordering::Release);
+        }
+        Self::apply_verdict(pg, verdict);
+        crate::transaction::bound_autocommit(conn, verdict != DIRECT);
+    }
+
+    /// The statement cache of a connection checked out under `verdict`.
+    fn apply_verdict(pg: &mut PgConnection, verdict: u8) {
         if matches!(verdict, SHARED | PROBING) {
             pg.set_prepared_statement_cache_size(CacheSize::Disabled);
         }
-        crate::transaction::bound_autocommit(conn, verdict != DIRECT);
     }
 
     /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
@@ -218,8 +234,9 @@ impl PoolerCheck {
             .spawn(move || {
                 let decision =
                     tracing::dispatcher::with_default(&dispatch, || decide(&url, cache, deadlines));
-                let (lock, decided) = &*verdict;
+                let (lock, decided, settled) = &*verdict;
                 *lock.lock().unwrap_or_else(PoisonError::into_inner) = decision;
+                settled.store(decision, Ordering::Release);
                 decided.notify_all();
             });
         match spawned {
