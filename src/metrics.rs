@@ -2,7 +2,10 @@
 //!
 //! Every instrument goes through the [`metrics`] facade: without a recorder installed by the
 //! application (Prometheus, OpenTelemetry, StatsD, …) each is a no-op handle, and the crate pays
-//! a branch per event and two clock reads per Repo call. Install the recorder **before** creating the
+//! a branch per event, and per Repo call two clock reads and a sample (the facade cannot tell
+//! whether a recorder listens): about 2 % of the instructions of an SQLite point read, 1 % of a
+//! PostgreSQL one. [`PoolConfig::operation_metrics`] `false` leaves `db.client.operation.duration`
+//! out and those calls untimed. Install the recorder **before** creating the
 //! [`Database`](crate::Database): a pool takes its handles from the recorder in force when it is
 //! created.
 //!
@@ -416,6 +419,8 @@ pub(crate) struct Telemetry {
     /// call, with the labels above.
     ops: [OnceLock<Histogram>; OPS],
     attempts: Counter,
+    /// [`PoolConfig::operation_metrics`]: Repo calls are timed and recorded.
+    timed: bool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -452,6 +457,7 @@ impl Telemetry {
             address,
             port,
             ops: [const { OnceLock::new() }; OPS],
+            timed: config.operation_metrics,
         }
     }
 
@@ -475,6 +481,9 @@ impl Telemetry {
     /// Records one call of `op` that took `took` and failed with the error named `error`
     /// (`error.type`), if it did.
     fn record_named(&self, op: Op, took: Duration, error: Option<&'static str>) {
+        if !self.timed {
+            return;
+        }
         match error {
             None => {
                 let index = op as usize;
@@ -539,15 +548,20 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Starts measuring `op` on `conn`: `None` when the connection belongs to no pool.
+    /// Starts measuring `op` on `conn`: `None` when the connection belongs to no pool, or when
+    /// its pool times no call ([`PoolConfig::operation_metrics`] off) and no subscriber wants the
+    /// span: then the call costs nothing more.
     #[inline]
     pub(crate) fn start(conn: &mut AnyConnection, op: Op) -> Option<Call> {
         let telemetry = telemetry(conn)?;
-        let span = telemetry.span(op).entered();
+        let span = telemetry.span(op);
+        if !telemetry.timed && span.is_disabled() {
+            return None;
+        }
         Some(Call {
             op,
             started: Instant::now(),
-            span,
+            span: span.entered(),
         })
     }
 

@@ -237,6 +237,50 @@ both_backends! {
         assert_clean(&metrics, &["Ada", "ada-seen"]);
     }
 
+    fn operation_metrics_off_times_no_call_and_keeps_the_rest(backend: Backend) {
+        let test = TestDb::new(backend);
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let pool = PoolConfig::default().with_operation_metrics(false);
+        let db = metrics::with_local_recorder(&recorder, || {
+            let db = Database::new(settings(&test, pool)).unwrap();
+            let mut session = db.session().unwrap();
+            let mut repo = session.repo();
+            repo.insert_user(&NewUser::new(5, "Lin Untimed")).unwrap();
+            assert_eq!(repo.user(5).unwrap().full_name, "Lin Untimed");
+            assert!(matches!(repo.user(6), Err(Error::NotFound)));
+            assert_eq!(repo.users_iter().unwrap().count(), 1);
+            drop(session);
+            db.transaction_with_retry(RetryPolicy::default(), |repo| repo.user(5))
+                .unwrap();
+            db
+        });
+        let metrics = read(&snapshotter);
+        assert!(
+            !metrics
+                .iter()
+                .any(|m| m.name == "db.client.operation.duration"),
+            "no call timed: {metrics:#?}"
+        );
+        // The pool's instruments and the retry counters stay.
+        assert_eq!(
+            gauge(&metrics, "db.client.connection.count", &[("db.client.connection.state", "idle")]),
+            Some(1.0)
+        );
+        assert_eq!(samples(&metrics, "db.client.connection.wait_time", &[]).len(), 2);
+        assert_eq!(counter(&metrics, "userbase.transaction.attempts", &[]), 1);
+        // So do the spans, when a subscriber wants them.
+        let closed = spans_closed(|| {
+            db.session().unwrap().repo().user(5).unwrap();
+        });
+        assert!(
+            closed
+                .lines()
+                .any(|l| l.contains("db.operation.name=\"user\"") && l.contains(" close ")),
+            "{closed}"
+        );
+    }
+
     fn every_public_method_reports_its_operation(backend: Backend) {
         let test = TestDb::new(backend);
         let recorder = DebuggingRecorder::new();

@@ -5,9 +5,9 @@ use std::str::FromStr;
 
 use super::knobs::{
     Source, ECHO, ECHO_POOL, HIDE_PARAMETERS, IDLE_IN_TRANSACTION_TIMEOUT, LEAK_DETECTION,
-    LOCK_TIMEOUT, MAX_OVERFLOW, MAX_REPLICA_LAG, OVERFLOW_IDLE_TIMEOUT, POOL_RECYCLE, POOL_SIZE,
-    POOL_TIMEOUT, PRE_PING, PRE_PING_BYPASS, REPLICA_CHECK, REPLICA_WAIT, STATEMENT_CACHE,
-    STATEMENT_TIMEOUT,
+    LOCK_TIMEOUT, MAX_OVERFLOW, MAX_REPLICA_LAG, OPERATION_METRICS, OVERFLOW_IDLE_TIMEOUT,
+    POOL_RECYCLE, POOL_SIZE, POOL_TIMEOUT, PRE_PING, PRE_PING_BYPASS, REPLICA_CHECK, REPLICA_WAIT,
+    STATEMENT_CACHE, STATEMENT_TIMEOUT,
 };
 use super::replica::split_replica_urls;
 use super::tls::check_sslmode;
@@ -111,6 +111,9 @@ impl Settings {
                 .read_flag(&var)?
                 .unwrap_or(defaults.hide_parameters),
             echo_pool: ECHO_POOL.read_flag(&var)?.unwrap_or(defaults.echo_pool),
+            operation_metrics: OPERATION_METRICS
+                .read_flag(&var)?
+                .unwrap_or(defaults.operation_metrics),
             overflow_idle_timeout: OVERFLOW_IDLE_TIMEOUT
                 .read_duration(&var)?
                 .unwrap_or(defaults.overflow_idle_timeout),

@@ -145,6 +145,11 @@ knobs! {
     ECHO = Knob::flag("PoolConfig::echo", "DB_ECHO", false);
     HIDE_PARAMETERS = Knob::flag("PoolConfig::hide_parameters", "DB_HIDE_PARAMETERS", false);
     ECHO_POOL = Knob::flag("PoolConfig::echo_pool", "DB_ECHO_POOL", false);
+    OPERATION_METRICS = Knob::flag(
+        "PoolConfig::operation_metrics",
+        "DB_OPERATION_METRICS",
+        true,
+    );
     REPLICA_WAIT = Knob::duration(
         "ReplicaConfig::wait",
         "DB_REPLICA_WAIT_MS",
@@ -894,6 +899,7 @@ mod tests {
             (&ECHO, pool.echo),
             (&HIDE_PARAMETERS, pool.hide_parameters),
             (&ECHO_POOL, pool.echo_pool),
+            (&OPERATION_METRICS, pool.operation_metrics),
             (&STATEMENT_CACHE, pool.statement_cache),
         ];
         for (knob, default) in flags {
