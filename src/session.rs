@@ -93,12 +93,6 @@ impl Session {
         }
     }
 
-    /// The session, handed to its caller at `now` (the start of its use time).
-    pub(crate) fn handed_out(mut self, now: Instant) -> Self {
-        self.since = now;
-        self
-    }
-
     /// Logs a pool event with `echo_pool`.
     fn event(&self, event: &'static str) {
         if self.echo_pool {

@@ -86,26 +86,19 @@ pub(crate) fn is_open(conn: &mut AnyConnection) -> Result<bool> {
 /// [`Error::TransactionAborted`] with its first failure. The [`Repo`](crate::Repo) calls this before every
 /// statement, so both backends refuse to go on alike.
 pub(crate) fn check_usable(conn: &mut AnyConnection, own: &mut Failures) -> Result<()> {
-    let depth = depth(conn)?;
-    let failures = failures(conn, own);
-    failures.sync(depth);
-    match failures.innermost() {
-        Some(first) => Err(Error::TransactionAborted {
-            first: Box::new(first.to_error()),
-        }),
-        None => Ok(()),
-    }
+    before_statement(conn, own).map(drop)
 }
 
-/// Before a Repo statement on `conn`: [`check_usable`], then whether the statement must run in a
-/// transaction of its own (`BEGIN; SET LOCAL …` in one round trip, the statement, `COMMIT`) for
-/// the connection's deadlines to hold: its pool is behind a transaction pooler, which dropped the
-/// session `SET`s, the pool has deadlines, and no transaction is open. Elsewhere it is `false` at
-/// the cost of one flag read, in the same look at the failure record.
+/// Before a Repo statement on `conn`, in one look at its failure record: whether the statement
+/// must run in a transaction of its own (`BEGIN; SET LOCAL …` in one round trip, the statement,
+/// `COMMIT`) for the connection's deadlines to hold: its pool is behind a transaction pooler,
+/// which dropped the session `SET`s, the pool has deadlines, and no transaction is open.
+/// Elsewhere it is `false` at the cost of one flag read.
 ///
 /// # Errors
 ///
-/// As [`check_usable`].
+/// [`Error::TransactionAborted`] with the first failure of the innermost open level, when it
+/// has one (see [`check_usable`]).
 pub(crate) fn before_statement(conn: &mut AnyConnection, own: &mut Failures) -> Result<bool> {
     let depth = depth(conn)?;
     let failures = failures(conn, own);

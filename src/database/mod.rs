@@ -169,15 +169,15 @@ impl Database {
         loop {
             let pool = self.pool();
             let conn = pool.checkout(now, deadline)?;
+            now = Instant::now();
             let mut session = Session::new(
                 conn,
                 pool.gate.clone(),
                 pool.invalidation.clone(),
                 &pool.config,
                 pool.lease(location),
-                started,
+                now,
             );
-            now = Instant::now();
             if pool.validate(session.pooled(), now) {
                 // Behind a pooler sharing server connections, the statement cache goes off and
                 // the deadlines bound statements outside a transaction too.
@@ -191,7 +191,7 @@ impl Database {
                 pool.gate
                     .observer()
                     .waited(now.saturating_duration_since(started));
-                return Ok(session.handed_out(now));
+                return Ok(session);
             }
             session.discard();
         }

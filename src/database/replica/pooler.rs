@@ -178,13 +178,27 @@ impl PoolerCheck {
         let AnyConnection::Pg(pg) = conn else {
             return;
         };
-        let (lock, decided, settled) = &*self.verdict;
-        let final_verdict = settled.load(Ordering::Acquire);
-        if final_verdict != UNDECIDED {
-            Self::apply_verdict(pg, final_verdict);
-            crate::transaction::bound_autocommit(conn, final_verdict != DIRECT);
-            return;
+        let verdict = match self.verdict.2.load(Ordering::Acquire) {
+            UNDECIDED => self.decide_or_wait(url, config, pg, deadline),
+            settled => settled,
+        };
+        if matches!(verdict, SHARED | PROBING) {
+            pg.set_prepared_statement_cache_size(CacheSize::Disabled);
         }
+        crate::transaction::bound_autocommit(conn, verdict != DIRECT);
+    }
+
+    /// The verdict for a checkout before it is final: the first checkout asks its server's port
+    /// (and starts the probe when something sits in between); each waits for the probe until its
+    /// `deadline`, and goes on as [`PROBING`] when it is reached.
+    fn decide_or_wait(
+        &self,
+        url: &DbUrl,
+        config: &PoolConfig,
+        pg: &mut PgConnection,
+        deadline: Instant,
+    ) -> u8 {
+        let (lock, decided, settled) = &*self.verdict;
         let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if *verdict == UNDECIDED {
             *verdict = match foreign_port(url, pg) {
@@ -210,15 +224,7 @@ impl PoolerCheck {
         if verdict != PROBING {
             settled.store(verdict, Ordering::Release);
         }
-        Self::apply_verdict(pg, verdict);
-        crate::transaction::bound_autocommit(conn, verdict != DIRECT);
-    }
-
-    /// The statement cache of a connection checked out under `verdict`.
-    fn apply_verdict(pg: &mut PgConnection, verdict: u8) {
-        if matches!(verdict, SHARED | PROBING) {
-            pg.set_prepared_statement_cache_size(CacheSize::Disabled);
-        }
+        verdict
     }
 
     /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
