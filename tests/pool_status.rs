@@ -137,12 +137,19 @@ fn figures_hold_under_concurrent_checkouts_and_settle_on_the_servers_count() {
             worker.join().unwrap();
         }
         assert!(seen > 0);
+        // Every return was counted before its drop returned.
         let status = db.status();
         assert_eq!(status.checked_out, 0, "{status:?}");
-        assert_eq!(status.open, status.idle, "{status:?}");
-        // Overflow beyond pool_size is closed by the keeper (at once in round 0, where two
-        // returns racing on the last idle place may both be kept).
-        assert!(eventually(Duration::from_secs(30), || db.status().open == 3));
+        // Idle connections above pool_size are closed by the keeper (after overflow_idle_timeout;
+        // in round 0 at once, when a connect finishing late made one), which may be at work
+        // now: what is open and not idle is being closed, and the figures settle on pool_size.
+        assert!(status.idle <= status.open, "{status:?}");
+        assert!(eventually(Duration::from_secs(30), || {
+            let status = db.status();
+            assert_eq!(status.checked_out, 0, "{status:?}");
+            assert!(status.idle <= status.open, "{status:?}");
+            status.open == 3
+        }));
         assert_eq!(figures(db.status()), (3, 3, 0));
         assert!(
             eventually(Duration::from_secs(30), || server_connections(&app) == 3),
