@@ -149,6 +149,8 @@ fn fifteen_holders_then_a_typed_timeout_then_pool_size_idle() {
         server_pids(&app).len()
     );
     assert!(released.elapsed() >= OVERFLOW_IDLE);
+    // The close's last step (telling the pool) may trail the server's count by a moment.
+    assert!(eventually(Duration::from_secs(30), || db.status().open == 5));
     let status = db.status();
     assert_eq!((status.open, status.idle, status.checked_out), (5, 5, 0));
     assert_eq!(
