@@ -21,9 +21,6 @@ pub struct Session {
     invalidation: Arc<Invalidation>,
     /// `echo_pool`: the check-in's events are logged.
     echo_pool: bool,
-    /// `overflow_idle_timeout` is zero: a connection coming back while `pool_size` are idle is
-    /// closed at once.
-    close_above_pool_size: bool,
     lease: Option<LeaseId>,
     /// When the connection was handed to this session.
     since: Instant,
@@ -42,7 +39,7 @@ impl Drop for Session {
         let kept = if keep {
             let pooled: &mut Pooled = &mut self.conn;
             pooled.last_used = now;
-            let kept = self.gate.check_in(self.close_above_pool_size, now);
+            let kept = self.gate.check_in(now);
             if !kept {
                 self.event("overflow discard: pool_size connections are already idle");
             }
@@ -87,7 +84,6 @@ impl Session {
             gate,
             invalidation,
             echo_pool: config.echo_pool,
-            close_above_pool_size: config.overflow_idle_timeout.is_zero(),
             lease,
             since,
         }
@@ -100,9 +96,10 @@ impl Session {
         }
     }
 
-    /// Whether the connection goes back to the pool: not when it was marked for discard, died,
-    /// could not be rolled back, was invalidated, or (with `overflow_idle_timeout` zero) would be
-    /// above `pool_size` idle ones. Rolls back what the session left open.
+    /// Whether the connection may go back to the pool: not when it was marked for discard, died,
+    /// could not be rolled back or was invalidated (the gate may still close it, with
+    /// `overflow_idle_timeout` zero, when `pool_size` are idle). Rolls back what the session left
+    /// open.
     fn decide(&mut self) -> bool {
         let pooled: &mut Pooled = &mut self.conn;
         if pooled.is_discarded() {

@@ -114,6 +114,17 @@ pub(crate) struct Leak<D> {
     pub(crate) held: Duration,
 }
 
+/// What became of a checked-out connection that came back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CheckIn {
+    /// Counted idle; `true` when it made more than `pool_size` idle and so started the overflow
+    /// idle timer (the keeper has a new instant to look at).
+    Kept(bool),
+    /// Counted as closing: `overflow_idle_timeout` is zero and `pool_size` connections were idle
+    /// already (SQLAlchemy's overflow discard). The caller closes it.
+    Close,
+}
+
 /// The keeper thread's next piece of work.
 #[derive(Debug)]
 pub(crate) enum Due<D> {
@@ -323,17 +334,22 @@ impl<E, D: Clone> Admission<E, D> {
         }
     }
 
-    /// A checked-out connection went back to the pool.
-    pub(crate) fn kept(&mut self, now: Instant) -> bool {
+    /// A checked-out connection comes back at `now`: kept idle, or, when `overflow_idle_timeout`
+    /// is zero and `pool_size` connections are idle already, closed at once (as SQLAlchemy does).
+    pub(crate) fn check_in(&mut self, now: Instant) -> CheckIn {
+        if self.limits.overflow_idle_timeout.is_zero() && self.idle >= self.limits.pool_size {
+            self.discarding();
+            return CheckIn::Close;
+        }
+        CheckIn::Kept(self.kept(now))
+    }
+
+    /// A checked-out connection went back to the pool; `true` when the overflow idle timer
+    /// started.
+    fn kept(&mut self, now: Instant) -> bool {
         self.out = self.out.saturating_sub(1);
         self.idle = self.idle.saturating_add(1);
         self.track_excess(now)
-    }
-
-    /// Whether a connection coming back now would be above `pool_size` idle ones (closed at
-    /// once when `overflow_idle_timeout` is zero, as SQLAlchemy does).
-    pub(crate) fn pool_size_idle(&self) -> bool {
-        self.idle >= self.limits.pool_size
     }
 
     /// A checked-out connection is being closed instead of kept.
@@ -681,7 +697,34 @@ mod tests {
         a.closed_one();
         a.closed_one();
         assert_eq!(a.figures().open, 1);
-        assert!(a.pool_size_idle());
+        assert_eq!(a.figures().idle, 1);
+    }
+
+    #[test]
+    fn a_zero_overflow_idle_timeout_closes_a_return_above_pool_size_idle_at_once() {
+        let t0 = Instant::now();
+        let zero = Limits {
+            overflow_idle_timeout: Duration::ZERO,
+            ..limits(1, 2)
+        };
+        let mut a = Admission::<String>::new(zero);
+        for _ in 0..3 {
+            checkout(&mut a, t0);
+        }
+        assert_eq!(a.check_in(t0), CheckIn::Kept(false));
+        assert_eq!(a.check_in(t0), CheckIn::Close);
+        let f = a.figures();
+        assert_eq!((f.open, f.idle, f.checked_out, f.closing), (3, 1, 1, 1));
+        a.closed_one();
+        assert_eq!(a.check_in(t0), CheckIn::Close);
+        assert!(matches!(a.due(ms(t0, 10)), Due::Wait(None)));
+        // With a timeout, the same return is kept and starts the overflow idle timer.
+        let mut a = Admission::<String>::new(limits(1, 2));
+        checkout(&mut a, t0);
+        checkout(&mut a, t0);
+        assert_eq!(a.check_in(t0), CheckIn::Kept(false));
+        assert_eq!(a.check_in(t0), CheckIn::Kept(true));
+        assert_eq!(a.figures().idle, 2);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::panic::Location;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::admission::{Admission, Due, Figures, LeaseId, Limits, Refusal, Step, Ticket};
+use super::admission::{Admission, CheckIn, Due, Figures, LeaseId, Limits, Refusal, Step, Ticket};
 use super::pooled::Pooled;
 use crate::config::PoolConfig;
 
@@ -185,21 +185,24 @@ impl Gate {
 
     /// A checked-out connection comes back at `now`: counted idle and `true` (it is pushed to
     /// r2d2's idle list right after: a checkout woken by this takes it from r2d2, whose own wait
-    /// covers the moment between); or, when `close_above_pool_size` and `pool_size` connections
-    /// are idle already, counted as closing and `false` (the caller discards it). One decision
-    /// under the lock, so two check-ins at once never both keep a connection above `pool_size`.
-    pub(crate) fn check_in(&self, close_above_pool_size: bool, now: Instant) -> bool {
+    /// covers the moment between); or counted as closing and `false` (the caller discards it),
+    /// see [`Admission::check_in`]. One decision under the lock, so two check-ins at once never
+    /// both keep a connection above `pool_size`.
+    pub(crate) fn check_in(&self, now: Instant) -> bool {
         let mut inner = self.lock();
-        if close_above_pool_size && inner.admission.pool_size_idle() {
-            inner.admission.discarding();
-            self.publish(&inner);
-            return false;
+        match inner.admission.check_in(now) {
+            CheckIn::Close => {
+                self.publish(&inner);
+                false
+            }
+            CheckIn::Kept(timer_started) => {
+                if timer_started {
+                    self.keeper.notify_one();
+                }
+                self.wake_callers(inner);
+                true
+            }
         }
-        if inner.admission.kept(now) {
-            self.keeper.notify_one();
-        }
-        self.wake_callers(inner);
-        true
     }
 
     /// A checked-out connection is about to be closed instead of kept.
