@@ -147,9 +147,18 @@ const PROBE_PAUSES: [Duration; 5] = [
 /// so nothing would fail at start-up), and would do so too on a pooler the probe misjudged.
 #[derive(Debug, Default)]
 pub(crate) struct PoolerCheck {
-    /// The verdict (one of the constants above), where checkouts wait for it, and the verdict
-    /// once final (not [`UNDECIDED`] nor [`PROBING`]), read without the lock.
-    verdict: Arc<(Mutex<u8>, Condvar, AtomicU8)>,
+    verdict: Arc<Verdict>,
+}
+
+/// A pool's pooler verdict, shared with the thread that probes.
+#[derive(Debug, Default)]
+struct Verdict {
+    /// One of the constants above: written under `lock`, read without it.
+    value: AtomicU8,
+    /// Held by the first checkout while it decides and by checkouts waiting for the probe.
+    lock: Mutex<()>,
+    /// Notified when the probe has decided.
+    decided: Condvar,
 }
 
 impl PoolerCheck {
@@ -178,8 +187,8 @@ impl PoolerCheck {
         let AnyConnection::Pg(pg) = conn else {
             return;
         };
-        let verdict = match self.verdict.2.load(Ordering::Acquire) {
-            UNDECIDED => self.decide_or_wait(url, config, pg, deadline),
+        let verdict = match self.verdict.value.load(Ordering::Acquire) {
+            UNDECIDED | PROBING => self.decide_or_wait(url, config, pg, deadline),
             settled => settled,
         };
         if matches!(verdict, SHARED | PROBING) {
@@ -198,10 +207,10 @@ impl PoolerCheck {
         pg: &mut PgConnection,
         deadline: Instant,
     ) -> u8 {
-        let (lock, decided, settled) = &*self.verdict;
-        let mut verdict = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if *verdict == UNDECIDED {
-            *verdict = match foreign_port(url, pg) {
+        let shared = &*self.verdict;
+        let mut guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if shared.value.load(Ordering::Acquire) == UNDECIDED {
+            let verdict = match foreign_port(url, pg) {
                 Ok(None) => DIRECT,
                 Ok(Some(_)) => self.probe_in_background(url, config),
                 Err(error) => {
@@ -209,22 +218,20 @@ impl PoolerCheck {
                     UNKNOWN
                 }
             };
+            shared.value.store(verdict, Ordering::Release);
         }
-        while *verdict == PROBING {
+        loop {
+            let verdict = shared.value.load(Ordering::Acquire);
             let now = Instant::now();
-            if now >= deadline {
-                break;
+            if verdict != PROBING || now >= deadline {
+                return verdict;
             }
-            verdict = decided
-                .wait_timeout(verdict, deadline - now)
+            guard = shared
+                .decided
+                .wait_timeout(guard, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let verdict = *verdict;
-        if verdict != PROBING {
-            settled.store(verdict, Ordering::Release);
-        }
-        verdict
     }
 
     /// Starts the thread that decides, logging to the caller's subscriber; returns the verdict
@@ -240,10 +247,10 @@ impl PoolerCheck {
             .spawn(move || {
                 let decision =
                     tracing::dispatcher::with_default(&dispatch, || decide(&url, cache, deadlines));
-                let (lock, decided, settled) = &*verdict;
-                *lock.lock().unwrap_or_else(PoisonError::into_inner) = decision;
-                settled.store(decision, Ordering::Release);
-                decided.notify_all();
+                let guard = verdict.lock.lock().unwrap_or_else(PoisonError::into_inner);
+                verdict.value.store(decision, Ordering::Release);
+                drop(guard);
+                verdict.decided.notify_all();
             });
         match spawned {
             Ok(_) => PROBING,
